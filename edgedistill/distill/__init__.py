@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses (a registry), feature taps and the training loop."""

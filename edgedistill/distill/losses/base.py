@@ -1,0 +1,73 @@
+"""The loss base class, the context a loss is built with, and the registry."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+from ...registry import Registry
+
+LOSSES: Registry[type] = Registry("loss")
+
+
+@dataclass
+class LossContext:
+    """Recipe-wide settings a loss may default to."""
+
+    alpha: float = 0.3
+    temperature: float = 4.0
+    num_classes: int = 0
+    batch_size: int = 64
+
+
+class DistillLoss(nn.Module):
+    """Base class: ``forward(student, teacher, labels) -> scalar tensor``."""
+
+    #: True when the loss reads teacher internals (refused for black-box teachers).
+    needs_teacher_features: bool = False
+
+    def __init__(self, ctx: LossContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def student_layers(self) -> list[str]:
+        return []
+
+    def teacher_layers(self) -> list[str]:
+        return []
+
+    def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
+        """Create projection heads from the dry-run shapes (default: nothing to build)."""
+
+    def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                labels: Optional[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def build_loss(name: str, params: dict, ctx: LossContext, key: str) -> DistillLoss:
+    """Instantiate a registered loss, rejecting unknown parameters with the key's path."""
+    cls = LOSSES.get(name, f"{key}.name")
+    sig = inspect.signature(cls.__init__)
+    accepted = [n for n in sig.parameters if n not in ("self", "ctx")]
+    for p in params:
+        if p not in accepted:
+            raise ConfigError(f"{key}.params.{p}: unknown parameter of loss {name!r}; valid ones are: {', '.join(accepted) or 'none'}.")
+    try:
+        return cls(ctx, **params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}.params: loss {name!r} cannot be built with {params} ({e}).") from None
+
+
+def hard_label_ce(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy over the labelled samples only (label -1 = unlabelled); 0 when none are labelled."""
+    if labels is None:
+        return logits.new_zeros(())
+    mask = labels >= 0
+    if not bool(mask.any()):
+        return logits.new_zeros(())
+    return nn.functional.cross_entropy(logits[mask], labels[mask])

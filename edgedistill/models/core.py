@@ -1,0 +1,78 @@
+"""The model registry, spec validation and safe (``weights_only``) checkpoints."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import pickle
+import zipfile
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import _io
+from ..errors import ConfigError, EdgeDistillError
+from ..registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
+
+
+def build_model(arch: str, params: dict, input_shape: tuple[int, ...], num_classes: int, key: str) -> nn.Module:
+    """Build ``arch`` with ``params``; unknown or wrong parameters are rejected naming ``key``."""
+    factory = MODELS.get(arch, f"{key}.arch")
+    sig = inspect.signature(factory)
+    accepted = [n for n, p in sig.parameters.items() if n not in ("input_shape", "num_classes")
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for name in params:
+        if name not in accepted:
+            raise ConfigError(f"{key}.params.{name}: unknown parameter of {arch!r}; valid ones are: {', '.join(accepted)}.")
+    try:
+        return factory(input_shape=tuple(input_shape), num_classes=num_classes, **params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}.params: {arch!r} cannot be built with {params} ({e}).") from None
+
+
+def save_checkpoint(path, model: nn.Module, **extra) -> None:
+    """Atomically save a state dict (plus plain-data extras) that ``weights_only=True`` can read."""
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), **extra}, buf)
+    _io.write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint") -> dict:
+    """Load a checkpoint without unpickling arbitrary objects; optionally load it into ``model``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {path} does not exist; check the path.") from None
+    except pickle.UnpicklingError as e:
+        raise EdgeDistillError(
+            f"{path}: refused to load, it holds objects other than tensors ({str(e).splitlines()[0][:120]}); "
+            "save a state_dict with torch.save(model.state_dict(), ...)."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise EdgeDistillError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]}); re-save it.") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, obj = obj, {"state_dict": obj}
+    else:
+        raise EdgeDistillError(f"{path}: holds no state_dict; save one with torch.save(model.state_dict(), ...).")
+    if model is not None:
+        result = model.load_state_dict(state, strict=False)
+        problems = []
+        if result.missing_keys:
+            problems.append(f"missing keys {result.missing_keys[:3]}")
+        if result.unexpected_keys:
+            problems.append(f"unexpected keys {result.unexpected_keys[:3]}")
+        if problems:
+            raise EdgeDistillError(
+                f"{path}: does not match the recipe's architecture ({'; '.join(problems)}); "
+                "check the arch and params it was trained with."
+            )
+    return obj
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,143 @@
+"""The recipe: one typed, validated TOML file that drives a whole run.
+
+Every section is a dataclass; unknown keys, wrong types and out-of-range values are rejected by
+:func:`edgedistill._schema.from_dict` with the dotted key, what was expected and the valid choices.
+``load_recipe`` fills every default in, and the pipeline writes the resolved recipe to the run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal, Optional
+
+from . import _schema
+from ._schema import field
+from .errors import ConfigError
+
+Optimizer = Literal["adamw", "sgd"]
+Scheduler = Literal["cosine", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    path: Optional[str] = None
+    options: dict = field(default_factory=dict, help="extra keyword arguments for the dataset factory")
+    val_fraction: float = field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = field(0.2, gt=0.0, lt=0.9)
+    batch_size: int = field(64, ge=1, le=65536)
+    max_train_samples: Optional[int] = field(None, ge=1)
+    max_test_samples: Optional[int] = field(None, ge=1)
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "cnn"
+    params: dict = field(default_factory=lambda: {"width": 64, "depth": 3})
+    checkpoint: Optional[str] = None
+    epochs: int = field(15, ge=0, le=10000)
+    lr: float = field(2e-3, gt=0.0, le=10.0)
+    weight_decay: float = field(1e-4, ge=0.0)
+    optimizer: Optimizer = "adamw"
+    scheduler: Scheduler = "cosine"
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "cnn"
+    params: dict = field(default_factory=lambda: {"width": 8, "depth": 2})
+
+
+@dataclass
+class LossTerm:
+    name: str = "kd"
+    weight: float = field(1.0, ge=0.0)
+    params: dict = field(default_factory=dict)
+    warmup_epochs: int = field(0, ge=0)
+
+
+@dataclass
+class DistillConfig:
+    epochs: int = field(30, ge=0, le=10000)
+    lr: float = field(3e-3, gt=0.0, le=10.0)
+    weight_decay: float = field(1e-4, ge=0.0)
+    optimizer: Optimizer = "adamw"
+    scheduler: Scheduler = "cosine"
+    alpha: float = field(0.3, ge=0.0, le=1.0, help="weight of the hard-label cross-entropy term")
+    temperature: float = field(4.0, gt=0.0, le=100.0)
+    losses: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
+    checkpoint_every: int = field(0, ge=0, help="steps between mid-epoch checkpoints (0: end of epoch only)")
+    device: Device = "auto"
+    amp: bool = False
+
+
+@dataclass
+class ExportConfig:
+    opset: int = field(18, ge=13, le=23)
+    parity_atol: float = field(1e-4, gt=0.0)
+    parity_rtol: float = field(1e-3, ge=0.0)
+    parity_samples: int = field(256, ge=1)
+
+
+@dataclass
+class PTQConfig:
+    enabled: bool = True
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = field(99.999, gt=50.0, le=100.0)
+    samples: int = field(256, ge=1, le=100000)
+    per_channel: bool = True
+    activation_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: bool = False
+    max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
+
+
+@dataclass
+class BenchConfig:
+    runs: int = field(100, ge=1)
+    warmup: int = field(10, ge=0)
+    min_seconds: float = field(1.0, ge=0.0)
+    batch_size: int = field(1, ge=1)
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    seed: int = field(0, ge=0)
+    target: str = "laptop-x86"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    ptq: PTQConfig = field(default_factory=PTQConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def _check(self, where: str) -> None:
+        if not self.name or any(c in self.name for c in "/\\\0"):
+            raise ConfigError("name: must be a non-empty string without slashes; it names the run folder.")
+        if not self.distill.losses:
+            raise ConfigError("distill.losses: the list is empty; add at least one loss, e.g. { name = \"kd\" }.")
+
+    def to_dict(self) -> dict:
+        return _schema.to_dict(self)
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return _schema.from_dict(Recipe, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_recipe(path: str | None = None) -> Recipe:
+    """Load a recipe file (or the built-in digits default when ``path`` is None)."""
+    if path is None:
+        text = resources.files("edgedistill").joinpath("recipes/default.toml").read_text()
+        return recipe_from_dict(_schema.tomllib.loads(text), "built-in default recipe")
+    return recipe_from_dict(_schema.load_toml(path, "recipe"), str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return _schema.dump_toml(recipe.to_dict())
