@@ -208,7 +208,6 @@ def test_builtin_targets_cover_the_issue():
     assert load_target("iphone").execution_provider == "CoreMLExecutionProvider"
 
 
-def test_worker_json_protocol_survives_library_prints(models, monkeypatch):
-    # anything printed by a library in the worker goes to stderr, so the reply lines stay JSON
+def test_zero_warmup_and_zero_min_seconds_still_give_runs(models):
     r = bench.benchmark([models["conv"]], runs=5, warmup=0, min_seconds=0.0)
     assert r["models"][0]["runs"] >= 5 and r["models"][0]["warmup_runs"] == 0
