@@ -211,3 +211,37 @@ def test_builtin_targets_cover_the_issue():
 def test_zero_warmup_and_zero_min_seconds_still_give_runs(models):
     r = bench.benchmark([models["conv"]], runs=5, warmup=0, min_seconds=0.0)
     assert r["models"][0]["runs"] >= 5 and r["models"][0]["warmup_runs"] == 0
+
+
+def _cli(args):
+    from click.testing import CliRunner
+
+    from edgedistill._cli_tools import bench_cmd
+
+    return CliRunner().invoke(bench_cmd, args)
+
+
+def test_cli_json_and_exit_code_3_on_missed_budget(models, tmp_path):
+    _target_file(tmp_path, budgets={"p90_ms": 1e-6})
+    res = _cli([models["mlp"], models["conv"], "--target", str(tmp_path / "t.toml"), "--runs", "20",
+                "--min-seconds", "0.05", "--warmup", "2", "--json"])
+    assert res.exit_code == 3, res.output
+    r = json.loads(res.stdout)
+    assert r["verdict"]["p90_ms"]["ok"] is False and len(r["ratios"]) == 1
+
+
+def test_cli_text_output_within_budget(models, tmp_path):
+    _target_file(tmp_path)
+    res = _cli([models["mlp"], models["conv"], "--target", str(tmp_path / "t.toml"), "--runs", "20",
+                "--min-seconds", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert "ratio " in res.stdout and "speed-up" in res.stdout
+    assert "WITHIN BUDGET" in res.stdout and "p90_ms" in res.stdout
+
+
+def test_cli_errors_are_one_sentence(tmp_path):
+    res = _cli([str(tmp_path / "none.onnx")])
+    assert res.exit_code == 1
+    assert "none.onnx: model file not found; check the path." in res.output
+    res = _cli([str(tmp_path / "none.onnx"), "--target", "no-such-board"])
+    assert res.exit_code == 1 and "target 'no-such-board' is unknown" in res.output
