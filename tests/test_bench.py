@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +43,27 @@ def _target_file(tmp_path, **over):
 
 
 def test_import_leaves_torch_unloaded():
-    code = "import sys, edgedistill.bench, edgedistill._machine; print('torch' in sys.modules)"
+    code = ("import sys, edgedistill.bench, edgedistill._machine, edgedistill.modelinfo, edgedistill.bundle, "
+            "edgedistill._cli_tools; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bench_and_inspect_cli_run_on_a_board_without_torch(models, tmp_path):
+    # a `torch` that cannot be imported stands in for a Raspberry Pi with the light install
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch is not installed on this board')\n")
+    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "edgedistill", "bench", models["conv"], "--runs", "5",
+                          "--min-seconds", "0", "--json"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["models"][0]["runs"] >= 5
+    out = subprocess.run([sys.executable, "-m", "edgedistill", "inspect", models["conv"], "--json"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["params"] == 65
 
 
 def test_output_contract_two_models(models):
