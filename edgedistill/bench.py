@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,8 +118,9 @@ class _Worker:
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child can never block on it
         self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench", "--worker"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, bufsize=1)
         self.init = self.ask({"cmd": "init", "path": path, **settings})
 
@@ -130,7 +132,9 @@ class _Worker:
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
-            err = (self.proc.stderr.read() or "").strip().splitlines()
+            self.proc.wait(timeout=10)
+            self.log.seek(0)
+            err = self.log.read().strip().splitlines()
             raise EdgeDistillError(f"{self.path}: the benchmark worker died ({err[-1] if err else 'no message'}); "
                                    "check that the model runs with onnxruntime.")
         reply = json.loads(line)
@@ -149,8 +153,8 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self.proc.stdout.close()
+        self.log.close()
 
 
 def _measure(workers: list[_Worker], s: dict) -> list[dict]:

@@ -263,3 +263,24 @@ def test_cli_errors_are_one_sentence(tmp_path):
     assert "none.onnx: model file not found; check the path." in res.output
     res = _cli([str(tmp_path / "none.onnx"), "--target", "no-such-board"])
     assert res.exit_code == 1 and "target 'no-such-board' is unknown" in res.output
+
+
+def test_size_counts_the_external_data_file(tmp_path):
+    src = onnx.load(onnx_models.mlp(tmp_path / "src.onnx", hidden=256))
+    onnx.save(src, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    total = (tmp_path / "ext.onnx").stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+    r = bench.benchmark([str(tmp_path / "ext.onnx")], **FAST)
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 8 * 256 * 4
+    assert r["models"][0]["size_mb"] == pytest.approx(total / 1e6, abs=1e-4)
+
+
+def test_worker_crash_is_reported_in_one_sentence(models, monkeypatch, tmp_path):
+    # a worker that dies at start-up: its last stderr line is quoted and the model named
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'starting' >&2\necho 'Fatal: boom in the worker' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    with pytest.raises(bench.EdgeDistillError,
+                       match=r"mlp\.onnx: the benchmark worker died \(Fatal: boom in the worker\); check that"):
+        bench.benchmark([models["mlp"]], **FAST)
