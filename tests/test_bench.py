@@ -284,3 +284,20 @@ def test_worker_crash_is_reported_in_one_sentence(models, monkeypatch, tmp_path)
     with pytest.raises(bench.EdgeDistillError,
                        match=r"mlp\.onnx: the benchmark worker died \(Fatal: boom in the worker\); check that"):
         bench.benchmark([models["mlp"]], **FAST)
+
+
+def test_timed_runs_times_each_call():
+    import time as _time
+
+    class Slow:
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, names, feeds):
+            self.calls += 1
+            _time.sleep(0.004 if self.calls % 2 else 0.001)
+
+    s = Slow()
+    ms = bench._timed_runs(s, {}, 6)
+    assert s.calls == 6 and len(ms) == 6
+    assert all(m >= 4.0 for m in ms[0::2]) and all(1.0 <= m < 4.0 for m in ms[1::2])
