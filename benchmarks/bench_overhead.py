@@ -81,10 +81,10 @@ def _ours(path: str, seconds: float, warmup: int) -> dict:
 
 def _cpu_ratio(path: str, seconds: float, reps: int) -> dict:
     """In one process, on the calling thread's CPU time (which other processes' load cannot inflate):
-    the worker's own timing loop ``bench._timed_runs`` against a bare ``sess.run`` loop, alternated."""
+    the worker's timed region ``bench._timed_loop`` against a bare ``sess.run`` loop, alternated."""
     import onnxruntime as ort
 
-    from edgedistill.bench import _timed_runs, random_inputs
+    from edgedistill.bench import _timed_loop, random_inputs
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1  # 1 thread: ORT computes on the calling thread
@@ -93,9 +93,9 @@ def _cpu_ratio(path: str, seconds: float, reps: int) -> dict:
     sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
     feeds = random_inputs(sess)
     run, cpu = sess.run, time.thread_time_ns
-    _timed_runs(sess, feeds, 200)
+    _timed_loop(sess, feeds, 200)
     t0 = cpu()
-    _timed_runs(sess, feeds, 200)
+    _timed_loop(sess, feeds, 200)
     n = max(200, int(seconds * 1e9 / max(cpu() - t0, 1) * 200))
 
     def bare():
@@ -106,7 +106,7 @@ def _cpu_ratio(path: str, seconds: float, reps: int) -> dict:
 
     def ours():
         c0 = cpu()
-        _timed_runs(sess, feeds, n)
+        _timed_loop(sess, feeds, n)  # the worker's timed region, exactly
         return (cpu() - c0) / n
 
     b, o = [], []
@@ -171,7 +171,7 @@ def main() -> None:
         "overhead_ratio_block_median_note": f"the same comparison on the median of {BLOCK}-call block means, "
                                             "which a preempted block (a busy shared machine) cannot move",
         "overhead_ratio_cpu": max(r["overhead_ratio_cpu"] for r in rows),
-        "overhead_ratio_cpu_note": "the worker's timing loop (bench._timed_runs) over a bare loop in one process, "
+        "overhead_ratio_cpu_note": "the worker's timed region (bench._timed_loop) over a bare loop in one process, "
                                    "on thread CPU time: the harness's own cost, free of other processes' load",
         "load_average_before_after": [LOAD0, list(os.getloadavg())],
         "goal": "<= 1.03",
