@@ -58,11 +58,13 @@ def test_run_folder_has_every_artifact_and_a_manifest(finished_run):
     out = d / "out"
     for rel in ["recipe.toml", "01_teacher/model.pt", "01_teacher/meta.json", "03_distill/curves.csv",
                 "05_export/student_fp32.onnx", "06_ptq/student_ptq_int8.onnx", "07_verify/metrics.json",
-                "08_bench/bench.json", "report/report.md"]:
+                "08_bench/bench.json", "report/report.md", "report/report.html", "report/metric_vs_size.png",
+                "report/curves.png", "bundle/model.onnx", "bundle/model.ort", "bundle/required_operators.config",
+                "bundle/metadata.json", "bundle/MODEL_CARD.md"]:
         assert (out / rel).is_file(), rel
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and "torch" in manifest["versions"]
-    for name in ["teacher", "student", "distill", "export", "ptq", "verify", "bench", "report"]:
+    for name in ["teacher", "student", "distill", "export", "ptq", "verify", "bench", "report", "bundle"]:
         st = manifest["stages"][name]
         assert st["status"] == "done" and st["seconds"] >= 0 and st["outputs"]
 
