@@ -64,8 +64,10 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     settings = {"threads": n_threads, "inter_op_threads": 1, "providers": provs, "runs": runs, "warmup": warmup,
                 "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len}
 
-    workers = [_Worker(p, settings) for p in paths]
+    workers: list[_Worker] = []
     try:
+        for p in paths:
+            workers.append(_Worker(p, settings))
         models = _measure(workers, settings, keep_samples)
     finally:
         for w in workers:
@@ -76,7 +78,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
         result["settings"]["provider_note"] = provider_note
     if n_threads > cpu_count():
         result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
-                                              "threads share cores, so latency is worse than on the target.")
+                                              "threads share cores, so this latency is not what they give on a machine with enough cores.")
     if target is not None:
         _judge(result, target, deliverable or paths[-1])
     return result
@@ -123,7 +125,11 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench", "--worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, bufsize=1)
-        self.init = self.ask({"cmd": "init", "path": path, **settings})
+        try:
+            self.init = self.ask({"cmd": "init", "path": path, **settings})
+        except BaseException:
+            self.close()
+            raise
 
     def ask(self, msg: dict) -> dict:
         try:

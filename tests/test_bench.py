@@ -302,3 +302,19 @@ def test_timed_runs_times_each_call():
     assert s.calls == 6 and len(ms) == 6
     assert all(m >= 20.0 for m in ms[0::2]) and all(m >= 1.0 for m in ms[1::2])
     assert max(ms[1::2]) < min(ms[0::2])  # each call's own time, not a neighbour's
+
+
+def test_no_worker_is_left_running_when_a_later_model_fails(models, tmp_path, monkeypatch):
+    started = []
+    real_popen = bench.subprocess.Popen
+
+    def spy(*a, **k):
+        started.append(real_popen(*a, **k))
+        return started[-1]
+
+    monkeypatch.setattr(bench.subprocess, "Popen", spy)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"junk")
+    with pytest.raises(DataError, match="onnxruntime cannot load it"):
+        bench.benchmark([models["mlp"], str(junk)], **FAST)
+    assert len(started) == 2 and all(p.poll() is not None for p in started)
