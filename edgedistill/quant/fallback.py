@@ -1,0 +1,122 @@
+"""Accuracy-aware fallback: keep the most harmful nodes in FP32, one at a time, until the INT8
+model's accuracy drop is within ``max_drop``.
+
+ONNX Runtime has no accuracy-aware mode. Nodes are ranked by quantization error measured with
+``onnxruntime.quantization.qdq_loss_debug``: the signal-to-quantization-noise ratio (SQNR, dB) of
+every quantized tensor before vs after its QuantizeLinear/DequantizeLinear pair, and of every
+weight. A node's score is the lowest SQNR among its inputs, outputs (and the output of a
+ReLU/Clip that follows it alone) and weights; the lowest score is the most harmful. Accuracies are
+fractions in [0, 1]; ``max_drop`` is in percentage points.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader
+from onnxruntime.quantization import qdq_loss_debug as qdbg
+
+from ..errors import StageError
+
+_PASS_THROUGH = ("Relu", "Clip")
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds ``x`` to the model's single input in batches (calibration and error collection)."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 32) -> None:
+        self.input_name, self.x, self.batch_size = input_name, np.ascontiguousarray(x, dtype=np.float32), batch_size
+        self._i = 0
+
+    def get_next(self) -> Optional[dict]:
+        if self._i >= len(self.x):
+            return None
+        batch = self.x[self._i:self._i + self.batch_size]
+        self._i += self.batch_size
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, max_samples: int = 64) -> list[dict]:
+    """Nodes of ``float_model`` that ``qdq_model`` quantizes, most harmful (lowest SQNR) first."""
+    float_model, qdq_model = str(float_model), str(qdq_model)
+    graph = onnx.load(float_model).graph
+    input_name = graph.input[0].name
+    x = x[:max_samples]
+    with tempfile.TemporaryDirectory(prefix="edgedistill-sqnr-") as tmp:
+        acts = {}
+        for tag, path in (("float", float_model), ("qdq", qdq_model)):
+            aug = str(Path(tmp) / f"{tag}_augmented.onnx")
+            qdbg.modify_model_output_intermediate_tensors(path, aug)
+            acts[tag] = qdbg.collect_activations(aug, ArrayReader(input_name, x, batch_size=len(x)))
+    act_err = qdbg.compute_activation_error(qdbg.create_activation_matching(acts["qdq"], acts["float"]))
+    w_err = qdbg.compute_weight_error(qdbg.create_weight_matching(float_model, qdq_model))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    ranking = []
+    for n in graph.node:
+        tensors = list(n.input) + list(n.output)
+        for o in n.output:  # a ReLU after a conv shares its quantization
+            nxt = consumers.get(o, [])
+            if len(nxt) == 1 and nxt[0].op_type in _PASS_THROUGH:
+                tensors += list(nxt[0].output)
+        scores = {t: act_err[t]["qdq_err"] for t in tensors if t in act_err}
+        scores.update({t: w_err[t] for t in n.input if t in w_err})
+        finite = {t: s for t, s in scores.items() if np.isfinite(s)}
+        if not finite or n.op_type in _PASS_THROUGH:
+            continue
+        worst = min(finite, key=finite.get)
+        ranking.append({"node": n.name, "op_type": n.op_type, "sqnr_db": round(float(finite[worst]), 3),
+                        "tensor": worst})
+    ranking.sort(key=lambda r: r["sqnr_db"])
+    return ranking
+
+
+def accuracy_aware_fallback(quantize: Callable[[list[str], str], None], float_model: str | Path,
+                            out_path: str | Path, evaluate: Callable[[str], float], calib_x: np.ndarray,
+                            max_drop: float, max_nodes: int = 10, fp32_accuracy: float | None = None) -> dict:
+    """Quantize with ``quantize(nodes_to_exclude, path)``, then exclude nodes by rank until the drop fits.
+
+    Returns the record the report shows: FP32 accuracy, every step (nodes kept in FP32, accuracy,
+    drop in points), the chosen step, whether ``max_drop`` was met, and the SQNR ranking.
+    """
+    if not callable(evaluate):
+        raise StageError("ptq.max_drop is set but no evaluate(onnx_path) -> accuracy callback was given; pass one.")
+    fp32 = float(evaluate(str(float_model))) if fp32_accuracy is None else float(fp32_accuracy)
+    steps: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="edgedistill-fallback-") as tmp:
+
+        def attempt(excluded: list[str]) -> str:
+            path = str(Path(tmp) / f"step_{len(steps):02d}.onnx")
+            quantize(list(excluded), path)
+            acc = float(evaluate(path))
+            steps.append({"nodes_in_fp32": list(excluded), "accuracy": acc, "drop_points": round((fp32 - acc) * 100, 4)})
+            return path
+
+        paths = [attempt([])]
+        ranking: list[dict] = []
+        if steps[0]["drop_points"] > max_drop:
+            ranking = rank_nodes(float_model, paths[0], calib_x)
+            excluded: list[str] = []
+            for entry in ranking[:max_nodes]:
+                excluded.append(entry["node"])
+                paths.append(attempt(excluded))
+                if steps[-1]["drop_points"] <= max_drop:
+                    break
+        met = [i for i, s in enumerate(steps) if s["drop_points"] <= max_drop]
+        chosen = met[0] if met else max(range(len(steps)), key=lambda i: steps[i]["accuracy"])
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths[chosen], str(out_path) + ".tmp")
+        Path(str(out_path) + ".tmp").replace(out_path)
+    return {"fp32_accuracy": fp32, "max_drop_points": max_drop, "met": bool(met), "chosen_step": chosen,
+            "nodes_in_fp32": steps[chosen]["nodes_in_fp32"], "accuracy": steps[chosen]["accuracy"],
+            "steps": steps, "ranking": ranking[:max(max_nodes, 10)]}
