@@ -45,18 +45,20 @@ class ArrayReader(CalibrationDataReader):
 
 
 def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, max_samples: int = 64) -> list[dict]:
-    """Nodes of ``float_model`` that ``qdq_model`` quantizes, most harmful (lowest SQNR) first."""
+    """Nodes of ``float_model`` that ``qdq_model`` quantizes, most harmful (lowest SQNR) first.
+
+    An activation's SQNR compares the FP32 model's tensor with that same tensor passed through the
+    QDQ model's quantizer (its scale and zero point): the noise that quantizing this one tensor adds.
+    """
     float_model, qdq_model = str(float_model), str(qdq_model)
     graph = onnx.load(float_model).graph
     input_name = graph.input[0].name
-    x = x[:max_samples]
     with tempfile.TemporaryDirectory(prefix="edgedistill-sqnr-") as tmp:
-        acts = {}
-        for tag, path in (("float", float_model), ("qdq", qdq_model)):
-            aug = str(Path(tmp) / f"{tag}_augmented.onnx")
-            qdbg.modify_model_output_intermediate_tensors(path, aug)
-            acts[tag] = qdbg.collect_activations(aug, ArrayReader(input_name, x, batch_size=len(x)))
-    act_err = qdbg.compute_activation_error(qdbg.create_activation_matching(acts["qdq"], acts["float"]))
+        aug = str(Path(tmp) / "float_augmented.onnx")
+        qdbg.modify_model_output_intermediate_tensors(float_model, aug)
+        acts = qdbg.collect_activations(aug, ArrayReader(input_name, x[:max_samples], batch_size=max_samples))
+    act_err = {t: qdbg.compute_signal_to_quantization_noice_ratio(acts[t], [_qdq(a, s, z) for a in acts[t]])
+               for t, (s, z) in _activation_qparams(qdq_model).items() if t in acts}
     w_err = qdbg.compute_weight_error(qdbg.create_weight_matching(float_model, qdq_model))
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -69,7 +71,7 @@ def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, ma
             nxt = consumers.get(o, [])
             if len(nxt) == 1 and nxt[0].op_type in _PASS_THROUGH:
                 tensors += list(nxt[0].output)
-        scores = {t: act_err[t]["qdq_err"] for t in tensors if t in act_err}
+        scores = {t: act_err[t] for t in tensors if t in act_err}
         scores.update({t: w_err[t] for t in n.input if t in w_err})
         finite = {t: s for t, s in scores.items() if np.isfinite(s)}
         if not finite or n.op_type in _PASS_THROUGH:
@@ -79,6 +81,24 @@ def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, ma
                         "tensor": worst})
     ranking.sort(key=lambda r: r["sqnr_db"])
     return ranking
+
+
+def _activation_qparams(qdq_model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """FP32 tensor name -> (scale, zero point) of the QuantizeLinear that quantizes it."""
+    graph = onnx.load(qdq_model).graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    out = {}
+    for n in graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1] in consts and len(n.input) > 2 and n.input[2] in consts:
+            name = n.input[0].removesuffix(qdbg.QUANT_INPUT_SUFFIX)
+            out[name] = (consts[n.input[1]], consts[n.input[2]])
+    return out
+
+
+def _qdq(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    info = np.iinfo(zero_point.dtype)
+    q = np.clip(np.rint(x / scale) + zero_point.astype(np.float32), info.min, info.max)
+    return ((q - zero_point.astype(np.float32)) * scale).astype(np.float32)
 
 
 def accuracy_aware_fallback(quantize: Callable[[list[str], str], None], float_model: str | Path,
