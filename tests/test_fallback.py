@@ -11,7 +11,8 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from edgedistill.errors import StageError
 from edgedistill.quant.deliverable import choose_deliverable
-from edgedistill.quant.fallback import ArrayReader, accuracy_aware_fallback, rank_nodes
+from edgedistill.quant.fallback import accuracy_aware_fallback, rank_nodes
+from edgedistill.quant.ptq import ArrayReader
 from edgedistill.targets import Budgets
 
 
@@ -135,3 +136,18 @@ def test_deliverable_reports_what_nothing_meets():
 def test_deliverable_rejects_unmeasured_candidates():
     with pytest.raises(StageError, match="lacks p90_ms"):
         choose_deliverable([{"name": "qat", "accuracy": 0.9, "size_mb": 1.0}], Budgets(), 0.5)
+
+
+def test_quantize_int8_runs_the_fallback_when_max_drop_is_set(planted, tmp_path):
+    from edgedistill.quant.ptq import quantize_int8
+    from edgedistill.recipe import PTQConfig
+
+    fp32, calib, _, evaluate = planted
+    cfg = PTQConfig(max_drop=3.0, max_fallback_nodes=3)
+    meta = quantize_int8(fp32, tmp_path / "int8.onnx", calib, cfg, evaluate=evaluate)
+    fb = meta["fallback"]
+    assert fb["met"] and fb["steps"][0]["drop_points"] > 10.0
+    assert set(meta["nodes_excluded"]) == set(fb["nodes_in_fp32"]) and "fc1" not in meta["nodes_excluded"]
+    assert evaluate(str(tmp_path / "int8.onnx")) >= 0.97
+    with pytest.raises(StageError, match="ptq.max_drop is set but no evaluate"):
+        quantize_int8(fp32, tmp_path / "x.onnx", calib, cfg)

@@ -14,34 +14,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
 from onnxruntime.quantization import qdq_loss_debug as qdbg
 
 from ..errors import StageError
+from .ptq import ArrayReader
 
 _PASS_THROUGH = ("Relu", "Clip")
-
-
-class ArrayReader(CalibrationDataReader):
-    """Feeds ``x`` to the model's single input in batches (calibration and error collection)."""
-
-    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 32) -> None:
-        self.input_name, self.x, self.batch_size = input_name, np.ascontiguousarray(x, dtype=np.float32), batch_size
-        self._i = 0
-
-    def get_next(self) -> Optional[dict]:
-        if self._i >= len(self.x):
-            return None
-        batch = self.x[self._i:self._i + self.batch_size]
-        self._i += self.batch_size
-        return {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._i = 0
 
 
 def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, max_samples: int = 64) -> list[dict]:
@@ -56,7 +38,7 @@ def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, ma
     with tempfile.TemporaryDirectory(prefix="edgedistill-sqnr-") as tmp:
         aug = str(Path(tmp) / "float_augmented.onnx")
         qdbg.modify_model_output_intermediate_tensors(float_model, aug)
-        acts = qdbg.collect_activations(aug, ArrayReader(input_name, x[:max_samples], batch_size=max_samples))
+        acts = qdbg.collect_activations(aug, ArrayReader(input_name, x[:max_samples], batch=max_samples))
     act_err = {t: qdbg.compute_signal_to_quantization_noice_ratio(acts[t], [_qdq(a, s, z) for a in acts[t]])
                for t, (s, z) in _activation_qparams(qdq_model).items() if t in acts}
     w_err = qdbg.compute_weight_error(qdbg.create_weight_matching(float_model, qdq_model))
