@@ -187,3 +187,33 @@ def test_ort_int8_agrees_with_torch_fake_quant(exported):
         ref = c(x).numpy()
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.995
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+def test_run_qat_trains_with_kd_exports_int8_and_checks_parity(tmp_path):
+    from edgedistill.data import load_data
+    from edgedistill.distill.train import evaluate_accuracy
+    from edgedistill.quant.stage import run_qat
+    from edgedistill.recipe import DataConfig
+
+    splits = load_data(DataConfig(dataset="digits"), seed=0)
+    torch.manual_seed(0)
+    student = build_model("cnn", {"width": 8, "depth": 2}, splits.input_shape, splits.num_classes, "student")
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y).long()
+    for _ in range(60):  # a quick FP32 student to start from
+        for i in range(0, len(x), 128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(student(x[i:i + 128]), y[i:i + 128]).backward()
+            opt.step()
+    fp32_acc = evaluate_accuracy(student, splits.test)
+    assert fp32_acc > 0.85
+    cfg = QATConfig(enabled=True, epochs=2, freeze_observers_epoch=1, calibration_batches=4)
+    meta = run_qat(student, None, splits, cfg, tmp_path, batch_size=64)
+    assert (tmp_path / "student_qat_int8.onnx").exists() and (tmp_path / "meta.json").exists()
+    assert meta["parity"]["top1_agreement"] >= 0.995
+    assert [r["phase"] for r in meta["history"]] == ["observe", "frozen"]
+    assert meta["test_accuracy_fakequant_torch"] >= fp32_acc - 0.03
+    assert meta["export"]["int8_weights"] == 3
+    with pytest.raises(StageError, match="qat.teacher is 'teacher' but no teacher"):
+        run_qat(student, None, splits, QATConfig(teacher="teacher"), tmp_path / "b")
