@@ -129,6 +129,17 @@ def scalar_qparams_(model: onnx.ModelProto) -> None:
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
 
 
+def strip_debug_info_(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces, module paths): often larger than INT8 weights."""
+    for n in model.graph.node:
+        del n.metadata_props[:]
+        n.doc_string = ""
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        del vi.metadata_props[:]
+    for init in model.graph.initializer:
+        del init.metadata_props[:]
+
+
 def _drop_unused_(graph: onnx.GraphProto) -> None:
     used = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
     kept = [i for i in graph.initializer if i.name in used]

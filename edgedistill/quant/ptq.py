@@ -3,9 +3,10 @@
 ``quant_pre_process`` (shape inference + graph optimisation), then ``quantize_static`` with S8S8
 per-channel weights by default and the recipe's calibration method on samples from the training
 split. Never dynamic quantization for convolutional models (ConvInteger runs slower than FP32).
-U8S8 (``activation_type = "uint8"``) and ``reduce_range`` are there for CPUs without VNNI. The
-calibrator merges ranges every ``_CALIB_FLUSH_BATCHES`` batches, so its memory stays bounded
-whatever ``samples`` is. With ``max_drop`` set, the accuracy-aware fallback
+U8S8 (``activation_type = "uint8"``) and ``reduce_range`` are there for CPUs without VNNI. MinMax
+calibration keeps two scalars per tensor per batch; Entropy and Percentile keep every activation of
+every calibration sample until the histograms are built, so for them the sample count is capped to
+fit ``_HIST_BUDGET_FLOATS`` activation values (estimated from the graph's inferred shapes). With ``max_drop`` set, the accuracy-aware fallback
 (:mod:`edgedistill.quant.fallback`) keeps the most harmful nodes in FP32 until the drop fits.
 """
 
@@ -25,7 +26,7 @@ from ..errors import StageError
 from ..recipe import PTQConfig
 
 _CALIB_BATCH = 32
-_CALIB_FLUSH_BATCHES = 8  # ORT keeps at most this many batches of intermediate outputs before merging ranges
+_HIST_BUDGET_FLOATS = 256 * 2**20  # 1 GiB of float32 activations held by the histogram calibrators
 
 
 class ArrayReader(CalibrationDataReader):
@@ -72,6 +73,9 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     with tempfile.TemporaryDirectory(dir=onnx_out.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         _preprocess(onnx_in, pre)
+        requested = len(calib_x)
+        if cfg.calibration != "minmax":
+            calib_x = calib_x[:max(1, _HIST_BUDGET_FLOATS // _activation_floats_per_sample(pre))]
 
         def quantize(exclude: list[str], out: str) -> None:
             _quantize_static(pre, Path(out), input_name, calib_x, cfg, list(nodes_to_exclude or []) + list(exclude))
@@ -90,7 +94,8 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     return {
         "path": str(onnx_out), "format": "QDQ", "activation_type": cfg.activation_type, "weight_type": "int8",
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
-        "calibration_samples": int(len(calib_x)), "nodes_excluded": excluded,
+        "calibration_samples": int(len(calib_x)), "calibration_samples_requested": int(requested),
+        "nodes_excluded": excluded,
         "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback,
     }
 
@@ -104,6 +109,19 @@ def _preprocess(onnx_in: Path, pre: Path) -> None:
         raise StageError(f"ptq: pre-processing {onnx_in.name} failed ({str(e).splitlines()[0][:160]}).") from None
 
 
+def _activation_floats_per_sample(model_path: Path) -> int:
+    """Float activation values one sample produces (sum over inferred tensor shapes, batch dim excluded)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    total = 0
+    for vi in list(graph.value_info) + list(graph.output):
+        dims = vi.type.tensor_type.shape.dim[1:]
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and all(d.HasField("dim_value") for d in dims):
+            total += int(np.prod([d.dim_value for d in dims])) if dims else 1
+    return max(total, 1)
+
+
 def _quantize_static(pre: Path, out: Path, input_name: str, calib_x: np.ndarray, cfg: PTQConfig,
                      exclude: list[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -111,7 +129,8 @@ def _quantize_static(pre: Path, out: Path, input_name: str, calib_x: np.ndarray,
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     act = QuantType.QInt8 if cfg.activation_type == "int8" else QuantType.QUInt8
-    extra = {"WeightSymmetric": True, "CalibMaxIntermediateOutputs": _CALIB_FLUSH_BATCHES}
+    # (not CalibMaxIntermediateOutputs: in ORT 1.32 MinMax drops the batches it flushes instead of merging them)
+    extra = {"WeightSymmetric": True}
     if cfg.calibration == "percentile":
         extra["CalibPercentile"] = cfg.percentile
     quantize_static(

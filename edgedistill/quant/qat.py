@@ -106,6 +106,7 @@ def export_qat_onnx(model: nn.Module, path: str | Path, example_input: torch.Ten
     _qdq_onnx.scalar_qparams_(proto)
     n_weights = _qdq_onnx.quantize_weights_(proto)
     n_biases = _qdq_onnx.quantize_biases_(proto)
+    _qdq_onnx.strip_debug_info_(proto)
     onnx.checker.check_model(proto)
     _io.write_bytes(path, proto.SerializeToString())
     ops = [n.op_type for n in proto.graph.node]
