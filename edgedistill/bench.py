@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._checks import check_onnx
 from ._io import file_size_mb
 from ._machine import architecture, cpu_count, machine_info
 from .errors import DataError, EdgeDistillError
@@ -51,6 +52,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     for p in paths:
         if not os.path.isfile(p):
             raise DataError(f"{p}: model file not found; check the path.")
+        check_onnx(p)  # onnx.checker and the opset range before a worker loads it
     if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1:
         raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds >= 0.")
     if deliverable is not None and deliverable not in paths:

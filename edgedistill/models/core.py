@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
+import sys
 import zipfile
 from typing import Callable
 
@@ -40,17 +41,24 @@ def save_checkpoint(path, model: nn.Module, **extra) -> None:
     _io.write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint") -> dict:
-    """Load a checkpoint without unpickling arbitrary objects; optionally load it into ``model``."""
+def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint", trust: bool = False,
+                    warn: Callable[[str], None] | None = None) -> dict:
+    """Load a checkpoint without unpickling arbitrary objects; optionally load it into ``model``.
+
+    ``trust=True`` (the CLI's ``--trust-checkpoint``) falls back to full unpickling, which runs any
+    code the file carries, for a file ``weights_only`` refuses, and says so through ``warn``.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"{key}: {path} does not exist; check the path.") from None
     except pickle.UnpicklingError as e:
-        raise EdgeDistillError(
-            f"{path}: refused to load, it holds objects other than tensors ({str(e).splitlines()[0][:120]}); "
-            "save a state_dict with torch.save(model.state_dict(), ...)."
-        ) from None
+        if not trust:
+            raise EdgeDistillError(
+                f"{path}: refused to load, it holds objects other than tensors ({str(e).splitlines()[0][:120]}); "
+                "save a state_dict with torch.save(model.state_dict(), ...), or pass --trust-checkpoint if you made this file."
+            ) from None
+        obj = _load_trusted(path, warn or (lambda msg: print(msg, file=sys.stderr)))
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise EdgeDistillError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]}); re-save it.") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -79,6 +87,16 @@ def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint
             )
         model.load_state_dict(state)
     return obj
+
+
+def _load_trusted(path, warn: Callable[[str], None]) -> dict:
+    warn(f"Warning: {path}: fully unpickling it because of --trust-checkpoint; this runs any code the file holds.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a pickle may fail in any way (missing class, bad module...)
+        raise EdgeDistillError(f"{path}: cannot be unpickled ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                               "re-save it with torch.save(model.state_dict(), ...).") from None
+    return {"state_dict": obj.state_dict()} if isinstance(obj, nn.Module) else obj
 
 
 def count_params(model: nn.Module) -> int:
