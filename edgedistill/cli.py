@@ -110,8 +110,8 @@ def main() -> None:
     _attach_optional_commands()
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        _err("Aborted.")
+    except click.exceptions.Abort as e:  # click turns KeyboardInterrupt into Abort
+        _err(interrupt_message(e.__cause__) if isinstance(e.__cause__, KeyboardInterrupt) else "Aborted.")
         sys.exit(130)
     except click.ClickException as e:
         e.show()

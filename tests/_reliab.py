@@ -1,0 +1,128 @@
+"""Helpers for the reliability tests: the real CLI in a subprocess, the "nothing half-written" check,
+and the real runs the resume / determinism / Ctrl-C / budget tests share (started together, so
+they overlap on the cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Like the tiny recipe, with a higher learning rate (a student that learns something, so equal metrics
+# mean something), batch 32 (40 steps per epoch) and a mid-epoch checkpoint every 5 steps.
+RESUME_RECIPE = """
+name = "resume"
+seed = 3
+target = "laptop-x86"
+
+[data]
+dataset = "digits"
+batch_size = 32
+
+[teacher]
+arch = "cnn"
+params = { width = 16, depth = 2 }
+epochs = 2
+lr = 0.02
+
+[student]
+arch = "cnn"
+params = { width = 4, depth = 2 }
+
+[distill]
+epochs = 3
+lr = 0.02
+checkpoint_every = 5
+losses = [{ name = "kd" }]
+
+[ptq]
+samples = 64
+
+[bench]
+runs = 5
+warmup = 1
+min_seconds = 0.0
+"""
+
+
+def cli_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """``python -m edgedistill ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "edgedistill", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=cli_env(), timeout=timeout)
+
+
+def popen(*args, log: Path) -> subprocess.Popen:
+    f = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "edgedistill", *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
+                            text=True, env=cli_env())
+
+
+def assert_nothing_half_written(run_dir: Path) -> None:
+    """No temporary file is left, and every stage the manifest calls done has its outputs intact."""
+    if not run_dir.exists():
+        return
+    leftovers = [p for p in run_dir.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".bundle.")
+                 or p.name.endswith(".export.onnx")]
+    assert not leftovers, leftovers
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        from edgedistill._io import sha256_file
+
+        stages = json.loads(manifest.read_text()).get("stages", {})
+        for name, st in stages.items():
+            if st.get("status") == "done":
+                for rel, digest in st["outputs"].items():
+                    assert sha256_file(run_dir / rel) == digest, (name, rel)
+
+
+@dataclass
+class Runs:
+    """Finished runs of RESUME_RECIPE: a, b uninterrupted; c SIGKILLed mid-distill; d Ctrl-C'd mid-distill."""
+
+    root: Path
+    recipe: Path
+    rc: dict = field(default_factory=dict)          # name -> exit code ("c1"/"d1": first, interrupted part)
+    log: dict = field(default_factory=dict)         # name -> combined stdout/stderr
+    manifest_after_stop: dict = field(default_factory=dict)  # "c"/"d" -> manifest right after the stop
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+
+def start_runs(root: Path, timeout: float = 600.0) -> Runs:
+    """Run a and b to the end; kill c (SIGKILL) and interrupt d (SIGINT) once their distill stage has
+    written its first checkpoint, then continue both with --resume. All four overlap in time."""
+    recipe = root / "resume.toml"
+    recipe.write_text(RESUME_RECIPE)
+    runs = Runs(root, recipe)
+    procs = {n: popen("run", recipe, "--run-dir", root / n, log=root / f"{n}.log") for n in "abcd"}
+    stop = {"c": signal.SIGKILL, "d": signal.SIGINT}
+    deadline = time.monotonic() + timeout
+    while stop and time.monotonic() < deadline:
+        for n in list(stop):
+            if (root / n / "03_distill" / "checkpoints" / "last.pt").exists():
+                procs[n].send_signal(stop.pop(n))
+            elif procs[n].poll() is not None:
+                stop.pop(n)  # it ended before its distill stage checkpointed: the test will say so
+        time.sleep(0.01)
+    for n in "cd":
+        runs.rc[n + "1"] = procs[n].wait(timeout=max(1.0, deadline - time.monotonic()))
+        runs.log[n + "1"] = (root / f"{n}.log").read_text()
+        manifest = root / n / "manifest.json"
+        runs.manifest_after_stop[n] = json.loads(manifest.read_text()) if manifest.exists() else {}
+        procs[n] = popen("run", recipe, "--run-dir", root / n, "--resume", log=root / f"{n}2.log")
+    for n, p in procs.items():
+        runs.rc[n] = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        runs.log[n] = (root / (f"{n}2.log" if n in "cd" else f"{n}.log")).read_text()
+    return runs
