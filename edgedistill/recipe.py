@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from . import _schema
 from ._schema import field
 from .errors import ConfigError
+from .quant.config import QATConfig
 
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["cosine", "none"]
@@ -91,6 +92,7 @@ class PTQConfig:
     activation_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
     max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
+    max_fallback_nodes: int = field(10, ge=1, le=1000, help="most nodes the accuracy-aware fallback keeps in FP32")
 
 
 @dataclass
@@ -99,6 +101,12 @@ class BenchConfig:
     warmup: int = field(10, ge=0)
     min_seconds: float = field(1.0, ge=0.0)
     batch_size: int = field(1, ge=1)
+
+
+@dataclass
+class ReportConfig:
+    tolerance: float = field(1.0, ge=0.0, le=100.0,
+                             help="accuracy points the deliverable may lose against the FP32 student")
 
 
 @dataclass
@@ -111,8 +119,10 @@ class Recipe:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
     ptq: PTQConfig = field(default_factory=PTQConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def _check(self, where: str) -> None:
         if not self.name or any(c in self.name for c in "/\\\0"):
