@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -79,8 +80,9 @@ def os_errors_as_messages(run_dir: str | os.PathLike) -> Iterator[None]:
 
 def os_error_message(e: OSError, run_dir: str | os.PathLike) -> EdgeDistillError:
     where = Path(e.filename) if e.filename else Path(run_dir)
-    if where.name.startswith(".") and where.name.endswith(".tmp"):
-        where = where.parent  # an atomic write's temporary name: name the folder it was going to
+    tmp = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", where.name)
+    if tmp:
+        where = where.with_name(tmp.group(1))  # an atomic write's temporary file: name the file it was for
     reason = (e.strerror or str(e) or type(e).__name__).rstrip(".")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         todo = "free some disk space (or pass another --run-dir), then continue with --resume"
