@@ -112,43 +112,71 @@ def assert_nothing_half_written(run_dir: Path) -> None:
                     assert sha256_file(run_dir / rel) == digest, (name, rel)
 
 
+IMPOSSIBLE_TARGET = 'name = "impossible"\ncores = 1\nthreads = 1\n[budgets]\nsize_mb = 0.000001\np90_ms = 0.000001\n'
+
+
 @dataclass
 class Runs:
-    """Finished runs of RESUME_RECIPE: a, b uninterrupted; c SIGKILLed mid-distill; d Ctrl-C'd mid-distill."""
+    """Runs of RESUME_RECIPE, all from scratch and started together:
+
+    - ``a``: uninterrupted;
+    - ``b``: uninterrupted, against a target no model can meet (so it must finish with exit 3);
+    - ``c``: one run folder, stopped twice mid-distill: ``c1`` is SIGKILLed once the distill stage has
+      written its first checkpoint, ``c2`` (``--resume``) gets SIGINT (Ctrl-C) once it has written a
+      checkpoint of its own, and ``c3`` (``--resume``) finishes the run.
+    """
 
     root: Path
     recipe: Path
-    rc: dict = field(default_factory=dict)          # name -> exit code ("c1"/"d1": first, interrupted part)
+    rc: dict = field(default_factory=dict)          # name -> exit code (None: it was never stopped)
     log: dict = field(default_factory=dict)         # name -> combined stdout/stderr
-    manifest_after_stop: dict = field(default_factory=dict)  # "c"/"d" -> manifest right after the stop
+    manifest_after_stop: dict = field(default_factory=dict)  # "c1"/"c2" -> manifest right after the stop
 
     def dir(self, name: str) -> Path:
-        return self.root / name
+        return self.root / name[0]
+
+
+def _inode(path: Path):
+    try:
+        return path.stat().st_ino  # an atomic write (rename) gives the file a new inode
+    except FileNotFoundError:
+        return None
+
+
+def _stop_at_next_checkpoint(proc: subprocess.Popen, ckpt: Path, sig: int, deadline: float) -> bool:
+    """Send ``sig`` once ``ckpt`` is (re)written; False if the process ended first."""
+    before = _inode(ckpt)
+    while time.monotonic() < deadline:
+        now = _inode(ckpt)
+        if now is not None and now != before:
+            proc.send_signal(sig)
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    return False
 
 
 def start_runs(root: Path, timeout: float = 600.0) -> Runs:
-    """Run a and b to the end; kill c (SIGKILL) and interrupt d (SIGINT) once their distill stage has
-    written its first checkpoint, then continue both with --resume. All four overlap in time."""
     recipe = root / "resume.toml"
     recipe.write_text(RESUME_RECIPE)
+    target = root / "impossible.toml"
+    target.write_text(IMPOSSIBLE_TARGET)
     runs = Runs(root, recipe)
-    procs = {n: popen("run", recipe, "--run-dir", root / n, log=root / f"{n}.log") for n in "abcd"}
-    stop = {"c": signal.SIGKILL, "d": signal.SIGINT}
     deadline = time.monotonic() + timeout
-    while stop and time.monotonic() < deadline:
-        for n in list(stop):
-            if (root / n / "03_distill" / "checkpoints" / "last.pt").exists():
-                procs[n].send_signal(stop.pop(n))
-            elif procs[n].poll() is not None:
-                stop.pop(n)  # it ended before its distill stage checkpointed: the test will say so
-        time.sleep(0.01)
-    for n in "cd":
-        runs.rc[n + "1"] = procs[n].wait(timeout=max(1.0, deadline - time.monotonic()))
-        runs.log[n + "1"] = (root / f"{n}.log").read_text()
-        manifest = root / n / "manifest.json"
-        runs.manifest_after_stop[n] = json.loads(manifest.read_text()) if manifest.exists() else {}
-        procs[n] = popen("run", recipe, "--run-dir", root / n, "--resume", log=root / f"{n}2.log")
+    procs = {"a": popen("run", recipe, "--run-dir", root / "a", log=root / "a.log"),
+             "b": popen("run", recipe, "--run-dir", root / "b", "--target", target, log=root / "b.log")}
+    ckpt = root / "c" / "03_distill" / "checkpoints" / "last.pt"
+    for part, sig in (("c1", signal.SIGKILL), ("c2", signal.SIGINT), ("c3", None)):
+        args = ["run", recipe, "--run-dir", root / "c"] + (["--resume"] if part != "c1" else [])
+        proc = popen(*args, log=root / f"{part}.log")
+        if sig is not None:
+            runs.rc[part + "_stopped"] = _stop_at_next_checkpoint(proc, ckpt, sig, deadline)
+        runs.rc[part] = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        runs.log[part] = (root / f"{part}.log").read_text()
+        manifest = root / "c" / "manifest.json"
+        runs.manifest_after_stop[part] = json.loads(manifest.read_text()) if manifest.exists() else {}
     for n, p in procs.items():
         runs.rc[n] = p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        runs.log[n] = (root / (f"{n}2.log" if n in "cd" else f"{n}.log")).read_text()
+        runs.log[n] = (root / f"{n}.log").read_text()
     return runs
