@@ -91,6 +91,23 @@ def _text(name: str, content: str | bytes):
     return make
 
 
+def _onnx(name: str, defect: str):
+    """An ONNX file in the case's folder: a valid 8x8 CNN with one defect."""
+    def make(d: Path) -> None:
+        import onnx
+
+        from tests.onnx_models import conv
+
+        good = conv(d / "good.onnx", size=8, classes=10)
+        if defect == "truncated":
+            (d / name).write_bytes(good.read_bytes()[:200])
+        elif defect == "opset":
+            m = onnx.load(str(good))
+            m.opset_import[0].version = 99
+            onnx.save(m, str(d / name))
+    return make
+
+
 TEACHER_CKPT = 'checkpoint = "{d}/teacher.pt"'
 
 # id -> (files to make, CLI args, exit code, regex the stderr must match); "{d}" is the case's folder
@@ -173,6 +190,14 @@ CASES = {
     "target-unknown-key": ([_text("r.toml", _recipe()), _text("t.toml", 'name = "t"\n[budgets]\nlatency_ms = 3\n')],
                            ["run", "{d}/r.toml", "--target", "{d}/t.toml"], 1,
                            r"t\.toml: budgets\.latency_ms: unknown key; valid keys here are: size_mb, p90_ms"),
+    # a user's ONNX file through the torch-free commands
+    "onnx-inspect-truncated": (_onnx("m.onnx", "truncated"), ["inspect", "{d}/m.onnx"], 1,
+                               r"m\.onnx: not a valid ONNX model \(.*\); pass an \.onnx file exported with torch\.onnx\.export"),
+    "onnx-bench-not-onnx": (_text("m.onnx", "time,ms\n1,2\n"), ["bench", "{d}/m.onnx", "--runs", "1"], 1,
+                            r"m\.onnx: not a valid ONNX model"),
+    "onnx-bundle-wrong-opset": (_onnx("m.onnx", "opset"), ["bundle", "{d}/m.onnx", "--out", "{d}/out"], 1,
+                                r"m\.onnx: uses ONNX opset 99, outside the 7\.\.\d+ that this onnx / onnxruntime support; re-export"),
+    "onnx-bench-missing": (_text("other", ""), ["bench", "{d}/nope.onnx"], 1, r"nope\.onnx: model file not found; check the path\."),
     # run folder
     "run-dir-under-a-file": (_text("r.toml", _recipe()), ["run", "{d}/r.toml", "--run-dir", "{d}/r.toml/out"], 1,
                              r"r\.toml/out: cannot write the run folder \(.*\); choose a writable --run-dir\."),
@@ -216,7 +241,9 @@ def cli_results(tmp_path_factory):
 
 
 def _sentence(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(("[", "Warning:"))]
+    """The one line of stderr that is not progress ("[stage] ...", "writing ...") or a Warning: line."""
+    lines = [ln for ln in stderr.splitlines()
+             if ln.strip() and not ln.startswith(("[", "Warning:")) and not ln.endswith("...")]
     assert len(lines) == 1, stderr
     return lines[0]
 
