@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,19 +93,9 @@ def _text(name: str, content: str | bytes):
 
 
 def _onnx(name: str, defect: str):
-    """An ONNX file in the case's folder: a valid 8x8 CNN with one defect."""
+    """An ONNX file in the case's folder: one of _onnx_files's defective 8x8 CNNs."""
     def make(d: Path) -> None:
-        import onnx
-
-        from tests.onnx_models import conv
-
-        good = conv(d / "good.onnx", size=8, classes=10)
-        if defect == "truncated":
-            (d / name).write_bytes(good.read_bytes()[:200])
-        elif defect == "opset":
-            m = onnx.load(str(good))
-            m.opset_import[0].version = 99
-            onnx.save(m, str(d / name))
+        shutil.copyfile(_onnx_files(d)[defect], d / name)
     return make
 
 
@@ -195,7 +186,7 @@ CASES = {
                                r"m\.onnx: not a valid ONNX model \(.*\); pass an \.onnx file exported with torch\.onnx\.export"),
     "onnx-bench-not-onnx": (_text("m.onnx", "time,ms\n1,2\n"), ["bench", "{d}/m.onnx", "--runs", "1"], 1,
                             r"m\.onnx: not a valid ONNX model"),
-    "onnx-bundle-wrong-opset": (_onnx("m.onnx", "opset"), ["bundle", "{d}/m.onnx", "--out", "{d}/out"], 1,
+    "onnx-bundle-wrong-opset": (_onnx("m.onnx", "opset-99"), ["bundle", "{d}/m.onnx", "--out", "{d}/out"], 1,
                                 r"m\.onnx: uses ONNX opset 99, outside the 7\.\.\d+ that this onnx / onnxruntime support; re-export"),
     "onnx-bench-missing": (_text("other", ""), ["bench", "{d}/nope.onnx"], 1, r"nope\.onnx: model file not found; check the path\."),
     # run folder

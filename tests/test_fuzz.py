@@ -141,32 +141,25 @@ def fuzz_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
+_FILES = {"recipe": (TINY_RECIPE, lambda p: load_recipe(p), _check_recipe),
+          "target": (_TARGET_TOML, lambda p: load_target(p), _check_target)}
+
+
+@pytest.mark.parametrize("kind", list(_FILES))
 @FUZZ
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200), _edits().map(lambda e: _apply(TINY_RECIPE, e))))
-def test_recipe_files_load_or_raise_config_error(fuzz_dir, content):
-    path = fuzz_dir / "recipe.toml"
+@given(data=st.data())
+def test_files_load_or_raise_config_error(fuzz_dir, kind, data):
+    template, load, check = _FILES[kind]
+    content = data.draw(st.one_of(st.binary(max_size=200), st.text(max_size=200), _edits().map(lambda e: _apply(template, e))))
+    path = fuzz_dir / f"{kind}.toml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
     try:
-        recipe = load_recipe(str(path))
+        loaded = load(str(path))
     except ConfigError as e:
         _refused_well(e)
         assert str(path) in str(e)  # it names the file
     else:
-        _check_recipe(recipe)
-
-
-@FUZZ
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200), _edits().map(lambda e: _apply(_TARGET_TOML, e))))
-def test_target_files_load_or_raise_config_error(fuzz_dir, content):
-    path = fuzz_dir / "target.toml"
-    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
-    try:
-        target = load_target(str(path))
-    except ConfigError as e:
-        _refused_well(e)
-        assert str(path) in str(e)
-    else:
-        _check_target(target)
+        check(loaded)
 
 
 @FUZZ
