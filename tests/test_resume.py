@@ -1,10 +1,11 @@
 """Kill-and-resume, Ctrl-C, determinism and an impossible budget, on real `edgedistill run` subprocesses
-(see tests/_reliab.py: runs a and b uninterrupted, run c SIGKILLed, resumed, Ctrl-C'd and resumed).
+(see tests/_reliab.py: run a uninterrupted against an impossible target, run c SIGKILLed, resumed,
+Ctrl-C'd and resumed).
 
-Compared bit for bit with an uninterrupted run of the same recipe and seed: the teacher, the student,
-the distilled student (03_distill/model.pt) and its training curves, the exported and quantized ONNX
-files and the verify metrics. Only timings (stage seconds, bench latencies) may differ: the tolerance
-measured is zero.
+Compared bit for bit between the two: the teacher, the student, the distilled student
+(03_distill/model.pt) and its training curves, the exported and quantized ONNX files and the verify
+metrics. Only timings and what depends on the target (bench, report, bundle) may differ: the
+tolerance measured is zero.
 """
 
 import json
@@ -29,12 +30,14 @@ def _distill(run_dir):
     return json.loads((run_dir / "03_distill" / "meta.json").read_text())
 
 
-def test_same_recipe_and_seed_give_the_same_student_and_metrics(reliab_runs):
-    r = reliab_runs  # b: a second process from scratch (another target only changes bench, report, bundle)
-    assert r.rc["a"] == 0, r.log["a"][-3000:]
-    assert r.rc["b"] == 3, r.log["b"][-3000:]
-    assert _hashes(r.dir("a")) == _hashes(r.dir("b"))
-    assert _distill(r.dir("a"))["final"] == _distill(r.dir("b"))["final"]
+def test_same_recipe_and_seed_give_the_same_models_and_metrics(reliab_runs):
+    r = reliab_runs
+    assert r.rc["a"] == 3, r.log["a"][-3000:]  # 3: the impossible target's budget is missed, the run completes
+    # The teacher stage trained uninterrupted in both processes: same seed, same bytes.
+    for rel in ("01_teacher/model.pt", "02_student/model.pt"):
+        assert sha256_file(r.dir("a") / rel) == sha256_file(r.dir("c") / rel), rel
+    accuracy = [json.loads((r.dir(n) / "01_teacher" / "meta.json").read_text())["test_accuracy_torch"] for n in "ac"]
+    assert accuracy[0] == accuracy[1] > 0.5
     metrics = json.loads((r.dir("a") / "07_verify" / "metrics.json").read_text())["models"]
     assert metrics["student_fp32"]["metric"]["value"] > 0.5  # it learned: equal metrics are not equal noise
     manifest = json.loads((r.dir("a") / "manifest.json").read_text())
@@ -70,7 +73,7 @@ def test_ctrl_c_stops_at_a_clean_point_says_how_to_resume_and_resume_finishes(re
 
 def test_interrupted_twice_run_ends_bit_identical_to_an_uninterrupted_one(reliab_runs):
     r = reliab_runs
-    assert r.rc["c3"] == 0 and r.rc["a"] == 0
+    assert r.rc["c3"] == 0 and r.rc["a"] == 3
     assert _hashes(r.dir("c")) == _hashes(r.dir("a"))
     assert _distill(r.dir("c"))["final"] == _distill(r.dir("a"))["final"]
     assert_nothing_half_written(r.dir("c"))
@@ -78,9 +81,9 @@ def test_interrupted_twice_run_ends_bit_identical_to_an_uninterrupted_one(reliab
 
 def test_impossible_budget_finishes_the_run_with_exit_3(reliab_runs):
     r = reliab_runs
-    assert r.rc["b"] == 3, r.log["b"][-3000:]
-    assert "Traceback" not in r.log["b"] and "MISSES size" in r.log["b"]
-    report = json.loads((r.dir("b") / "report" / "report.json").read_text())
+    assert r.rc["a"] == 3, r.log["a"][-3000:]
+    assert "Traceback" not in r.log["a"] and "MISSES size" in r.log["a"]
+    report = json.loads((r.dir("a") / "report" / "report.json").read_text())
     assert report["target"]["name"] == "impossible" and report["models"][-1]["within_budget"] is False
-    assert (r.dir("b") / "bundle" / "model.onnx").is_file()  # the run completed: the bundle is still written
-    assert_nothing_half_written(r.dir("b"))
+    assert (r.dir("a") / "bundle" / "model.onnx").is_file()  # the run completed: the bundle is still written
+    assert_nothing_half_written(r.dir("a"))
