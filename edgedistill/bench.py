@@ -126,7 +126,8 @@ class _Worker:
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child can never block on it
         self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench", "--worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1,
+                                     start_new_session=True)  # a terminal's Ctrl-C is for the parent to handle
         try:
             self.init = self.ask({"cmd": "init", "path": path, **settings})
         except BaseException:
