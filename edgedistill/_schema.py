@@ -159,27 +159,28 @@ def to_dict(obj: Any) -> Any:
 
 def load_toml(path: str, what: str = "file") -> dict:
     """Read a TOML file, turning every failure into a one-sentence ConfigError naming the file."""
+    shown = str(path) if str(path).isprintable() else repr(str(path))  # a newline in a name must not split the message
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except ValueError:  # a NUL byte in the path
-        raise ConfigError(f"{path!r}: not a usable file name; pass the path of a .toml file.") from None
+        raise ConfigError(f"{shown}: not a usable file name; pass the path of a .toml file.") from None
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found; check the path.") from None
+        raise ConfigError(f"{shown}: {what} not found; check the path.") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a {what}; pass a .toml file.") from None
+        raise ConfigError(f"{shown}: is a folder, not a {what}; pass a .toml file.") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror}).") from None
+        raise ConfigError(f"{shown}: cannot read the {what} ({e.strerror}).") from None
     if not raw.strip():
-        raise ConfigError(f"{path}: the {what} is empty; write TOML keys into it.")
+        raise ConfigError(f"{shown}: the {what} is empty; write TOML keys into it.")
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the {what} is not UTF-8 text; save it as TOML.") from None
+        raise ConfigError(f"{shown}: the {what} is not UTF-8 text; save it as TOML.") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax.") from None
+        raise ConfigError(f"{shown}: not valid TOML ({e}); fix the syntax.") from None
     except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML (nested too deeply); fix the syntax.") from None
+        raise ConfigError(f"{shown}: not valid TOML (nested too deeply); fix the syntax.") from None
 
 
 def dump_toml(data: dict) -> str:
