@@ -478,6 +478,23 @@ def test_disk_full_mid_run_is_one_sentence_and_leaves_nothing_half_written(tiny_
     assert_nothing_half_written(out)
 
 
+# ---- a resume checkpoint damaged outside our atomic writes (a disk error, a copy cut short) ----
+
+def test_unreadable_resume_checkpoint_says_how_to_restart_the_stage(tiny_recipe, digits_splits, tmp_path):
+    from edgedistill.distill.stage import build_terms
+    from edgedistill.distill.train import FitConfig, fit
+    from edgedistill.errors import StageError
+    from edgedistill.models import build_model
+
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"PK\x03\x04 cut short")
+    student = build_model("cnn", {"width": 4, "depth": 1}, (1, 8, 8), 10, "s")
+    with pytest.raises(StageError, match=rf"{re.escape(str(ckpt))}: the checkpoint to resume from is unreadable \(.+\); "
+                                         r"delete it to restart this stage from its beginning, or run without --resume\."):
+        fit(student, digits_splits.train, FitConfig(epochs=1, lr=0.01), build_terms(tiny_recipe, 10), tmp_path)
+
+
 # ---- --trust-checkpoint: off by default, a warning when on ----
 
 def test_trusted_full_pickle_loads_with_a_warning_and_untrusted_is_refused(tmp_path):

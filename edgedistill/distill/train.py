@@ -125,7 +125,7 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     result = FitResult()
     start_epoch, start_step, partial = 0, 0, None
     if ckpt_path.exists():  # resume: model, loss heads, optimiser, schedule, RNG and the position in the epoch
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = _load_resume_state(ckpt_path)
         model.load_state_dict(state["model"])
         loss_modules.load_state_dict(state["losses"])
         opt.load_state_dict(state["optimizer"])
@@ -221,6 +221,15 @@ def evaluate_accuracy(model: nn.Module, split: ArraySplit, batch_size: int = 256
         correct += int((model(xb).argmax(1).cpu().numpy() == split.y[i:i + batch_size]).sum())
     model.train(was_training)
     return correct / max(1, len(split))
+
+
+def _load_resume_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupted or not a checkpoint at all
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise StageError(f"{path}: the checkpoint to resume from is unreadable ({detail}); delete it to restart "
+                         "this stage from its beginning, or run without --resume.") from None
 
 
 def _save(path: Path, model, loss_modules, opt, sched, epoch: int, step: int, partial: tuple | None = None) -> None:
