@@ -30,7 +30,7 @@ def _read_json(p: Path) -> dict:
 def _teacher(ctx: RunContext) -> list[str]:
     from .teacher import prepare_teacher
 
-    prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
+    prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"), trust_checkpoint=ctx.trust_checkpoint, log=ctx.log)
     return [_rel(ctx, ctx.path("teacher", f)) for f in ("model.pt", "meta.json")]
 
 

@@ -65,3 +65,11 @@ def digits_splits():
     from edgedistill.recipe import DataConfig
 
     return load_data(DataConfig(), 0)
+
+
+@pytest.fixture(scope="session")
+def reliab_runs(tmp_path_factory):
+    """Real CLI runs for the reliability tests (tests/_reliab.py): one uninterrupted, one SIGKILLed, Ctrl-C'd and resumed."""
+    from tests._reliab import start_runs
+
+    return start_runs(tmp_path_factory.mktemp("reliab"))
