@@ -18,14 +18,11 @@ from .base import LOSSES, DistillLoss, LossContext
 class _MatchLoss(DistillLoss):
     """Student features, projected onto the teacher's width when needed, compared with a metric."""
 
-    metric = "mse"
     always_project = False
 
-    def __init__(self, ctx: LossContext, student_layer: Layers = "logits", teacher_layer: Layers = "logits",
-                 metric: str | None = None) -> None:
+    def __init__(self, ctx: LossContext, student_layer: Layers, teacher_layer: Layers, metric: str) -> None:
         super().__init__(ctx)
         self.s_layers, self.t_layers = paired_layers(student_layer, teacher_layer)
-        metric = metric or type(self).metric
         if metric not in ("mse", "cosine", "l2"):
             raise ValueError("metric must be 'mse', 'cosine' or 'l2'")
         self.metric = metric
@@ -98,7 +95,9 @@ class HiddenStateLoss(_MatchLoss):
     ``mse: loss = 1/n sum_i mean((W_i h_s_i - h_t_i)^2)``. Works on [B, D], [B, L, D] and [B, C, H, W] features.
     """
 
-    metric = "cosine"
+    def __init__(self, ctx: LossContext, student_layer: Layers = "logits", teacher_layer: Layers = "logits",
+                 metric: str = "cosine") -> None:
+        super().__init__(ctx, student_layer, teacher_layer, metric)
 
 
 @LOSSES.register("embed_cos", help="embedding cosine: 1 - cos(student output [B,D] (projected), teacher output)")
@@ -109,8 +108,6 @@ class EmbedCosineLoss(_MatchLoss):
     ``loss = mean_b(1 - cos(W s_b, t_b))`` on any [B, D] output (default tap ``"logits"``, which for a
     sentence encoder is the embedding); ``W`` is a linear projection built only when widths differ.
     """
-
-    metric = "cosine"
 
     def __init__(self, ctx: LossContext, student_layer: Layers = "logits", teacher_layer: Layers = "logits") -> None:
         super().__init__(ctx, student_layer, teacher_layer, "cosine")

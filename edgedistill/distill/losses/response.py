@@ -36,7 +36,7 @@ class KDLoss(DistillLoss):
             raise ValueError("temperature must be > 0")
 
     def forward(self, student, teacher, labels):
-        s, t = student["logits"], teacher["logits"]
+        s, t = student["logits"], teacher["logits"].detach()  # the teacher never learns
         soft = kl_div_temperature(s, t, self.temperature)
         if labels is None or not bool((labels >= 0).any()):
             return soft
@@ -45,7 +45,10 @@ class KDLoss(DistillLoss):
 
 @LOSSES.register("ce", help="plain cross-entropy on the hard labels (training without a teacher)")
 class CELoss(DistillLoss):
-    """Cross-entropy on the labels alone; the baseline a student trained from scratch uses."""
+    """Cross-entropy on the labels alone; the baseline a student trained from scratch uses.
+
+    ``loss = mean over labelled samples of -log softmax(s)_y``; 0 when no sample is labelled.
+    """
 
     def forward(self, student, teacher, labels):
         return hard_label_ce(student["logits"], labels)
@@ -77,7 +80,7 @@ class DKDLoss(DistillLoss):
             raise ValueError("tckd_weight and nckd_weight must be >= 0")
 
     def forward(self, student, teacher, labels):
-        s, t = student["logits"], teacher["logits"]
+        s, t = student["logits"], teacher["logits"].detach()  # the teacher never learns
         T = self.temperature
         target = t.argmax(dim=1)
         if labels is not None:
