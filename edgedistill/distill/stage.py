@@ -7,11 +7,13 @@ from pathlib import Path
 
 from torch import nn
 
-from .. import _io
+from .. import _io, _schema
 from ..data import Splits
 from ..models import count_params, save_checkpoint
 from ..recipe import Recipe
+from .cache import load_or_build
 from .losses import LossContext, build_loss
+from .teachers import TorchTeacher, recipe_teacher
 from .train import FitConfig, Term, evaluate_accuracy, fit
 
 
@@ -37,13 +39,22 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                         scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
                         device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill")
-    result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val)
+    teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
+    cache, cache_hit = None, None
+    if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students
+        wrapped = TorchTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
+        cache, cache_hit = load_or_build(out_dir / "teacher_cache", wrapped, wrapped.fingerprint(), splits.train.x,
+                                         _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
+                                         augmented=bool(recipe.data.options.get("augment", False)))
+    result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,
+                 teacher_cache=cache)
     save_checkpoint(out_dir / "model.pt", student)
     meta = {
         "losses": [{"name": t.name, "weight": t.weight, "warmup_epochs": t.warmup_epochs} for t in terms],
         "epochs": cfg.epochs, "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 1),
         "parameters": count_params(student), "test_accuracy_torch": evaluate_accuracy(student, splits.test),
         "resumed_from": result.resumed_from, "final": result.history[-1] if result.history else {},
+        "teacher_cache": None if cache is None else {**cache.report(), "hit": cache_hit},
     }
     _io.write_json(out_dir / "meta.json", meta)
     return meta

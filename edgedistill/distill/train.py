@@ -94,6 +94,8 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = as_teacher(teacher)
+    if not any(t.loss.needs_teacher for t in terms):  # scratch / self-distillation: the teacher never runs
+        teacher, teacher_cache = None, None
 
     # Taps: every module path a loss reads, checked against the models before any training.
     check_term_paths(terms, model, teacher, cached=teacher_cache is not None)
@@ -236,7 +238,7 @@ def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool 
         elif teacher is None:
             what = "no teacher (a scratch or self-distillation run)"
         else:
-            what = f"a {teacher.kind} teacher, which supplies outputs only"
+            what = f"{'an' if teacher.kind[0] in 'AEIOU' else 'a'} {teacher.kind} teacher, which supplies outputs only"
         raise ConfigError(
             f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(t.loss.teacher_layers())}, but "
             f"there is {what}; use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
