@@ -234,14 +234,26 @@ def test_distill_stage_with_onnx_teacher_and_cache(tmp_path):
                      losses=[{"name": "kd"}])
     meta = distill(_cnn(), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "a")
     assert meta["teacher_cache"]["k"] == 3 and meta["teacher_cache"]["hit"] is False
-    assert len(list((tmp_path / "a" / "teacher_cache").glob("teacher_*.npz"))) == 1
-    (tmp_path / "a" / "checkpoints" / "last.pt").unlink()  # a second student in the same folder
-    again = distill(_cnn(seed=5), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "a")
+    assert len(list((tmp_path / "teacher_cache").glob("teacher_*.npz"))) == 1  # beside the stage folder
+    again = distill(_cnn(seed=5), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "b")  # a second student
     assert again["teacher_cache"]["hit"] is True
     bad = _recipe(teacher_weight=0.0, teachers=[{"path": str(onnx_path)}],
                   losses=[{"name": "nst", "params": {"student_layer": "features", "teacher_layer": "features"}}])
     with pytest.raises(ConfigError, match=r"distill.losses\[0\]: loss 'nst' reads teacher layer\(s\) features, but there is an ONNX model teacher"):
-        distill(_cnn(), _cnn(8, 2, seed=1), _splits(), bad, tmp_path / "b")
+        distill(_cnn(), _cnn(8, 2, seed=1), _splits(), bad, tmp_path / "c")
+
+
+def test_check_taps_rejects_bad_paths_before_any_stage(tmp_path):
+    from edgedistill.distill.stage import check_taps
+
+    ok = _recipe(losses=[{"name": "hint", "params": {"student_layer": "features.2", "teacher_layer": "features.5"}}])
+    check_taps(ok, (1, 8, 8), 5)
+    bad = _recipe(losses=[{"name": "hint", "params": {"student_layer": "features.2", "teacher_layer": "layer2.1"}}])
+    with pytest.raises(ConfigError, match=r"distill.losses\[0\].params.teacher_layer: module path 'layer2.1' does not exist in the model; valid paths are: features, features.0"):
+        check_taps(bad, (1, 8, 8), 5)
+    cached = _recipe(cache=True, losses=[{"name": "at", "params": {"student_layer": "features", "teacher_layer": "features"}}])
+    with pytest.raises(ConfigError, match="but there is the teacher cache, which stores outputs only"):
+        check_taps(cached, (1, 8, 8), 5)
 
 
 def test_teacher_does_not_run_when_no_term_reads_it(tmp_path):
