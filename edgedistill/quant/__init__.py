@@ -1,0 +1,1 @@
+"""Quantization: INT8 post-training quantization through ONNX Runtime (and QAT)."""

@@ -1,0 +1,84 @@
+"""Tiny ONNX models built with onnx.helper for the bench / bundle / inspect tests (no torch needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def mlp(path, *, hidden: int = 16, in_features: int = 8, classes: int = 3, opset: int = 17, seed: int = 0):
+    """x[N, in] -> MatMul -> Add -> Relu -> MatMul -> Add -> logits[N, classes], batch dim dynamic."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((in_features, hidden)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
+        helper.make_node("Add", ["h3", "b2"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_features])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def conv(path, *, channels: int = 4, size: int = 8, classes: int = 5, opset: int = 17, seed: int = 0):
+    """x[N, 1, size, size] -> Conv 3x3 (pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((channels, 1, 3, 3)).astype(np.float32), "cw"),
+        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "cb"),
+        numpy_helper.from_array(rng.standard_normal((classes, channels)).astype(np.float32), "fw"),
+        numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def token_model(path, *, vocab: int = 200, dim: int = 8, opset: int = 17, seed: int = 0):
+    """input_ids[N, L] int64 and attention_mask[N, L] -> Gather embedding, masked mean -> pooled[N, dim]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, dim)).astype(np.float32), "emb"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "neg1"], ["m3"]),
+        helper.make_node("Mul", ["e", "m3"], ["em"]),
+        helper.make_node("ReduceSum", ["em", "axis1"], ["s"], keepdims=0),
+        helper.make_node("ReduceSum", ["m3", "axis1"], ["cnt"], keepdims=0),
+        helper.make_node("Div", ["s", "cnt"], ["pooled"]),
+    ]
+    inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "neg1"))
+    graph = helper.make_graph(
+        nodes, "tok",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
