@@ -79,14 +79,20 @@ def _normalise(parts: list[np.ndarray], mode: str, scale: float, where: str) -> 
 
 
 def _num_classes(labels: list[str] | None, *ys: np.ndarray) -> int:
+    """Given class names fix the count (labels beyond it are then refused); else the largest label + 1."""
+    if labels:
+        return len(labels)
     top = max((int(y.max()) for y in ys if len(y)), default=-1)
-    return max(len(labels or []), top + 1, 1)
+    return max(top + 1, 1)
 
 
 def _build(name, cfg, seed, train, test, val=None, labels=None, normalize="standard", scale=1.0) -> Splits:
     """Split (when no test arrays are given), normalise and wrap arrays as ``Splits``."""
     if test is None:
-        tr, va, te = split_arrays(*train, cfg, seed) if _stratifiable(train[1]) else _plain_split(*train, cfg, seed)
+        try:
+            tr, va, te = split_arrays(*train, cfg, seed)
+        except ValueError:  # too few samples per class to stratify
+            tr, va, te = _plain_split(*train, cfg, seed)
     else:
         tr, te = ArraySplit(*train), ArraySplit(*test)
         va = ArraySplit(*val) if val is not None else ArraySplit(tr.x[:0], tr.y[:0])
@@ -99,11 +105,6 @@ def _build(name, cfg, seed, train, test, val=None, labels=None, normalize="stand
         input_shape=tuple(int(d) for d in xtr.shape[1:]), labels=list(labels) if labels else [str(i) for i in range(k)],
         normalization=record, name=name,
     )
-
-
-def _stratifiable(y: np.ndarray) -> bool:
-    _, counts = np.unique(y, return_counts=True)
-    return len(counts) > 0 and counts.min() >= 3
 
 
 def _plain_split(x, y, cfg, seed):
