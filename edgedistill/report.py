@@ -80,11 +80,16 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(ctx, metrics: dict, bench: dict, model_files: dict) -> list[Path]:
-    """Write ``report/report.json`` and ``report/report.md`` for the run in ``ctx``."""
+def write_report(ctx, metrics: dict, bench: dict, model_files: dict, curves_csv: Path | None = None) -> list[Path]:
+    """Write ``report.json``, ``report.md``, the PNG plots and a self-contained ``report.html``."""
+    from .plots import plot_report, render_html
+
     report = build_report(ctx.target, metrics, bench, model_files, ctx.run_dir)
     out = ctx.run_dir / "report"
-    return [_io.write_json(out / "report.json", report), _io.write_text(out / "report.md", render_markdown(report))]
+    pngs = plot_report(report, out, curves_csv=str(curves_csv) if curves_csv and curves_csv.exists() else None)
+    md = render_markdown(report) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    return [_io.write_json(out / "report.json", report), _io.write_text(out / "report.md", md),
+            *pngs, render_html(report, pngs, out / "report.html")]
 
 
 def deliverable_entry(report: dict) -> dict:

@@ -118,5 +118,33 @@ def _report(ctx: RunContext) -> list[str]:
 
     metrics = _read_json(ctx.path("verify", "metrics.json"))["models"]
     bench = _read_json(ctx.path("bench", "bench.json"))
-    files = write_report(ctx, metrics, bench, MODEL_FILES)
+    files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=ctx.path("distill", "curves.csv"))
     return [_rel(ctx, p) for p in files]
+
+
+@stage("bundle", "bundle", sections=("data", "student"), deps=("report",), uses_target=True)
+def _bundle(ctx: RunContext) -> list[str]:
+    from .bundle import write_bundle
+    from .report import deliverable_entry
+
+    report = _read_json(ctx.run_dir / "report" / "report.json")
+    best = deliverable_entry(report)
+    splits, teacher_m = ctx.splits, next(m for m in report["models"] if m["role"] == "teacher")
+    metadata = {
+        "name": f"{ctx.recipe.name}-{best['name']}", "task": "classification", "labels": splits.labels,
+        "preprocessing": {"input_shape": list(splits.input_shape), **splits.normalization, "dataset": splits.name},
+        "metric": best["metric"], "precision": best["precision"], "target": ctx.target.name,
+        "teacher": f"{ctx.recipe.teacher.arch} {ctx.recipe.teacher.params}",
+        "execution_provider": ctx.target.execution_provider,
+    }
+    card = {
+        "name": metadata["name"], "description": f"{ctx.recipe.student.arch} student distilled from a "
+        f"{ctx.recipe.teacher.arch} teacher with edgedistill, {best['precision'].upper()}.",
+        "metric": best["metric"], "size_mb": best["size_mb"], "latency_ms": best["latency_ms"],
+        "peak_rss_mb": best["peak_rss_mb"], "threads": ctx.target.threads, "machine": report.get("machine", {}),
+        "teacher": f"{ctx.recipe.teacher.arch} ({teacher_m['metric']['name']} {teacher_m['metric']['value']:.4f})",
+        "target": ctx.target.name, "dataset": splits.name, "precision": best["precision"],
+    }
+    result = write_bundle(ctx.run_dir / best["path"], ctx.path("bundle"), metadata=metadata, model_card=card,
+                          execution_provider=ctx.target.execution_provider)
+    return [_rel(ctx, ctx.path("bundle", f)) for f in sorted(result["files"])] + [_rel(ctx, ctx.path("bundle", "metadata.json"))]

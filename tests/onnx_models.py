@@ -82,3 +82,30 @@ def token_model(path, *, vocab: int = 200, dim: int = 8, opset: int = 17, seed: 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def qdq_matmul(path, *, k: int = 6, n: int = 4, opset: int = 17, seed: int = 0):
+    """QDQ format by hand: x -> Q -> DQ, int8 weight -> DQ, MatMul, then a float Add (bias) -> y[N, n]."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, size=(k, n)).astype(np.int8), "w_q"),
+        numpy_helper.from_array(np.array(0.05, dtype=np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(0.02, dtype=np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "x_zp"),
+        numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
+        helper.make_node("Add", ["mm", "bias"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

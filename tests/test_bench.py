@@ -194,3 +194,20 @@ def test_bad_arguments_are_data_errors(models):
         bench.benchmark([models["mlp"]], deliverable="x.onnx")
     with pytest.raises(DataError, match="providers: NopeExecutionProvider is not in this onnxruntime build"):
         bench.benchmark([models["mlp"]], providers=["NopeExecutionProvider"])
+
+
+def test_builtin_targets_cover_the_issue():
+    from edgedistill.targets import list_targets
+
+    names = {t.name for t in list_targets()}
+    assert {"laptop-x86", "raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "android-midrange",
+            "android-flagship", "iphone"} <= names
+    for t in list_targets():
+        assert load_target(t.name) == t  # file name and name key agree
+        assert t.threads <= t.cores and t.budgets.p90_ms and t.budgets.peak_ram_mb and t.description
+    assert load_target("iphone").execution_provider == "CoreMLExecutionProvider"
+
+
+def test_zero_warmup_and_zero_min_seconds_still_give_runs(models):
+    r = bench.benchmark([models["conv"]], runs=5, warmup=0, min_seconds=0.0)
+    assert r["models"][0]["runs"] >= 5 and r["models"][0]["warmup_runs"] == 0
