@@ -120,11 +120,25 @@ def measure(recipe, run_dir: Path, threads: int) -> dict:
     }
 
 
+def markdown(result: dict) -> str:
+    """The README table: one row per model, with the ratios to the teacher's FP32 ONNX file."""
+    lines = ["| model | test accuracy | parameters | file (MB) | p90 (ms, 1 thread) | smaller | faster (p90) | training |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, label in (("teacher", "teacher FP32"), ("student_scratch", "student, trained alone, FP32"),
+                       ("student_distilled", "student, distilled, FP32"), ("student_int8", "student, distilled, INT8")):
+        r = result[key]
+        secs = r.get("train_seconds")
+        train = f"{secs / 60:.1f} min" if secs is not None else f"PTQ {r.get('ptq_seconds', 0):.0f} s"
+        lines.append(f"| {label} | {100 * r['accuracy']:.2f} % | {r['params']:,} | {r['size_mb']:.3f} | {r['p90_ms']:.3f} "
+                     f"| {r['size_ratio_to_teacher']:.1f}x | {r['speed_ratio_to_teacher_p90']:.1f}x | {train} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=str(ROOT / "examples" / "fashion_mnist.toml"))
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "fashion-mnist"))
-    ap.add_argument("--part", choices=["all", "pipeline", "scratch", "measure"], default="all")
+    ap.add_argument("--part", choices=["all", "pipeline", "scratch", "measure", "table"], default="all")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency benchmark")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fashion_mnist.json"))
     args = ap.parse_args()
@@ -138,6 +152,8 @@ def main() -> None:
         _io.write_json(args.out, result)
         print(json.dumps({k: result[k] for k in ("cpu", "teacher", "student_scratch", "student_distilled",
                                                  "student_int8", "goals")}, indent=1))
+    if args.part in ("all", "table"):
+        print(markdown(json.loads(Path(args.out).read_text())))
 
 
 if __name__ == "__main__":
