@@ -22,6 +22,10 @@ _EXPORTS = {
     "quantize_int8": "edgedistill.quant.ptq",
     "verify": "edgedistill.verify",
     "benchmark": "edgedistill.bench",
+    "inspect_model": "edgedistill.modelinfo",
+    "write_bundle": "edgedistill.bundle",
+    "plot_report": "edgedistill.plots",
+    "write_report": "edgedistill.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

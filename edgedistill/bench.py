@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ _VOCAB_SAFE = 100  # token ids drawn from [0, 100): valid for every real vocabul
 
 def benchmark(paths: list[str], *, target: Target | None = None, threads: int | None = None,
               runs: int = 100, warmup: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
-              seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None) -> dict:
+              seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None,
+              keep_samples: bool = False) -> dict:
     """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
@@ -62,9 +64,11 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     settings = {"threads": n_threads, "inter_op_threads": 1, "providers": provs, "runs": runs, "warmup": warmup,
                 "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len}
 
-    workers = [_Worker(p, settings) for p in paths]
+    workers: list[_Worker] = []
     try:
-        models = _measure(workers, settings)
+        for p in paths:
+            workers.append(_Worker(p, settings))
+        models = _measure(workers, settings, keep_samples)
     finally:
         for w in workers:
             w.close()
@@ -74,7 +78,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
         result["settings"]["provider_note"] = provider_note
     if n_threads > cpu_count():
         result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
-                                              "threads share cores, so latency is worse than on the target.")
+                                              "threads share cores, so this latency is not what they give on a machine with enough cores.")
     if target is not None:
         _judge(result, target, deliverable or paths[-1])
     return result
@@ -117,10 +121,15 @@ class _Worker:
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child can never block on it
         self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench", "--worker"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, bufsize=1)
-        self.init = self.ask({"cmd": "init", "path": path, **settings})
+        try:
+            self.init = self.ask({"cmd": "init", "path": path, **settings})
+        except BaseException:
+            self.close()
+            raise
 
     def ask(self, msg: dict) -> dict:
         try:
@@ -130,7 +139,9 @@ class _Worker:
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
-            err = (self.proc.stderr.read() or "").strip().splitlines()
+            self.proc.wait(timeout=10)
+            self.log.seek(0)
+            err = self.log.read().strip().splitlines()
             raise EdgeDistillError(f"{self.path}: the benchmark worker died ({err[-1] if err else 'no message'}); "
                                    "check that the model runs with onnxruntime.")
         reply = json.loads(line)
@@ -149,11 +160,11 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self.proc.stdout.close()
+        self.log.close()
 
 
-def _measure(workers: list[_Worker], s: dict) -> list[dict]:
+def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> list[dict]:
     # warm-up, one model after the other; its times estimate how many runs fill one block
     estimates = []
     for w in workers:
@@ -187,6 +198,8 @@ def _measure(workers: list[_Worker], s: dict) -> list[dict]:
             "execution_provider": w.init["provider"],
             "inputs": w.init["inputs"],
         })
+        if keep_samples:
+            models[-1]["samples_ms"] = t
     return models
 
 
@@ -357,20 +370,28 @@ def _worker_main() -> None:
 
 
 def _timed_runs(sess, feeds: dict, n: int) -> list[float]:
-    """``n`` calls of ``sess.run``, each timed alone; only a clock read sits between the calls."""
+    """Latencies in ms of ``n`` calls of ``sess.run``: call i lasted ts[i+1] - ts[i]."""
+    ts = _timed_loop(sess, feeds, n)
+    return [(ts[i + 1] - ts[i]) / 1e6 for i in range(n)]
+
+
+def _timed_loop(sess, feeds: dict, n: int) -> list[int]:
+    """The timed region: one clock read before every call and one after the last (ns). One read per
+    call (not two) halves the harness's own cost; what it adds besides (the loop step, one list
+    store) a bare ``for`` loop pays as well. GC is off so a collection never lands inside a call."""
     run, clock = sess.run, time.perf_counter_ns
-    ns = [0] * n
+    ts = [0] * (n + 1)
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
         for i in range(n):
-            t0 = clock()
+            ts[i] = clock()
             run(None, feeds)
-            ns[i] = clock() - t0
+        ts[n] = clock()
     finally:
         if gc_was_on:
             gc.enable()
-    return [t / 1e6 for t in ns]
+    return ts
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -155,6 +156,9 @@ def _convert_to_ort(work: Path, target_platform: str | None) -> None:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     conv = work / ".ort_conversion"
+    quiet = logging.getLogger("ort_format_model.utils")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the converter prints progress; stdout is for results
             convert_onnx_models_to_ort(work / "model.onnx", output_dir=conv,
@@ -162,6 +166,8 @@ def _convert_to_ort(work: Path, target_platform: str | None) -> None:
     except Exception as e:
         raise StageError(f"ORT-format conversion of model.onnx failed ({str(e).splitlines()[0][:200]}); "
                          "check that onnxruntime can load the model.") from None
+    finally:
+        quiet.setLevel(level)
     (conv / "model.ort").rename(work / "model.ort")
     config = (conv / "model.required_operators.config").read_text()
     lines = [ln for ln in config.splitlines() if not ln.startswith("# -")]  # drop the temp path it names

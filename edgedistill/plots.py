@@ -51,7 +51,7 @@ def scatter_figure(report: dict, x: str):
         ax.scatter([xkey(deliverable)], [deliverable["metric"]["value"]], s=320, facecolors="none",
                    edgecolors="#2ca02c", linewidths=2, zorder=4, label=f"deliverable: {deliverable['name']}")
     if budget is not None:
-        ax.axvline(budget, color="#ff7f0e", linestyle="--", label=f"budget {budget:g}")
+        ax.axvline(budget, color="#ff7f0e", linestyle="--", label=f"budget {budget:g} {xlabel.split('(')[1][:-1]}")
     if budgets.get("min_metric") is not None:
         ax.axhline(budgets["min_metric"], color="#9467bd", linestyle=":", label=f"min metric {budgets['min_metric']:g}")
     positive = [v for v in xs + ([budget] if budget else []) if v and v > 0]

@@ -106,7 +106,8 @@ def _bench(ctx: RunContext) -> list[str]:
     cfg = ctx.recipe.bench
     arts = _artifacts(ctx)
     result = benchmark([str(p) for p in arts.values()], target=ctx.target, runs=cfg.runs, warmup=cfg.warmup,
-                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size)
+                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size,
+                       deliverable=str(arts["student_int8"]) if "student_int8" in arts else None)
     result["names"] = list(arts)
     _io.write_json(ctx.path("bench", "bench.json"), result)
     return [_rel(ctx, ctx.path("bench", "bench.json"))]
@@ -146,5 +147,6 @@ def _bundle(ctx: RunContext) -> list[str]:
         "target": ctx.target.name, "dataset": splits.name, "precision": best["precision"],
     }
     result = write_bundle(ctx.run_dir / best["path"], ctx.path("bundle"), metadata=metadata, model_card=card,
-                          execution_provider=ctx.target.execution_provider)
+                          execution_provider=ctx.target.execution_provider,
+                          target_platform="arm" if ctx.target.architecture != "x86_64" else "amd64")
     return [_rel(ctx, ctx.path("bundle", f)) for f in sorted(result["files"])] + [_rel(ctx, ctx.path("bundle", "metadata.json"))]

@@ -7,6 +7,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _save(path, opset: int, graph):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def mlp(path, *, hidden: int = 16, in_features: int = 8, classes: int = 3, opset: int = 17, seed: int = 0):
     """x[N, in] -> MatMul -> Add -> Relu -> MatMul -> Add -> logits[N, classes], batch dim dynamic."""
     rng = np.random.default_rng(seed)
@@ -23,13 +35,8 @@ def mlp(path, *, hidden: int = 16, in_features: int = 8, classes: int = 3, opset
         helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
         helper.make_node("Add", ["h3", "b2"], ["logits"]),
     ]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_features])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(path, opset, helper.make_graph(nodes, "mlp", [_vi("x", ["batch", in_features])],
+                                                [_vi("logits", ["batch", classes])], inits))
 
 
 def conv(path, *, channels: int = 4, size: int = 8, classes: int = 5, opset: int = 17, seed: int = 0):
@@ -48,13 +55,8 @@ def conv(path, *, channels: int = 4, size: int = 8, classes: int = 5, opset: int
         helper.make_node("Flatten", ["g"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1),
     ]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(path, opset, helper.make_graph(nodes, "conv", [_vi("x", ["batch", 1, size, size])],
+                                                [_vi("logits", ["batch", classes])], inits))
 
 
 def token_model(path, *, vocab: int = 200, dim: int = 8, opset: int = 17, seed: int = 0):
@@ -72,16 +74,11 @@ def token_model(path, *, vocab: int = 200, dim: int = 8, opset: int = 17, seed: 
         helper.make_node("Div", ["s", "cnt"], ["pooled"]),
     ]
     inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "neg1"))
-    graph = helper.make_graph(
+    return _save(path, opset, helper.make_graph(
         nodes, "tok",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", dim])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", dim])], inits))
 
 
 def qdq_matmul(path, *, k: int = 6, n: int = 4, opset: int = 17, seed: int = 0):
@@ -102,10 +99,5 @@ def qdq_matmul(path, *, k: int = 6, n: int = 4, opset: int = 17, seed: int = 0):
         helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
         helper.make_node("Add", ["mm", "bias"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(path, opset, helper.make_graph(nodes, "qdq", [_vi("x", ["batch", k])], [_vi("y", ["batch", n])],
+                                                inits))

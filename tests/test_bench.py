@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +43,27 @@ def _target_file(tmp_path, **over):
 
 
 def test_import_leaves_torch_unloaded():
-    code = "import sys, edgedistill.bench, edgedistill._machine; print('torch' in sys.modules)"
+    code = ("import sys, edgedistill.bench, edgedistill._machine, edgedistill.modelinfo, edgedistill.bundle, "
+            "edgedistill._cli_tools; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bench_and_inspect_cli_run_on_a_board_without_torch(models, tmp_path):
+    # a `torch` that cannot be imported stands in for a Raspberry Pi with the light install
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch is not installed on this board')\n")
+    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "edgedistill", "bench", models["conv"], "--runs", "5",
+                          "--min-seconds", "0", "--json"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["models"][0]["runs"] >= 5
+    out = subprocess.run([sys.executable, "-m", "edgedistill", "inspect", models["conv"], "--json"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["params"] == 65
 
 
 def test_output_contract_two_models(models):
@@ -211,3 +229,92 @@ def test_builtin_targets_cover_the_issue():
 def test_zero_warmup_and_zero_min_seconds_still_give_runs(models):
     r = bench.benchmark([models["conv"]], runs=5, warmup=0, min_seconds=0.0)
     assert r["models"][0]["runs"] >= 5 and r["models"][0]["warmup_runs"] == 0
+
+
+def _cli(args):
+    from click.testing import CliRunner
+
+    from edgedistill._cli_tools import bench_cmd
+
+    return CliRunner().invoke(bench_cmd, args)
+
+
+def test_cli_json_and_exit_code_3_on_missed_budget(models, tmp_path):
+    _target_file(tmp_path, budgets={"p90_ms": 1e-6})
+    res = _cli([models["mlp"], models["conv"], "--target", str(tmp_path / "t.toml"), "--runs", "20",
+                "--min-seconds", "0.05", "--warmup", "2", "--json"])
+    assert res.exit_code == 3, res.output
+    r = json.loads(res.stdout)
+    assert r["verdict"]["p90_ms"]["ok"] is False and len(r["ratios"]) == 1
+
+
+def test_cli_text_output_within_budget(models, tmp_path):
+    _target_file(tmp_path)
+    res = _cli([models["mlp"], models["conv"], "--target", str(tmp_path / "t.toml"), "--runs", "20",
+                "--min-seconds", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert "ratio " in res.stdout and "speed-up" in res.stdout
+    assert "WITHIN BUDGET" in res.stdout and "p90_ms" in res.stdout
+
+
+def test_cli_errors_are_one_sentence(tmp_path):
+    res = _cli([str(tmp_path / "none.onnx")])
+    assert res.exit_code == 1
+    assert "none.onnx: model file not found; check the path." in res.output
+    res = _cli([str(tmp_path / "none.onnx"), "--target", "no-such-board"])
+    assert res.exit_code == 1 and "target 'no-such-board' is unknown" in res.output
+
+
+def test_size_counts_the_external_data_file(tmp_path):
+    src = onnx.load(onnx_models.mlp(tmp_path / "src.onnx", hidden=256))
+    onnx.save(src, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    total = (tmp_path / "ext.onnx").stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+    r = bench.benchmark([str(tmp_path / "ext.onnx")], **FAST)
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 8 * 256 * 4
+    assert r["models"][0]["size_mb"] == pytest.approx(total / 1e6, abs=1e-4)
+
+
+def test_worker_crash_is_reported_in_one_sentence(models, monkeypatch, tmp_path):
+    # a worker that dies at start-up: its last stderr line is quoted and the model named
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'starting' >&2\necho 'Fatal: boom in the worker' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    with pytest.raises(bench.EdgeDistillError,
+                       match=r"mlp\.onnx: the benchmark worker died \(Fatal: boom in the worker\); check that"):
+        bench.benchmark([models["mlp"]], **FAST)
+
+
+def test_timed_runs_times_each_call():
+    import time as _time
+
+    class Slow:
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, names, feeds):
+            self.calls += 1
+            _time.sleep(0.02 if self.calls % 2 else 0.001)
+
+    s = Slow()
+    ms = bench._timed_runs(s, {}, 6)
+    assert s.calls == 6 and len(ms) == 6
+    assert all(m >= 20.0 for m in ms[0::2]) and all(m >= 1.0 for m in ms[1::2])
+    assert max(ms[1::2]) < min(ms[0::2])  # each call's own time, not a neighbour's
+
+
+def test_no_worker_is_left_running_when_a_later_model_fails(models, tmp_path, monkeypatch):
+    started = []
+    real_popen = bench.subprocess.Popen
+
+    def spy(*a, **k):
+        started.append(real_popen(*a, **k))
+        return started[-1]
+
+    monkeypatch.setattr(bench.subprocess, "Popen", spy)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"junk")
+    with pytest.raises(DataError, match="onnxruntime cannot load it"):
+        bench.benchmark([models["mlp"], str(junk)], **FAST)
+    assert len(started) == 2 and all(p.poll() is not None for p in started)

@@ -157,3 +157,26 @@ def test_bad_arguments_are_our_errors(tmp_path):
     with pytest.raises(DataError, match=r"extra_files: \['model.ort'\] would collide"):
         write_bundle(src, tmp_path / "b", metadata={}, model_card={}, extra_files=[str(clash)])
     assert not (tmp_path / "b").exists()
+
+
+def test_bundle_cli_with_target_labels_and_preprocessing(tmp_path):
+    from click.testing import CliRunner
+
+    from edgedistill._cli_tools import bundle_cmd
+
+    src = onnx_models.qdq_matmul(tmp_path / "q.onnx")
+    (tmp_path / "labels.txt").write_text("cat\ndog\n\nbird\nfish\n")
+    (tmp_path / "prep.json").write_text('{"mean": 0.1}')
+    res = CliRunner().invoke(bundle_cmd, [str(src), "--out", str(tmp_path / "b"), "--target", "iphone",
+                                          "--labels", str(tmp_path / "labels.txt"),
+                                          "--preprocessing", str(tmp_path / "prep.json"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "warning: the model is QDQ-quantized" in res.stderr
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["labels"] == ["cat", "dog", "bird", "fish"] and meta["preprocessing"] == {"mean": 0.1}
+    assert meta["target"] == "iphone" and meta["execution_provider"] == "CoreMLExecutionProvider"
+    assert json.loads(res.stdout)["files"]["model.ort"] == meta["files"]["model.ort"]["sha256"]
+    (tmp_path / "bad.json").write_text("{nope")
+    res = CliRunner().invoke(bundle_cmd, [str(src), "--out", str(tmp_path / "c"), "--preprocessing",
+                                          str(tmp_path / "bad.json")])
+    assert res.exit_code == 1 and "bad.json: not valid JSON" in res.output

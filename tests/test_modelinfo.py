@@ -67,3 +67,17 @@ def test_import_leaves_torch_unloaded():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_inspect_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from edgedistill._cli_tools import inspect_cmd
+
+    path = str(onnx_models.conv(tmp_path / "c.onnx"))
+    res = CliRunner().invoke(inspect_cmd, [path, "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["macs"] == EXPECTED["conv"]["macs"]
+    res = CliRunner().invoke(inspect_cmd, [path])
+    assert "65 parameters, 2,324 MACs per sample" in res.stdout and "Conv x1" in res.stdout
+    res = CliRunner().invoke(inspect_cmd, [str(tmp_path / "x.onnx")])
+    assert res.exit_code == 1 and "x.onnx: model file not found" in res.output

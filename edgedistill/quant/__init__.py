@@ -1,1 +1,1 @@
-"""Quantization: INT8 post-training quantization through ONNX Runtime (and QAT)."""
+"""Quantization: QAT (our own fake-quant), ORT static INT8 PTQ, accuracy-aware fallback, deliverable choice."""
