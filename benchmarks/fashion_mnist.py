@@ -32,7 +32,7 @@ GOALS = {"teacher_accuracy": 0.93, "int8_over_teacher_accuracy": 0.99, "size_rat
 def run_pipeline(recipe, run_dir: Path) -> None:
     from edgedistill.pipeline import run
 
-    run(recipe, run_dir)
+    run(recipe, run_dir, resume=True)  # an interrupted stage continues from its last checkpoint
 
 
 def train_scratch(recipe, run_dir: Path) -> dict:
@@ -140,9 +140,14 @@ def main() -> None:
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "fashion-mnist"))
     ap.add_argument("--part", choices=["all", "pipeline", "scratch", "measure", "table"], default="all")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency benchmark")
+    ap.add_argument("--train-threads", type=int, default=1, help="PyTorch threads for training (shared machine)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fashion_mnist.json"))
     args = ap.parse_args()
     recipe, run_dir = load_recipe(args.recipe), Path(args.run_dir)
+    if args.part in ("all", "pipeline", "scratch"):
+        import torch
+
+        torch.set_num_threads(args.train_threads)
     if args.part in ("all", "pipeline"):
         run_pipeline(recipe, run_dir)
     if args.part in ("all", "scratch"):
