@@ -27,7 +27,7 @@ from edgedistill import _io  # noqa: E402
 from edgedistill.models.efficientnet import IMAGE_SIZE, MEAN_RGB, STD_RGB  # noqa: E402
 
 SCALES = (1.0, 0.85, 0.7, 0.55, 0.4)
-POSITIONS = ((0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0))
+POSITIONS = {"c": (0.5, 0.5), "tl": (0.0, 0.0), "br": (1.0, 1.0), "bl": (1.0, 0.0), "tr": (0.0, 1.0)}  # name: (fy, fx)
 
 
 def sample_views() -> tuple[np.ndarray, list[str]]:
@@ -41,14 +41,14 @@ def sample_views() -> tuple[np.ndarray, list[str]]:
         h, w, _ = photo.shape
         for scale in SCALES:
             side = int(min(h, w) * scale)
-            for fy, fx in POSITIONS:
+            for pos, (fy, fx) in POSITIONS.items():
                 top, left = int((h - side) * fy), int((w - side) * fx)
                 crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
                 arr = np.asarray(crop, np.float32) / 255.0
                 for flip in (False, True):
                     a = arr[:, ::-1] if flip else arr
                     views.append(((a - np.array(MEAN_RGB, np.float32)) / np.array(STD_RGB, np.float32)).transpose(2, 0, 1))
-                    names.append(f"{Path(fname).stem}-s{scale}-{fy:.0f}{fx:.0f}{'-flip' if flip else ''}")
+                    names.append(f"{Path(fname).stem}-s{scale}-{pos}{'-flip' if flip else ''}")
     return np.ascontiguousarray(np.stack(views).astype(np.float32)), names
 
 
@@ -102,7 +102,7 @@ def main() -> None:
         "max_abs_logit_diff": float(np.max(np.abs(logits_fp32 - logits_int8))),
         "disagreements": [{"view": n, "fp32": int(a), "int8": int(b)}
                           for n, a, b in zip(eval_names, top1_fp32, top1_int8) if a != b],
-        "fp32_top1_of_whole_photos": {n: int(c) for n, c in zip(eval_names, top1_fp32) if "-s1.0-00" in n},
+        "fp32_top1_of_whole_photos": {n: int(c) for n, c in zip(eval_names, top1_fp32) if "-s1.0-c" in n},
     }
 
     bundle = write_bundle(
