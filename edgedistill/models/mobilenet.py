@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._augment import TrainAugment
+from ._convnet import ConvClassifier
 from .core import MODELS
 
 
@@ -34,11 +34,10 @@ class DepthwiseSeparable(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class MobileNet(nn.Module):
+class MobileNet(ConvClassifier):
     def __init__(self, c_in: int, num_classes: int, channels: list[int], blocks: int, dropout: float,
                  augment: bool, stem_stride: int) -> None:
-        super().__init__()
-        self.augment = TrainAugment() if augment else nn.Identity()
+        super().__init__(augment)
         self.stem = _conv_bn_relu(c_in, channels[0], 3, stem_stride)
         layers, c = [], channels[0]
         for s, c_out in enumerate(channels):
@@ -46,13 +45,10 @@ class MobileNet(nn.Module):
                 layers.append(DepthwiseSeparable(c, c_out, 2 if (b == 0 and s > 0) else 1))
                 c = c_out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(c, num_classes)
+        self._add_head(c, num_classes, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.stem(self.augment(x)))
-        return self.head(self.dropout(self.pool(x).flatten(1)))
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
 
 @MODELS.register("mobilenet", help="MobileNet-style student: depthwise-separable blocks with a width multiplier")

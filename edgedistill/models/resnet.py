@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._augment import TrainAugment
+from ._convnet import ConvClassifier
 from .core import MODELS
 
 
@@ -32,11 +32,10 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(ConvClassifier):
     def __init__(self, c_in: int, num_classes: int, width: int, depth: int, blocks: int, dropout: float,
                  augment: bool, stem_stride: int) -> None:
-        super().__init__()
-        self.augment = TrainAugment() if augment else nn.Identity()
+        super().__init__(augment)
         self.stem = nn.Sequential(nn.Conv2d(c_in, width, 3, stride=stem_stride, padding=1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU())
         stages, c = [], width
@@ -46,13 +45,10 @@ class ResNet(nn.Module):
                                           for b in range(blocks)]))
             c = c_out
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(c, num_classes)
+        self._add_head(c, num_classes, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(self.augment(x)))
-        return self.head(self.dropout(self.pool(x).flatten(1)))
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
 
 
 @MODELS.register("resnet", help="ResNet-style teacher: basic residual blocks, width doubling per stage (width/depth/blocks)")
