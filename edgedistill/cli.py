@@ -50,13 +50,15 @@ def run(recipe, run_dir, target, from_stage, resume, as_json):
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
+        width = max(len(m["name"]) for m in report["models"])
         for m in report["models"]:
             verdict = "within budget" if m["within_budget"] else "MISSES " + "; ".join(m["violations"])
             star = "*" if m["name"] == report["deliverable"] else " "
-            click.echo(f"{star} {m['name']:<14} {m['metric']['name']} {m['metric']['value']:.4f}  "
+            click.echo(f"{star} {m['name']:<{width}}  {m['metric']['name']} {m['metric']['value']:.4f}  "
                        f"size {m['size_mb']:.3f} MB  p90 {m['latency_ms']['p90']:.3f} ms  {verdict}")
         rd = run_dir or os.path.join("runs", rec.name)
         click.echo(f"report: {os.path.join(rd, 'report', 'report.md')}  (* = deliverable, target {report['target']['name']})")
+        click.echo(f"deliverable: {report.get('deliverable_reason', report['deliverable'])}")
     if not deliverable_entry(report)["within_budget"]:
         sys.exit(EXIT_BUDGET_MISSED)
 

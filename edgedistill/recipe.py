@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from . import _schema
 from ._schema import field
 from .errors import ConfigError
+from .quant.config import QATConfig
 
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["cosine", "none"]
@@ -103,6 +104,12 @@ class BenchConfig:
 
 
 @dataclass
+class ReportConfig:
+    tolerance: float = field(1.0, ge=0.0, le=100.0,
+                             help="accuracy points the deliverable may lose against the FP32 student")
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = field(0, ge=0)
@@ -112,8 +119,10 @@ class Recipe:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
     ptq: PTQConfig = field(default_factory=PTQConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def _check(self, where: str) -> None:
         if not self.name or any(c in self.name for c in "/\\\0"):

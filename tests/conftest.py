@@ -30,6 +30,11 @@ params = { width = 4, depth = 1 }
 epochs = 2
 losses = [{ name = "kd" }]
 
+[qat]
+enabled = true
+epochs = 1
+calibration_batches = 2
+
 [ptq]
 samples = 64
 
