@@ -52,21 +52,14 @@ def check_onnx(path: str | os.PathLike, what: str = "model"):
 
 
 def preflight(recipe, splits) -> None:
-    """Build the recipe's models and losses once (without training) so a bad name, parameter or layer
-    path fails in seconds with its key; the global RNG is left as it was."""
+    """Build the recipe's models, teachers and losses once (without training) so a bad name, parameter
+    or layer path fails in seconds with its key; the global RNG is left as it was."""
     import torch
 
-    from .distill.stage import build_terms
-    from .distill.taps import check_paths
-    from .models import build_model
+    from .distill.stage import check_taps
 
     with torch.random.fork_rng(devices=[]):
-        teacher = build_model(recipe.teacher.arch, recipe.teacher.params, splits.input_shape, splits.num_classes, "teacher")
-        student = build_model(recipe.student.arch, recipe.student.params, splits.input_shape, splits.num_classes, "student")
-        terms = build_terms(recipe, splits.num_classes)
-    for i, t in enumerate(terms):
-        check_paths(student, t.loss.student_layers(), f"distill.losses[{i}].params.student_layer")
-        check_paths(teacher, t.loss.teacher_layers(), f"distill.losses[{i}].params.teacher_layer")
+        check_taps(recipe, splits.input_shape, splits.num_classes)
 
 
 @contextmanager

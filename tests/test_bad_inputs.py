@@ -120,7 +120,7 @@ CASES = {
                                  r"r\.toml: data: expected a table, got 3\."),
     "recipe-unknown-loss": (_text("r.toml", _recipe('[distill]\nlosses = [{ name = "kdd" }]').replace(
                                 'losses = [{ name = "kd" }]\n', "", 1)), ["run", "{d}/r.toml"], 1,
-                            r"distill\.losses\[0\]\.name: unknown loss 'kdd'; choose one of: ce, kd"),
+                            r"distill\.losses\[0\]\.name: unknown loss 'kdd'; choose one of: at, ce, crd, dkd, .*, kd, "),
     "recipe-unknown-loss-param": (_text("r.toml", _recipe('[distill]\nlosses = [{ name = "kd", params = { tau = 2 } }]').replace(
                                       'losses = [{ name = "kd" }]\n', "", 1)), ["run", "{d}/r.toml"], 1,
                                   r"distill\.losses\[0\]\.params\.tau: unknown parameter of loss 'kd'; valid ones are: alpha, temperature\."),

@@ -35,8 +35,8 @@ def check_taps(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -
     teacher (ConfigError listing the valid paths), and teacher taps a black-box teacher cannot supply."""
     from ..models import build_model
 
-    student = build_model(recipe.student.arch, recipe.student.params, input_shape, num_classes, "student.arch")
-    teacher = build_model(recipe.teacher.arch, recipe.teacher.params, input_shape, num_classes, "teacher.arch")
+    student = build_model(recipe.student.arch, recipe.student.params, input_shape, num_classes, "student")
+    teacher = build_model(recipe.teacher.arch, recipe.teacher.params, input_shape, num_classes, "teacher")
     teacher = recipe_teacher(recipe.distill, teacher, input_shape, num_classes)  # extra teachers: outputs only
     check_term_paths(build_terms(recipe, num_classes), student, as_teacher(teacher), cached=recipe.distill.cache)
 
