@@ -11,6 +11,7 @@ and the weight scales: the model then computes exactly what the INT8 graph compu
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import onnx
@@ -80,7 +81,8 @@ def export_qat_onnx(model: nn.Module, path: str | Path, example_input: torch.Ten
     """Export a converted QAT model to ONNX with INT8 weight initializers; return what was written."""
     enable_export()
     model = model.eval()
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecation notices, not the user's
         program = torch.onnx.export(model, (example_input,), dynamo=True, external_data=False, opset_version=opset,
                                     dynamic_shapes=({0: "batch"},), verbose=False)
     proto = program.model_proto
