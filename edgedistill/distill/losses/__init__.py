@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .base import LOSSES, DistillLoss, LossContext, build_loss
 
-from . import response as _response  # noqa: F401  (registers the built-in losses)
+from . import embedding as _embedding  # noqa: F401  (registers the built-in losses)
+from . import response as _response  # noqa: F401
 
 __all__ = ["LOSSES", "DistillLoss", "LossContext", "build_loss"]
