@@ -42,7 +42,6 @@ class TextDistillConfig:
     max_seq_length: int = field(64, ge=8, le=512)
     seed: int = 0
     eval_every: int = field(0, ge=0)  # steps between dev evaluations; 0 = once per epoch
-    losses: list[LossTerm] = dc_field(default_factory=lambda: [LossTerm("simmat", 1.0)])
 
 
 def encode(model: TextEncoder, tokenizer, sentences: Sequence[str], batch_size: int = 128, max_seq_length: int = 128) -> np.ndarray:
@@ -61,8 +60,12 @@ def encode(model: TextEncoder, tokenizer, sentences: Sequence[str], batch_size: 
 
 
 def distill_text(student: TextEncoder, tokenizer, sentences: Sequence[str], teacher_emb: np.ndarray,
-                 cfg: TextDistillConfig, dev: stsb.Pairs | None = None, log=sys.stderr) -> tuple[TextEncoder, dict]:
-    """Train ``student`` in place; return (best-on-dev copy, history). ``teacher_emb`` is [N, D_teacher]."""
+                 cfg: TextDistillConfig, losses: Sequence[LossTerm], dev: stsb.Pairs | None = None,
+                 log=sys.stderr) -> tuple[TextEncoder, dict]:
+    """Train ``student`` in place on the weighted sum of ``losses``; return (best-on-dev copy, history).
+
+    ``teacher_emb`` is [N, D_teacher]; without ``dev`` the last state is returned.
+    """
     if len(sentences) != len(teacher_emb):
         raise ConfigError(f"distill: {len(sentences)} sentences but {len(teacher_emb)} teacher embeddings; re-encode the corpus.")
     if len(sentences) < cfg.batch_size:
@@ -70,7 +73,7 @@ def distill_text(student: TextEncoder, tokenizer, sentences: Sequence[str], teac
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     ctx = LossContext(batch_size=cfg.batch_size)
-    terms = [(build_loss(t.name, t.params, ctx, f"distill.losses[{i}]"), t.weight) for i, t in enumerate(cfg.losses)]
+    terms = [(build_loss(t.name, t.params, ctx, f"distill.losses[{i}]"), t.weight) for i, t in enumerate(losses)]
     for loss, _ in terms:
         if loss.needs_teacher_features:
             raise ConfigError(f"distill.losses: {type(loss).__name__} needs teacher hidden states, which cached teacher embeddings do not hold; use simmat / embed_cosine / embed_mse.")
