@@ -91,6 +91,7 @@ class PTQConfig:
     activation_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
     max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
+    max_fallback_nodes: int = field(10, ge=1, le=1000, help="most nodes the accuracy-aware fallback keeps in FP32")
 
 
 @dataclass

@@ -60,17 +60,24 @@ def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint
     else:
         raise EdgeDistillError(f"{path}: holds no state_dict; save one with torch.save(model.state_dict(), ...).")
     if model is not None:
-        result = model.load_state_dict(state, strict=False)
+        own = model.state_dict()
         problems = []
-        if result.missing_keys:
-            problems.append(f"missing keys {result.missing_keys[:3]}")
-        if result.unexpected_keys:
-            problems.append(f"unexpected keys {result.unexpected_keys[:3]}")
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                      if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+        if missing:
+            problems.append(f"missing keys {missing[:3]}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected[:3]}")
+        if mismatched:
+            problems.append(f"shape mismatch {mismatched[:2]}")
         if problems:
             raise EdgeDistillError(
                 f"{path}: does not match the recipe's architecture ({'; '.join(problems)}); "
                 "check the arch and params it was trained with."
             )
+        model.load_state_dict(state)
     return obj
 
 

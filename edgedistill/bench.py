@@ -1,0 +1,398 @@
+"""Latency, memory and size of ONNX models on this machine, judged against a target's budgets.
+
+Mirrors ``onnxruntime_perf_test`` and TFLite's ``benchmark_model``: session-creation time, first
+inference, warm-up kept apart from the steady state (at least ``runs`` runs *and* ``min_seconds``),
+min / mean / std / p50 / p90 / p99, throughput, peak RSS and file size.
+
+Every model runs in its own child process (``python -m edgedistill.bench --worker``), so one
+model's memory never shows up in another's peak RSS. The parent drives the children in rounds,
+A B A B ..., each child timing a block of ``session.run`` calls while the others sleep on their
+pipe, so a machine that drifts (thermal throttling, a neighbour's job) biases every model alike.
+
+This module imports onnxruntime, numpy and the stdlib only -- never torch -- so a board can run
+it with the light install (``pip install edgedistill[bench]``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._io import file_size_mb
+from ._machine import architecture, cpu_count, machine_info
+from .errors import DataError, EdgeDistillError
+from .targets import Target
+
+_ROUNDS = 10  # nominal number of interleaved rounds; blocks are sized so each model gets ~this many
+_MAX_ROUNDS = 10_000
+_VOCAB_SAFE = 100  # token ids drawn from [0, 100): valid for every real vocabulary
+
+
+def benchmark(paths: list[str], *, target: Target | None = None, threads: int | None = None,
+              runs: int = 100, warmup: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
+              seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None,
+              keep_samples: bool = False) -> dict:
+    """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
+
+    Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
+    target's execution provider when this onnxruntime has it, else CPU. With a target, every model
+    carries a per-budget ``verdict`` and the top-level ``verdict`` judges ``deliverable`` (default:
+    the last path given); ``ok`` is False when it misses a budget. Figures are measured on this
+    host and never scaled: ``host_matches_target`` says whether this host is the target.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise DataError("benchmark: no model given; pass at least one .onnx path.")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise DataError(f"{p}: model file not found; check the path.")
+    if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1:
+        raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds >= 0.")
+    if deliverable is not None and deliverable not in paths:
+        raise DataError(f"deliverable {deliverable!r} is not one of the benchmarked paths; pass one of them.")
+    n_threads = threads if threads is not None else (target.threads if target is not None else 1)
+    if n_threads < 1:
+        raise DataError(f"threads: {n_threads} is not valid; pass 1 or more.")
+    provs, provider_note = _choose_providers(providers, target)
+    settings = {"threads": n_threads, "inter_op_threads": 1, "providers": provs, "runs": runs, "warmup": warmup,
+                "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len}
+
+    workers: list[_Worker] = []
+    try:
+        for p in paths:
+            workers.append(_Worker(p, settings))
+        models = _measure(workers, settings, keep_samples)
+    finally:
+        for w in workers:
+            w.close()
+
+    result = {"machine": machine_info(), "settings": settings, "models": models, "ratios": _ratios(models)}
+    if provider_note:
+        result["settings"]["provider_note"] = provider_note
+    if n_threads > cpu_count():
+        result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
+                                              "threads share cores, so this latency is not what they give on a machine with enough cores.")
+    if target is not None:
+        _judge(result, target, deliverable or paths[-1])
+    return result
+
+
+def latency_stats(ms: list[float]) -> dict:
+    """min / mean / std / p50 / p90 / p99 of latencies in ms (percentiles by linear interpolation)."""
+    import numpy as np
+
+    a = np.asarray(ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"min": float(a.min()), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a.max())}
+
+
+# --- the parent side -------------------------------------------------------------------------------
+
+def _choose_providers(providers: list[str] | None, target: Target | None) -> tuple[list[str], str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers:
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise DataError(f"providers: {missing[0]} is not in this onnxruntime build; choose from {', '.join(available)}.")
+        return list(providers), ""
+    if target is not None and target.execution_provider != "CPUExecutionProvider":
+        if target.execution_provider in available:
+            return [target.execution_provider, "CPUExecutionProvider"], ""
+        return ["CPUExecutionProvider"], (f"target prefers {target.execution_provider}, which this onnxruntime "
+                                          "build lacks; measured on CPUExecutionProvider.")
+    return ["CPUExecutionProvider"], ""
+
+
+class _Worker:
+    """One child process holding one model's session; JSON lines over its stdin/stdout."""
+
+    def __init__(self, path: str, settings: dict):
+        self.path = path
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child can never block on it
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench", "--worker"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, bufsize=1)
+        try:
+            self.init = self.ask({"cmd": "init", "path": path, **settings})
+        except BaseException:
+            self.close()
+            raise
+
+    def ask(self, msg: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self.proc.wait(timeout=10)
+            self.log.seek(0)
+            err = self.log.read().strip().splitlines()
+            raise EdgeDistillError(f"{self.path}: the benchmark worker died ({err[-1] if err else 'no message'}); "
+                                   "check that the model runs with onnxruntime.")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise DataError(f"{self.path}: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> list[dict]:
+    # warm-up, one model after the other; its times estimate how many runs fill one block
+    estimates = []
+    for w in workers:
+        reply = w.ask({"cmd": "warmup", "n": s["warmup"]})
+        est = reply["mean_ms"] if reply["mean_ms"] is not None else w.init["first_inference_ms"]
+        estimates.append(max(est, 1e-3))
+    blocks = [max(math.ceil(s["runs"] / _ROUNDS), math.ceil(s["min_seconds"] * 1000 / _ROUNDS / est), 1)
+              for est in estimates]
+    times: list[list[float]] = [[] for _ in workers]
+    for _ in range(_MAX_ROUNDS):  # A B A B ... until every model has >= runs samples and >= min_seconds
+        for w, n, t in zip(workers, blocks, times):
+            t.extend(w.ask({"cmd": "run", "n": n})["ms"])
+        if all(len(t) >= s["runs"] and sum(t) >= s["min_seconds"] * 1000 for t in times):
+            break
+    models = []
+    for w, t in zip(workers, times):
+        end = w.ask({"cmd": "stop"})
+        stats = latency_stats(t)
+        models.append({
+            "path": w.path,
+            "size_mb": round(file_size_mb(w.path), 4),
+            "session_create_ms": w.init["session_create_ms"],
+            "first_inference_ms": w.init["first_inference_ms"],
+            "warmup_runs": s["warmup"],
+            "runs": len(t),
+            "steady_seconds": sum(t) / 1000,
+            "latency_ms": stats,
+            "throughput_per_s": s["batch_size"] * 1000.0 / stats["mean"] if stats["mean"] > 0 else None,
+            "peak_rss_mb": end["peak_rss_mb"],
+            "rss_before_session_mb": w.init["rss_before_session_mb"],
+            "execution_provider": w.init["provider"],
+            "inputs": w.init["inputs"],
+        })
+        if keep_samples:
+            models[-1]["samples_ms"] = t
+    return models
+
+
+def _ratios(models: list[dict]) -> list[dict]:
+    """Each model against the first one: model / baseline (below 1 means smaller or faster)."""
+    if len(models) < 2:
+        return []
+    base = models[0]
+    out = []
+    for m in models[1:]:
+        r = {"model": m["path"], "baseline": base["path"]}
+        for key, a, b in (("latency_mean", m["latency_ms"]["mean"], base["latency_ms"]["mean"]),
+                          ("latency_p90", m["latency_ms"]["p90"], base["latency_ms"]["p90"]),
+                          ("size_mb", m["size_mb"], base["size_mb"]),
+                          ("peak_rss_mb", m["peak_rss_mb"], base["peak_rss_mb"])):
+            r[key] = round(a / b, 4) if a is not None and b else None
+        r["speedup_p90"] = round(1 / r["latency_p90"], 4) if r["latency_p90"] else None
+        out.append(r)
+    return out
+
+
+def verdict(model: dict, target: Target) -> dict:
+    """Per budget of ``target``: {limit, measured, ok, margin, margin_pct} for one benchmarked model."""
+    out = {}
+    b = target.budgets
+    for key, limit, measured in (("size_mb", b.size_mb, model["size_mb"]),
+                                 ("p90_ms", b.p90_ms, model["latency_ms"]["p90"]),
+                                 ("peak_ram_mb", b.peak_ram_mb, model["peak_rss_mb"])):
+        if limit is None:
+            continue
+        if measured is None:
+            out[key] = {"limit": limit, "measured": None, "ok": None, "note": "not measurable on this OS"}
+            continue
+        out[key] = {"limit": limit, "measured": round(measured, 4), "ok": measured <= limit,
+                    "margin": round(limit - measured, 4), "margin_pct": round(100 * (limit - measured) / limit, 2)}
+    return out
+
+
+def _judge(result: dict, target: Target, deliverable: str) -> None:
+    for m in result["models"]:
+        m["verdict"] = verdict(m, target)
+    judged = next(m for m in result["models"] if m["path"] == deliverable)
+    result["target"] = target.to_dict()
+    result["deliverable"] = deliverable
+    result["verdict"] = judged["verdict"]
+    result["ok"] = all(v["ok"] is not False for v in judged["verdict"].values())
+    host_arch, host_cores = architecture(), cpu_count()
+    matches = host_arch == target.architecture and host_cores == target.cores
+    result["host_matches_target"] = matches
+    result["host_note"] = ("measured on the target's architecture and core count." if matches else
+                           f"this host is {host_arch} with {host_cores} cores, not the target {target.name} "
+                           f"({target.architecture}, {target.cores} cores): the figures are this host's, "
+                           "unscaled; run `edgedistill bench` on the device itself for its numbers.")
+
+
+# --- the child side --------------------------------------------------------------------------------
+
+_NP_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def random_inputs(session, batch_size: int = 1, seq_len: int = 32, seed: int = 0) -> dict:
+    """Feeds for ``session`` from its input signature: the first dynamic dim is ``batch_size``, other
+    dynamic dims ``seq_len``; integer inputs are token ids in a small valid range, masks all ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else (batch_size if i == 0 else seq_len)
+                 for i, d in enumerate(inp.shape)]
+        dtype = _NP_DTYPES.get(inp.type)
+        if dtype is None:
+            raise DataError(f"input {inp.name!r} has type {inp.type}, which the benchmark cannot generate; "
+                            "use a model with float, integer or bool inputs.")
+        name = inp.name.lower()
+        if dtype == "bool" or "mask" in name:
+            arr = np.ones(shape, dtype=dtype)
+        elif dtype.startswith("float"):
+            arr = rng.standard_normal(shape).astype(dtype)
+        elif "type" in name or "segment" in name or "position" in name:
+            arr = np.zeros(shape, dtype=dtype)
+        else:
+            arr = rng.integers(0, _VOCAB_SAFE, size=shape).astype(dtype)
+        feeds[inp.name] = arr
+    return feeds
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _rss_mb() -> float | None:
+    return _proc_status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory. On Linux VmHWM, not ru_maxrss: ru_maxrss survives
+    fork + exec and would report the parent's memory at the time it started this worker."""
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def _worker_main() -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not corrupt the protocol
+    sess = feeds = None
+
+    def reply(obj: dict) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg["cmd"]
+        if cmd == "init":
+            rss0 = _rss_mb()
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = msg["threads"]
+            so.inter_op_num_threads = msg["inter_op_threads"]
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.log_severity_level = 3
+            try:
+                t0 = time.perf_counter()
+                sess = ort.InferenceSession(msg["path"], sess_options=so, providers=msg["providers"])
+                create_ms = (time.perf_counter() - t0) * 1000
+                feeds = random_inputs(sess, msg["batch_size"], msg["seq_len"])
+            except EdgeDistillError as e:
+                reply({"error": str(e)})
+                return
+            except Exception as e:  # onnxruntime raises its own types for unreadable models
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reply({"error": f"onnxruntime cannot load it ({first[:300]}); check that it is a valid ONNX model."})
+                return
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            first_ms = (time.perf_counter() - t0) * 1000
+            reply({"session_create_ms": create_ms, "first_inference_ms": first_ms, "rss_before_session_mb": rss0,
+                   "provider": sess.get_providers()[0],
+                   "inputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()]})
+        elif cmd in ("warmup", "run"):
+            ms = _timed_runs(sess, feeds, msg["n"])
+            if cmd == "warmup":
+                reply({"mean_ms": float(np.mean(ms)) if ms else None})
+            else:
+                reply({"ms": ms})
+        elif cmd == "stop":
+            reply({"peak_rss_mb": _peak_rss_mb()})
+            return
+
+
+def _timed_runs(sess, feeds: dict, n: int) -> list[float]:
+    """Latencies in ms of ``n`` calls of ``sess.run``: call i lasted ts[i+1] - ts[i]."""
+    ts = _timed_loop(sess, feeds, n)
+    return [(ts[i + 1] - ts[i]) / 1e6 for i in range(n)]
+
+
+def _timed_loop(sess, feeds: dict, n: int) -> list[int]:
+    """The timed region: one clock read before every call and one after the last (ns). One read per
+    call (not two) halves the harness's own cost; what it adds besides (the loop step, one list
+    store) a bare ``for`` loop pays as well. GC is off so a collection never lands inside a call."""
+    run, clock = sess.run, time.perf_counter_ns
+    ts = [0] * (n + 1)
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(n):
+            ts[i] = clock()
+            run(None, feeds)
+        ts[n] = clock()
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return ts
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker_main()

@@ -1,0 +1,310 @@
+"""The mobile bundle: everything an Android / iOS / board app needs to ship one ONNX model.
+
+``write_bundle`` writes, into one folder (built beside it and renamed into place, so a crash
+never leaves a half bundle):
+
+- ``model.onnx`` with the key facts also in its ``metadata_props`` (``edgedistill.*`` keys);
+- ``model.ort`` (ORT format, ``onnxruntime.tools.convert_onnx_models_to_ort``) and
+  ``required_operators.config`` for a reduced-operator ONNX Runtime build; the ``.ort`` file is
+  checked to give the same outputs as the ``.onnx`` on random inputs before the bundle is kept;
+- any ``extra_files`` (tokenizer files for text models), copied as they are;
+- ``MODEL_CARD.md``; and ``metadata.json`` with inputs/outputs, preprocessing, labels, opset,
+  onnxruntime version, ORT mobile usability (NNAPI / CoreML partitions) and the sha256 of every
+  other file in the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import _io
+from .errors import ConfigError, DataError, StageError
+from .modelinfo import inspect_model
+
+METADATA_KEYS = ("name", "description", "task", "labels", "preprocessing", "metric", "teacher", "target",
+                 "precision", "execution_provider")
+MODEL_CARD_KEYS = ("name", "description", "metric", "size_mb", "latency_ms", "peak_rss_mb", "threads", "machine",
+                   "teacher", "target", "dataset", "precision", "intended_use", "limitations")
+_PROP_PREFIX = "edgedistill."
+_COREML_QDQ_WARNING = ("the model is QDQ-quantized and the CoreML execution provider does not run "
+                       "QuantizeLinear/DequantizeLinear: on iOS those parts fall back to the CPU, splitting the "
+                       "graph; ship the FP32 model for CoreML or run the INT8 model on the CPU provider.")
+
+
+def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_files: list[str] = (),
+                 execution_provider: str | None = None, target_platform: str | None = None) -> dict:
+    """Write the mobile bundle for ``onnx_path`` into ``out_dir``; return what was written.
+
+    ``metadata`` keys: one of METADATA_KEYS (``labels`` a list, ``preprocessing`` and ``metric`` tables).
+    ``model_card`` keys: MODEL_CARD_KEYS (measured figures and the machine they came from).
+    ``execution_provider`` (default ``metadata["execution_provider"]``) is the provider the app will
+    use; a QDQ model aimed at CoreMLExecutionProvider gets a warning. ``target_platform`` "arm" or
+    "amd64" is passed to the ORT converter (default: neither, a portable ``.ort``).
+    """
+    import onnxruntime as ort
+
+    _check_keys(metadata, METADATA_KEYS, "metadata")
+    _check_keys(model_card, MODEL_CARD_KEYS, "model_card")
+    src = Path(onnx_path)
+    if not src.is_file():
+        raise DataError(f"{src}: model file not found; check the path.")
+    extras = [Path(p) for p in extra_files]
+    for p in extras:
+        if not p.is_file():
+            raise DataError(f"{p}: extra file for the bundle not found; check the path.")
+    names = [p.name for p in extras]
+    clash = {"model.onnx", "model.ort", "required_operators.config", "metadata.json", "MODEL_CARD.md"} & set(names)
+    if clash or len(set(names)) != len(names):
+        raise DataError(f"extra_files: {sorted(clash) or names} would collide with another bundle file; rename it.")
+    info = inspect_model(str(src))
+    if info["size_mb"] * 1e6 > 2e9:
+        raise DataError(f"{src}: over 2 GB, too big for a single-file mobile bundle; shrink the model first.")
+    ep = execution_provider or metadata.get("execution_provider") or "CPUExecutionProvider"
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        facts = _key_facts(metadata, info, ort.__version__)
+        _write_onnx_with_props(src, work / "model.onnx", facts)
+        _convert_to_ort(work, target_platform)
+        parity = _ort_parity(work / "model.onnx", work / "model.ort")
+        for p in extras:
+            shutil.copyfile(p, work / p.name)
+        usability = mobile_usability(work / "model.onnx")
+        warnings = _warnings(info, ep, usability)
+        card = render_model_card(model_card, info=inspect_model(str(work / "model.onnx")), facts=facts,
+                                 usability=usability, warnings=warnings,
+                                 ort_size_mb=_io.file_size_mb(work / "model.ort"))
+        _io.write_text(work / "MODEL_CARD.md", card)
+        files = {p.name: {"sha256": _io.sha256_file(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
+        meta = {**facts, "execution_provider": ep, "extra_files": names, "usability": usability,
+                "ort_parity": parity, "warnings": warnings, "files": files,
+                "files_note": "sha256 of every file in the bundle except metadata.json itself"}
+        _io.write_json(work / "metadata.json", meta)
+        _make_readable(work)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return {"out_dir": str(out), "files": {n: f["sha256"] for n, f in files.items()}, "usability": usability,
+            "warnings": warnings, "ort_parity": parity}
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp / mkstemp create owner-only entries; a bundle is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for p in folder.iterdir():
+        p.chmod(0o666 & ~umask)
+
+
+def _check_keys(d: dict, allowed: tuple, what: str) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what}: expected a dict, got {type(d).__name__}; pass a dict with keys from {', '.join(allowed)}.")
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{what}.{k}: unknown key; valid keys are: {', '.join(allowed)}.")
+
+
+def _key_facts(metadata: dict, info: dict, ort_version: str) -> dict:
+    return {
+        "name": metadata.get("name", Path(info["path"]).stem),
+        "description": metadata.get("description", ""),
+        "task": metadata.get("task", ""),
+        "inputs": info["inputs"],
+        "outputs": info["outputs"],
+        "preprocessing": metadata.get("preprocessing", {}),
+        "labels": list(metadata.get("labels", [])),
+        "metric": metadata.get("metric"),
+        "teacher": metadata.get("teacher"),
+        "target": metadata.get("target"),
+        "precision": metadata.get("precision", "int8" if info["format"] != "float" else "fp32"),
+        "opset": info["opset"],
+        "onnxruntime": ort_version,
+        "params": info["params"],
+        "macs": info["macs"],
+    }
+
+
+def _write_onnx_with_props(src: Path, dst: Path, facts: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props if not p.key.startswith(_PROP_PREFIX)}
+    for k, v in facts.items():
+        if v in (None, "", [], {}):
+            continue
+        props[_PROP_PREFIX + k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(dst))
+
+
+def _convert_to_ort(work: Path, target_platform: str | None) -> None:
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    conv = work / ".ort_conversion"
+    quiet = logging.getLogger("ort_format_model.utils")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the converter prints progress; stdout is for results
+            convert_onnx_models_to_ort(work / "model.onnx", output_dir=conv,
+                                       optimization_styles=[OptimizationStyle.Fixed], target_platform=target_platform)
+    except Exception as e:
+        raise StageError(f"ORT-format conversion of model.onnx failed ({str(e).splitlines()[0][:200]}); "
+                         "check that onnxruntime can load the model.") from None
+    finally:
+        quiet.setLevel(level)
+    (conv / "model.ort").rename(work / "model.ort")
+    config = (conv / "model.required_operators.config").read_text()
+    lines = [ln for ln in config.splitlines() if not ln.startswith("# -")]  # drop the temp path it names
+    _io.write_text(work / "required_operators.config", "\n".join(lines).replace(
+        "# Generated from model/s:", "# Generated from model.ort by onnxruntime.tools.convert_onnx_models_to_ort") + "\n")
+    shutil.rmtree(conv)
+
+
+def _ort_parity(onnx_path: Path, ort_path: Path) -> dict:
+    """Run the .onnx and the .ort on the same random inputs; the outputs must agree."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from .bench import random_inputs
+
+    a = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(ort_path), providers=["CPUExecutionProvider"])
+    feeds = random_inputs(a, batch_size=2, seq_len=16, seed=1)
+    worst = 0.0
+    for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if x.shape != y.shape:
+            raise StageError(f"{ort_path.name} gives output shape {y.shape}, {onnx_path.name} {x.shape}; "
+                             "the ORT conversion is broken, report it.")
+        scale = max(float(np.abs(x).max(initial=0.0)), 1.0)
+        worst = max(worst, float(np.abs(x - y).max(initial=0.0)) / scale)
+    ok = worst <= 1e-4
+    if not ok:
+        raise StageError(f"{ort_path.name} differs from {onnx_path.name} by {worst:.2e} (relative); "
+                         "the ORT conversion changed the model, report it.")
+    return {"max_rel_diff": worst, "ok": ok, "batch_size": 2}
+
+
+def mobile_usability(onnx_path) -> dict:
+    """ORT's mobile usability check per provider (NNAPI, CoreML NeuralNetwork, CoreML MLProgram):
+    node coverage, partitions, unsupported ops and ORT's verdict (YES / MAYBE / NO)."""
+    import onnx
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import optimize_model
+
+    checks = {
+        "nnapi": uc.check_nnapi_partitions,
+        "coreml_neuralnetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
+        "coreml_mlprogram": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = Path(tmp) / "basic.onnx"
+        optimize_model(Path(onnx_path), opt)  # ORT's own check looks at the BASIC-optimised graph too
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(opt)), strict_mode=False)
+    _, dynamic_values = uc.check_shapes(model.graph)
+    out = {"dynamic_shape_values": dynamic_values}
+    for name, fn in checks.items():
+        fixed = fn(model, True)
+        entry = _partition_dict(fixed)
+        if entry["suitability"] != "YES" and dynamic_values:
+            entry["suitability_if_shapes_fixed"] = fn(model, False).suitability().name
+        out[name] = entry
+    return out
+
+
+def _partition_dict(p) -> dict:
+    return {"nodes": p.num_nodes, "supported_nodes": p.num_supported_nodes, "partitions": p.num_partitions,
+            "unsupported_ops": sorted(p.unsupported_ops), "suitability": p.suitability().name}
+
+
+def _warnings(info: dict, ep: str, usability: dict) -> list[str]:
+    warnings = []
+    qdq = info["op_histogram"].get("QuantizeLinear", 0) + info["op_histogram"].get("DequantizeLinear", 0)
+    if qdq:
+        for key in ("coreml_neuralnetwork", "coreml_mlprogram"):
+            usability[key]["warning"] = _COREML_QDQ_WARNING
+        if ep == "CoreMLExecutionProvider":
+            warnings.append(_COREML_QDQ_WARNING)
+    if ep == "NnapiExecutionProvider" and usability["nnapi"]["suitability"] == "NO":
+        warnings.append("ORT's usability check expects NNAPI to run little of this model; benchmark it against "
+                        "the CPU provider on the phone before choosing NNAPI.")
+    return warnings
+
+
+def render_model_card(card: dict, *, info: dict, facts: dict, usability: dict, warnings: list[str],
+                      ort_size_mb: float) -> str:
+    """MODEL_CARD.md: what the model is, its measured figures and where they were measured."""
+    name = card.get("name") or facts["name"]
+    lines = [f"# {name}", ""]
+    if card.get("description") or facts.get("description"):
+        lines += [card.get("description") or facts["description"], ""]
+    lines += ["## Measured", "", "| quantity | value |", "|---|---|"]
+    metric = card.get("metric") or facts.get("metric")
+    if metric:
+        lines.append(f"| {metric.get('name', 'metric')} | {_fmt(metric.get('value'))} |")
+    lines.append(f"| size, model.onnx | {_fmt(card.get('size_mb', info['size_mb']))} MB |")
+    lines.append(f"| size, model.ort | {_fmt(ort_size_mb)} MB |")
+    for k, v in (card.get("latency_ms") or {}).items():
+        lines.append(f"| latency {k} | {_fmt(v)} ms |")
+    if card.get("peak_rss_mb") is not None:
+        lines.append(f"| peak RSS | {_fmt(card['peak_rss_mb'])} MB |")
+    lines += [f"| parameters | {info['params']:,} |", f"| MACs per sample | {info['macs']:,} |",
+              f"| precision | {card.get('precision') or facts['precision']} ({info['format']}, "
+              f"{info['quantized_share']:.0%} of compute ops quantized) |", ""]
+    machine = card.get("machine")
+    if machine:
+        if isinstance(machine, dict):
+            isa = ", ".join(k for k, v in (machine.get("isa") or {}).items() if v) or "none recorded"
+            machine = (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, ISA: {isa}, "
+                       f"onnxruntime {machine.get('onnxruntime', '?')}")
+        threads = f", {card['threads']} thread(s)" if card.get("threads") else ""
+        lines += [f"Latency and memory were measured on: {machine}{threads}.", ""]
+    lines += ["## Provenance", ""]
+    for label, key in (("Teacher", "teacher"), ("Target", "target"), ("Data", "dataset")):
+        value = card.get(key) or facts.get(key)
+        if value:
+            lines.append(f"- {label}: {value if isinstance(value, str) else json.dumps(value)}")
+    lines += [f"- Opset: {json.dumps(facts['opset'])}; converted with onnxruntime {facts['onnxruntime']}", ""]
+    lines += ["## Inputs and outputs", "", "| | name | shape | dtype |", "|---|---|---|---|"]
+    lines += [f"| {kind} | {v['name']} | {v['shape']} | {v['dtype']} |"
+              for kind, vs in (("input", info["inputs"]), ("output", info["outputs"])) for v in vs]
+    if facts.get("preprocessing"):
+        lines += ["", "## Preprocessing", "", "```json", json.dumps(facts["preprocessing"], indent=2), "```"]
+    if facts.get("labels"):
+        lines += ["", f"Labels ({len(facts['labels'])}): " + ", ".join(map(str, facts["labels"][:50]))
+                  + (" ..." if len(facts["labels"]) > 50 else "")]
+    lines += ["", "## ORT mobile usability", "",
+              "| provider | supported nodes | partitions | verdict | verdict with fixed input shapes |",
+              "|---|---|---|---|---|"]
+    for ep in ("nnapi", "coreml_neuralnetwork", "coreml_mlprogram"):
+        u = usability[ep]
+        lines.append(f"| {ep} | {u['supported_nodes']}/{u['nodes']} | {u['partitions']} | {u['suitability']} "
+                     f"| {u.get('suitability_if_shapes_fixed', u['suitability'])} |")
+    for label, key in (("Intended use", "intended_use"), ("Limitations", "limitations")):
+        if card.get(key):
+            lines += ["", f"## {label}", "", card[key]]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,124 @@
+"""The command line: a thin click layer over the stage verbs. Docstrings are the help.
+
+Exit codes: 0 success (and, for ``run``, the deliverable meets every budget); 3 the run finished
+but a budget is missed; 1 an error, reported in one sentence; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .errors import EdgeDistillError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+EXIT_BUDGET_MISSED = 3
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="edgedistill")
+def cli() -> None:
+    """edgedistill: distill, quantize, export and benchmark a model for an edge device budget."""
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
+@click.option("--target", "target", help="Target name (see `edgedistill targets`) or path to a target .toml.")
+@click.option("--from", "from_stage", help="Re-run from this stage on (teacher, student, distill, export, ptq, verify, bench, report).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted stage from its last checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+def run(recipe, run_dir, target, from_stage, resume, as_json):
+    """Run the whole pipeline from RECIPE (a TOML file; the built-in digits recipe when omitted).
+
+    Exits 0 when the deliverable meets every budget of the target, 3 when the run finished but a
+    budget is missed, 1 on an error.
+    """
+    from .pipeline import run as run_pipeline
+    from .recipe import load_recipe
+    from .report import deliverable_entry
+
+    rec = load_recipe(recipe)
+    report = run_pipeline(rec, run_dir=run_dir, target=target, from_stage=from_stage, resume=resume)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for m in report["models"]:
+            verdict = "within budget" if m["within_budget"] else "MISSES " + "; ".join(m["violations"])
+            star = "*" if m["name"] == report["deliverable"] else " "
+            click.echo(f"{star} {m['name']:<14} {m['metric']['name']} {m['metric']['value']:.4f}  "
+                       f"size {m['size_mb']:.3f} MB  p90 {m['latency_ms']['p90']:.3f} ms  {verdict}")
+        rd = run_dir or os.path.join("runs", rec.name)
+        click.echo(f"report: {os.path.join(rd, 'report', 'report.md')}  (* = deliverable, target {report['target']['name']})")
+    if not deliverable_entry(report)["within_budget"]:
+        sys.exit(EXIT_BUDGET_MISSED)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def targets(as_json):
+    """List the built-in device targets and their budgets."""
+    from .targets import list_targets
+
+    ts = list_targets()
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in ts], indent=2))
+        return
+    for t in ts:
+        b = t.budgets
+        budgets = f"size<={b.size_mb:g}MB" + (f" p90<={b.p90_ms:g}ms" if b.p90_ms else "") + \
+                  (f" ram<={b.peak_ram_mb:g}MB" if b.peak_ram_mb else "")
+        click.echo(f"{t.name:<20} {t.architecture:<8} threads={t.threads:<2} {budgets:<40} {t.description}")
+
+
+def _attach_optional_commands() -> None:
+    """Commands that live beside their stage's module."""
+    for module, names in (("edgedistill._cli_tools", ("bench", "bundle", "inspect")),
+                          ("edgedistill.distill._cli", ("losses",))):
+        try:
+            mod = __import__(module, fromlist=["_"])
+        except ImportError:
+            continue
+        for n in names:
+            cmd = getattr(mod, f"{n}_cmd", None)
+            if cmd is not None:
+                cli.add_command(cmd, n)
+
+
+def main() -> None:
+    """Entry point: expected failures become one sentence on stderr and exit code 1, never a traceback."""
+    _attach_optional_commands()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _err("Aborted.")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _err("Interrupted: the last checkpoint is kept; continue with `edgedistill run ... --resume`.")
+        sys.exit(130)
+    except EdgeDistillError as e:
+        _err(f"Error: {e}")
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except Exception as e:  # an unexpected failure still gets one sentence; the traceback on request
+        if os.environ.get("EDGEDISTILL_DEBUG"):
+            raise
+        _err(f"Error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
+             "(set EDGEDISTILL_DEBUG=1 for the traceback, and please report it).")
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

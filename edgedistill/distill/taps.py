@@ -1,0 +1,79 @@
+"""Read intermediate features by forward hooks at module paths, so users never edit model code."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Every tappable module path of ``model`` (``""``, the root, excluded)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def check_paths(model: nn.Module, paths: Iterable[str], key: str) -> None:
+    """Reject module paths that do not exist, listing the valid ones."""
+    valid = dict(model.named_modules())
+    for p in paths:
+        if p not in valid or not p:
+            names = module_names(model)
+            shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+            raise ConfigError(f"{key}: module path {p!r} does not exist in the model; valid paths are: {shown}.")
+
+
+class Taps:
+    """Forward hooks that store the outputs of the named modules on every forward.
+
+    Use as a context manager so hooks are always removed::
+
+        with Taps(model, ["features.3"]) as taps:
+            logits = model(x)
+            feats = taps.outputs  # {"features.3": tensor}
+    """
+
+    def __init__(self, model: nn.Module, paths: Iterable[str]) -> None:
+        self.model = model
+        self.paths = list(dict.fromkeys(paths))
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "Taps":
+        modules = dict(self.model.named_modules())
+        for p in self.paths:
+            self._handles.append(modules[p].register_forward_hook(self._hook(p)))
+        return self
+
+    def _hook(self, path: str):
+        def hook(_module, _inputs, output):
+            self.outputs[path] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def collect(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tap dict a loss receives: ``logits`` plus every tapped feature, then cleared."""
+        out = {"logits": logits, **self.outputs}
+        self.outputs = {}
+        return out
+
+
+def dry_run_shapes(model: nn.Module, paths: Iterable[str], example: torch.Tensor) -> dict[str, torch.Size]:
+    """One forward on a real input to read the feature shapes (for projection heads)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), Taps(model, paths) as taps:
+        logits = model(example)
+        shapes = {k: v.shape for k, v in taps.collect(logits).items()}
+    model.train(was_training)
+    return shapes

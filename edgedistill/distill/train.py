@@ -1,0 +1,239 @@
+"""The training loop: one plain function for the teacher, a scratch student and distillation.
+
+Read top to bottom: build the optimiser and schedule, resume from the last checkpoint if there is
+one, then per epoch a fixed seeded permutation of the training set, the frozen teacher's outputs
+(eval + no_grad), every loss term weighted (with its warm-up ramp), a finite-loss check, a step,
+and an atomic checkpoint. Per-term losses and accuracies go to ``curves.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import _io
+from ..data import ArraySplit
+from ..errors import StageError
+from .losses import DistillLoss
+from .taps import Taps, check_paths, dry_run_shapes
+
+
+@dataclass
+class Term:
+    """One weighted loss of the recipe, built and ready."""
+
+    name: str
+    loss: DistillLoss
+    weight: float = 1.0
+    warmup_epochs: int = 0
+
+    def scale(self, epoch: int, progress: float) -> float:
+        """Linear warm-up ramp from 0 to ``weight`` over ``warmup_epochs``."""
+        if self.warmup_epochs <= 0:
+            return self.weight
+        return self.weight * min(1.0, (epoch + progress) / self.warmup_epochs)
+
+
+@dataclass
+class FitConfig:
+    epochs: int
+    lr: float
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    checkpoint_every: int = 0
+    desc: str = "train"
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    resumed_from: Optional[dict] = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("distill.device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], out_dir: str | os.PathLike,
+        teacher: Optional[nn.Module | Callable] = None, val: Optional[ArraySplit] = None) -> FitResult:
+    """Train ``model`` on ``train`` with the weighted ``terms``; checkpoints and curves go to ``out_dir``."""
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    # Taps: every module path a loss reads, checked against the models before any training.
+    s_paths = sorted({p for t in terms for p in t.loss.student_layers()})
+    t_paths = sorted({p for t in terms for p in t.loss.teacher_layers()})
+    check_paths(model, s_paths, "distill.losses.params.student_layer")
+    if t_paths:
+        if not isinstance(teacher, nn.Module):
+            raise StageError("distill.losses: a feature or relation loss reads teacher layers, but the teacher is a "
+                             "black box; use response losses only, or give a PyTorch teacher.")
+        check_paths(teacher, t_paths, "distill.losses.params.teacher_layer")
+
+    x_all = torch.from_numpy(np.ascontiguousarray(train.x))
+    y_all = torch.from_numpy(np.ascontiguousarray(train.y)).long()
+    example = x_all[: min(len(x_all), 2)]
+    s_shapes = dry_run_shapes(model, s_paths, example)
+    t_shapes = dry_run_shapes(teacher, t_paths, example) if isinstance(teacher, nn.Module) else {}
+    for t in terms:
+        t.loss.build(s_shapes, t_shapes)
+
+    model.to(device)
+    loss_modules = nn.ModuleList([t.loss for t in terms]).to(device)
+    if isinstance(teacher, nn.Module):
+        teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    params = list(model.parameters()) + list(loss_modules.parameters())
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x_all) / cfg.batch_size))
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
+    if cfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    result = FitResult()
+    start_epoch, start_step = 0, 0
+    if ckpt_path.exists():  # resume: model, loss heads, optimiser, schedule, RNG and the position in the epoch
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        loss_modules.load_state_dict(state["losses"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        result.history = _read_curves(out_dir / "curves.csv")
+        result.resumed_from = {"epoch": start_epoch, "step": start_step}
+
+    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    t_start, seen = time.perf_counter(), 0
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
+        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        sums: dict[str, float] = {t.name: 0.0 for t in terms}
+        sums["total"], correct, count = 0.0, 0, 0
+        bar = tqdm(range(start_step, steps_per_epoch), desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
+                   file=sys.stderr, leave=False, disable=None)
+        for step in bar:
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb, yb = x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                teacher_out = _teacher_forward(teacher, t_paths, xb)
+                with Taps(model, s_paths) as taps:
+                    student_out = taps.collect(model(xb))
+                total = student_out["logits"].new_zeros(())
+                values = {}
+                for t in terms:
+                    value = t.loss(student_out, teacher_out, yb)
+                    if not torch.isfinite(value):
+                        raise StageError(f"distill: loss {t.name!r} became {value.item()} at epoch {epoch + 1}, step "
+                                         f"{step + 1}; lower the learning rate or this term's weight.")
+                    values[t.name] = value.detach()
+                    total = total + t.scale(epoch, step / steps_per_epoch) * value
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            n = len(idx)
+            for k, v in values.items():
+                sums[k] += float(v) * n
+            sums["total"] += float(total.detach()) * n
+            mask = yb >= 0
+            correct += int((student_out["logits"].detach().argmax(1)[mask] == yb[mask]).sum())
+            count += int(mask.sum())
+            seen += n
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1)
+        n_epoch = max(1, len(x_all) - start_step * cfg.batch_size)
+        row = {"epoch": epoch + 1, **{f"loss_{k}": v / n_epoch for k, v in sums.items()},
+               "train_acc": correct / count if count else float("nan"), "lr": opt.param_groups[0]["lr"]}
+        if val is not None and len(val) > 0:
+            row["val_acc"] = evaluate_accuracy(model, val, cfg.batch_size * 4, device)
+        result.history.append(row)
+        start_step = 0
+        _write_curves(out_dir / "curves.csv", result.history)
+        _save(ckpt_path, model, loss_modules, opt, sched, epoch + 1, 0)
+    result.seconds = time.perf_counter() - t_start
+    result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
+    model.to("cpu").eval()
+    return result
+
+
+def _teacher_forward(teacher, t_paths: list[str], xb: torch.Tensor) -> dict[str, torch.Tensor]:
+    if teacher is None:
+        return {}
+    with torch.no_grad():
+        if isinstance(teacher, nn.Module):
+            with Taps(teacher, t_paths) as taps:
+                return taps.collect(teacher(xb))
+        return {"logits": torch.as_tensor(teacher(xb)).to(xb.device)}
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, split: ArraySplit, batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy in PyTorch (for curves; the verify stage measures artifacts through ONNX Runtime)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(split.x[i:i + batch_size])).to(device)
+        correct += int((model(xb).argmax(1).cpu().numpy() == split.y[i:i + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(1, len(split))
+
+
+def _save(path: Path, model, loss_modules, opt, sched, epoch: int, step: int) -> None:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "losses": loss_modules.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}, buf)
+    _io.write_bytes(path, buf.getvalue())
+
+
+def _write_curves(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    _io.write_text(path, buf.getvalue())
+
+
+def _read_curves(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]

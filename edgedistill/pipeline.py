@@ -1,0 +1,204 @@
+"""``run(recipe)``: the stages in order, the manifest, skip-if-unchanged, ``--from`` and a run lock.
+
+Each stage reads its inputs from the run folder (never from memory of an earlier stage), so a
+stage whose inputs' hashes match the manifest can be skipped on a re-run and any stage can be
+re-run alone. The manifest records per stage: status, inputs' hash, outputs with their sha256,
+seconds, library versions and the seed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import _io
+from .errors import ConfigError, EdgeDistillError
+from .recipe import Recipe, dump_recipe
+from .targets import Target, load_target
+
+
+@dataclass
+class Stage:
+    name: str
+    dir: str
+    sections: tuple[str, ...]          # recipe sections whose values feed this stage
+    deps: tuple[str, ...]              # stages whose outputs feed this stage
+    fn: Callable[["RunContext"], list[str]]  # returns output paths relative to the run folder
+    uses_target: bool = False
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    target: Target
+    run_dir: Path
+    resume: bool = False
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+    _splits: object = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def splits(self):
+        if self._splits is None:
+            from .data import load_data
+
+            self._splits = load_data(self.recipe.data, self.recipe.seed)
+        return self._splits
+
+    def path(self, stage: str, *parts: str) -> Path:
+        return self.run_dir / STAGE_BY_NAME[stage].dir / Path(*parts)
+
+
+def _versions() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+
+
+STAGES: list[Stage] = []
+STAGE_BY_NAME: dict[str, Stage] = {}
+
+
+def stage(name: str, dir: str, sections=(), deps=(), uses_target: bool = False):
+    """Register a pipeline stage (in run order)."""
+    def deco(fn):
+        s = Stage(name, dir, tuple(sections), tuple(deps), fn, uses_target)
+        STAGES.append(s)
+        STAGE_BY_NAME[name] = s
+        return fn
+    return deco
+
+
+def stage_names() -> list[str]:
+    _load_stages()
+    return [s.name for s in STAGES]
+
+
+def _load_stages() -> None:
+    from . import stages  # noqa: F401  (registers the built-in stages in order)
+
+
+class RunLock:
+    """An exclusive lock on the run folder: a second run on the same folder is refused."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise EdgeDistillError(f"{self.path.parent}: another edgedistill run is using this run folder; "
+                                   "wait for it to finish or pass a different --run-dir.") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | Target | None = None,
+        from_stage: str | None = None, resume: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Run the pipeline; returns ``report.json``'s content. Raises EdgeDistillError on failure."""
+    _load_stages()
+    names = [s.name for s in STAGES]
+    if from_stage is not None and from_stage not in names:
+        raise ConfigError(f"--from: unknown stage {from_stage!r}; choose one of: {', '.join(names)}.")
+    tgt = target if isinstance(target, Target) else load_target(target or recipe.target)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
+    ctx = RunContext(recipe=recipe, target=tgt, run_dir=run_dir, resume=resume)
+    if log is not None:
+        ctx.log = log
+    with RunLock(run_dir):
+        _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
+        manifest_path = run_dir / "manifest.json"
+        manifest = _read_manifest(manifest_path)
+        manifest.update({"seed": recipe.seed, "versions": _versions(), "target": tgt.name})
+        stages_m = manifest.setdefault("stages", {})
+        forced = False
+        recipe_dict = recipe.to_dict()
+        for s in STAGES:
+            forced = forced or (from_stage == s.name)
+            inputs = {sec: recipe_dict.get(sec) for sec in s.sections}
+            inputs["seed"] = recipe.seed
+            inputs["deps"] = {d: stages_m.get(d, {}).get("outputs") for d in s.deps}
+            if s.uses_target:
+                inputs["target"] = tgt.to_dict()
+            inputs_hash = _io.sha256_json(inputs)
+            prev = stages_m.get(s.name, {})
+            if not forced and prev.get("status") == "done" and prev.get("inputs_hash") == inputs_hash \
+                    and _outputs_intact(run_dir, prev.get("outputs", {})):
+                ctx.log(f"[{s.name}] unchanged, skipped")
+                continue
+            forced = True  # everything after a re-run stage re-runs too
+            stage_dir = run_dir / s.dir
+            resuming = resume and prev.get("status") in ("running", "failed", "interrupted") and prev.get("inputs_hash") == inputs_hash
+            if stage_dir.exists() and not resuming:
+                shutil.rmtree(stage_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
+            _io.write_json(manifest_path, manifest)
+            ctx.log(f"[{s.name}] {'resuming' if resuming else 'running'}...")
+            t0 = time.perf_counter()
+            try:
+                outputs = s.fn(ctx)
+            except BaseException as e:
+                stages_m[s.name].update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                                         "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})
+                _io.write_json(manifest_path, manifest)
+                raise
+            stages_m[s.name].update({
+                "status": "done", "seconds": round(time.perf_counter() - t0, 3),
+                "outputs": {o: _io.sha256_file(run_dir / o) for o in outputs},
+            })
+            _io.write_json(manifest_path, manifest)
+            ctx.log(f"[{s.name}] done in {stages_m[s.name]['seconds']:.1f}s")
+    import json
+
+    with open(run_dir / "report" / "report.json") as f:
+        return json.load(f)
+
+
+def _read_manifest(path: Path) -> dict:
+    import json
+
+    if not path.exists():
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a damaged manifest means: run everything again
+
+
+def _outputs_intact(run_dir: Path, outputs: dict) -> bool:
+    try:
+        return bool(outputs) and all(_io.sha256_file(run_dir / p) == h for p, h in outputs.items())
+    except OSError:
+        return False

@@ -1,0 +1,115 @@
+"""QAT stage: fine-tune a fake-quantized copy of the student with distillation, then export INT8.
+
+The FP32 student (or the teacher) teaches its own fake-quantized copy through the same training
+loop and KD loss the distill stage uses. Activation ranges are set by a few calibration passes,
+move (moving average) for ``freeze_observers_epoch`` epochs and are then frozen for the rest.
+The converted model is exported with INT8 weight initializers, and ONNX Runtime's INT8 outputs
+must agree with the PyTorch fake-quant model on the held-out split (top-1 >= ``min_agreement``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _io
+from ..data import Splits
+from ..distill.losses import LossContext, build_loss
+from ..distill.train import FitConfig, Term, evaluate_accuracy, fit
+from ..errors import StageError
+from ..models import save_checkpoint
+from .qat import QATConfig, convert_qat, export_qat_onnx, freeze_observers_, prepare_qat
+from ._fakequant import ActFakeQuant
+
+ONNX_NAME = "student_qat_int8.onnx"
+
+
+def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cfg: QATConfig,
+            out_dir: str | os.PathLike, *, batch_size: int = 64, seed: int = 0, device: str = "auto",
+            opset: int = 18) -> dict:
+    """Train, convert and export the QAT student; write ``model.pt``, ``student_qat_int8.onnx``, ``meta.json``.
+
+    ``teacher`` is used when ``cfg.teacher == "teacher"``; with ``"fp32_student"`` a frozen copy of
+    ``student`` teaches and ``teacher`` may be None. Returns the stage's meta record.
+    """
+    out_dir = Path(out_dir)
+    student = student.cpu().eval()
+    if cfg.teacher == "teacher":
+        if teacher is None:
+            raise StageError("qat.teacher is 'teacher' but no teacher model was given; pass it or set "
+                             "qat.teacher = \"fp32_student\".")
+        guide = teacher
+    else:
+        guide = copy.deepcopy(student).eval()
+    torch.manual_seed(seed)
+    qmodel = prepare_qat(student, cfg)
+    _calibrate(qmodel, splits.train.x, cfg.calibration_batches, batch_size, seed)
+
+    ctx = LossContext(alpha=cfg.alpha, temperature=cfg.temperature, num_classes=splits.num_classes,
+                      batch_size=batch_size)
+    terms = [Term("kd", build_loss("kd", {}, ctx, "qat"))]
+    phases = [("observe", min(cfg.freeze_observers_epoch, cfg.epochs)),
+              ("frozen", cfg.epochs - min(cfg.freeze_observers_epoch, cfg.epochs))]
+    history = []
+    for name, epochs in phases:
+        if name == "frozen":
+            freeze_observers_(qmodel)
+        if epochs == 0:
+            continue
+        fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler="cosine",
+                            batch_size=batch_size, seed=seed, device=device, desc=f"qat-{name}")
+        result = fit(qmodel, splits.train, fit_cfg, terms, out_dir / name, teacher=guide, val=splits.val)
+        history += [{**row, "phase": name} for row in result.history]
+
+    final = convert_qat(qmodel)
+    save_checkpoint(out_dir / "model.pt", final)
+    example = torch.from_numpy(np.ascontiguousarray(splits.test.x[:2]))
+    export = export_qat_onnx(final, out_dir / ONNX_NAME, example, opset=opset)
+    parity = check_int8_parity(final, out_dir / ONNX_NAME, splits.test.x, cfg.min_agreement)
+    meta = {
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "export": export, "parity": parity, "history": history,
+        "test_accuracy_fp32_torch": evaluate_accuracy(student, splits.test),
+        "test_accuracy_fakequant_torch": evaluate_accuracy(final, splits.test),
+    }
+    _io.write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def check_int8_parity(model: nn.Module, onnx_path: str | os.PathLike, x: np.ndarray, min_agreement: float) -> dict:
+    """Top-1 agreement of ORT's INT8 run with the PyTorch fake-quant model; StageError below ``min_agreement``."""
+    from ..verify import onnx_predict
+
+    got = onnx_predict(onnx_path, x)
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + 256]))) for i in range(0, len(x), 256)]).numpy()
+    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    record = {"samples": int(len(x)), "top1_agreement": agreement, "max_abs_diff": float(np.max(np.abs(got - ref))),
+              "min_agreement": min_agreement}
+    if agreement < min_agreement:
+        raise StageError(f"qat: ONNX Runtime's INT8 model agrees with the PyTorch fake-quant model on only "
+                         f"{agreement:.2%} of {len(x)} samples (< {min_agreement:.2%}); the export does not "
+                         "simulate what ORT runs, report this with the model.")
+    return record
+
+
+@torch.no_grad()
+def _calibrate(model: nn.Module, x: np.ndarray, batches: int, batch_size: int, seed: int) -> None:
+    """Forward ``batches`` batches with only the activation observers in training mode (dropout off)."""
+    model.eval()
+    for mod in model.modules():
+        if isinstance(mod, ActFakeQuant):
+            mod.train()
+    order = np.random.default_rng(seed).permutation(len(x))
+    for b in range(max(batches, 1)):
+        idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+        if len(idx) == 0:
+            break
+        model(torch.from_numpy(np.ascontiguousarray(x[idx])))
+    model.train()

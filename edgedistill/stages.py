@@ -1,0 +1,152 @@
+"""The built-in pipeline stages, in run order. Each reads its inputs from the run folder, calls the
+stage's one public verb, and returns the files it wrote (relative to the run folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import _io
+from .pipeline import RunContext, stage
+
+MODEL_FILES = {  # name -> (stage, file, role, precision)
+    "teacher_fp32": ("export", "teacher_fp32.onnx", "teacher", "fp32"),
+    "student_fp32": ("export", "student_fp32.onnx", "student", "fp32"),
+    "student_int8": ("ptq", "student_ptq_int8.onnx", "student", "int8"),
+}
+
+
+def _rel(ctx: RunContext, p: Path) -> str:
+    return str(Path(p).relative_to(ctx.run_dir))
+
+
+def _read_json(p: Path) -> dict:
+    with open(p) as f:
+        return json.load(f)
+
+
+@stage("teacher", "01_teacher", sections=("data", "teacher"))
+def _teacher(ctx: RunContext) -> list[str]:
+    from .teacher import prepare_teacher
+
+    prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
+    return [_rel(ctx, ctx.path("teacher", f)) for f in ("model.pt", "meta.json")]
+
+
+@stage("student", "02_student", sections=("data", "student"))
+def _student(ctx: RunContext) -> list[str]:
+    from .student import build_student
+
+    build_student(ctx.recipe, ctx.splits, ctx.path("student"))
+    return [_rel(ctx, ctx.path("student", f)) for f in ("model.pt", "meta.json")]
+
+
+@stage("distill", "03_distill", sections=("data", "distill"), deps=("teacher", "student"))
+def _distill(ctx: RunContext) -> list[str]:
+    from .distill.stage import distill
+    from .student import load_student
+    from .teacher import load_teacher
+
+    teacher = load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
+    student = load_student(ctx.recipe, ctx.splits, ctx.path("student", "model.pt"))
+    distill(student, teacher, ctx.splits, ctx.recipe, ctx.path("distill"))
+    return [_rel(ctx, ctx.path("distill", f)) for f in ("model.pt", "curves.csv", "meta.json")]
+
+
+@stage("export", "05_export", sections=("export",), deps=("teacher", "distill"))
+def _export(ctx: RunContext) -> list[str]:
+    from .export import export_onnx
+    from .student import load_student
+    from .teacher import load_teacher
+
+    cfg, splits = ctx.recipe.export, ctx.splits
+    meta = {"normalization": json.dumps(splits.normalization), "labels": json.dumps(splits.labels),
+            "dataset": splits.name, "producer": "edgedistill"}
+    teacher = load_teacher(ctx.recipe, splits, ctx.path("teacher"))
+    student = load_student(ctx.recipe, splits, ctx.path("distill", "model.pt"))
+    x = splits.test.x
+    out = {
+        "teacher_fp32": export_onnx(teacher, ctx.path("export", "teacher_fp32.onnx"), x, cfg, {**meta, "role": "teacher"}),
+        "student_fp32": export_onnx(student, ctx.path("export", "student_fp32.onnx"), x, cfg, {**meta, "role": "student"}),
+    }
+    _io.write_json(ctx.path("export", "meta.json"), out)
+    return [_rel(ctx, ctx.path("export", f)) for f in ("teacher_fp32.onnx", "student_fp32.onnx", "meta.json")]
+
+
+@stage("ptq", "06_ptq", sections=("data", "ptq"), deps=("export",))
+def _ptq(ctx: RunContext) -> list[str]:
+    from .quant.ptq import calibration_sample, quantize_int8
+
+    cfg = ctx.recipe.ptq
+    calib = calibration_sample(ctx.splits.train.x, cfg.samples, ctx.recipe.seed)
+    meta = quantize_int8(ctx.path("export", "student_fp32.onnx"), ctx.path("ptq", "student_ptq_int8.onnx"), calib, cfg)
+    _io.write_json(ctx.path("ptq", "calibration.json"), {"samples": len(calib), "method": cfg.calibration,
+                                                        "source": "train split", "seed": ctx.recipe.seed})
+    _io.write_json(ctx.path("ptq", "meta.json"), meta)
+    return [_rel(ctx, ctx.path("ptq", f)) for f in ("student_ptq_int8.onnx", "calibration.json", "meta.json")]
+
+
+def _artifacts(ctx: RunContext) -> dict[str, Path]:
+    return {name: ctx.path(st, f) for name, (st, f, _, _) in MODEL_FILES.items() if ctx.path(st, f).exists()}
+
+
+@stage("verify", "07_verify", sections=("data",), deps=("export", "ptq"))
+def _verify(ctx: RunContext) -> list[str]:
+    from .verify import verify
+
+    metrics = verify({k: str(v) for k, v in _artifacts(ctx).items()}, ctx.splits.test)
+    _io.write_json(ctx.path("verify", "metrics.json"), {"split": "test", "models": metrics})
+    return [_rel(ctx, ctx.path("verify", "metrics.json"))]
+
+
+@stage("bench", "08_bench", sections=("bench",), deps=("export", "ptq"), uses_target=True)
+def _bench(ctx: RunContext) -> list[str]:
+    from .bench import benchmark
+
+    cfg = ctx.recipe.bench
+    arts = _artifacts(ctx)
+    result = benchmark([str(p) for p in arts.values()], target=ctx.target, runs=cfg.runs, warmup=cfg.warmup,
+                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size,
+                       deliverable=str(arts["student_int8"]) if "student_int8" in arts else None)
+    result["names"] = list(arts)
+    _io.write_json(ctx.path("bench", "bench.json"), result)
+    return [_rel(ctx, ctx.path("bench", "bench.json"))]
+
+
+@stage("report", "report", sections=(), deps=("distill", "verify", "bench"), uses_target=True)
+def _report(ctx: RunContext) -> list[str]:
+    from .report import write_report
+
+    metrics = _read_json(ctx.path("verify", "metrics.json"))["models"]
+    bench = _read_json(ctx.path("bench", "bench.json"))
+    files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=ctx.path("distill", "curves.csv"))
+    return [_rel(ctx, p) for p in files]
+
+
+@stage("bundle", "bundle", sections=("data", "student"), deps=("report",), uses_target=True)
+def _bundle(ctx: RunContext) -> list[str]:
+    from .bundle import write_bundle
+    from .report import deliverable_entry
+
+    report = _read_json(ctx.run_dir / "report" / "report.json")
+    best = deliverable_entry(report)
+    splits, teacher_m = ctx.splits, next(m for m in report["models"] if m["role"] == "teacher")
+    metadata = {
+        "name": f"{ctx.recipe.name}-{best['name']}", "task": "classification", "labels": splits.labels,
+        "preprocessing": {"input_shape": list(splits.input_shape), **splits.normalization, "dataset": splits.name},
+        "metric": best["metric"], "precision": best["precision"], "target": ctx.target.name,
+        "teacher": f"{ctx.recipe.teacher.arch} {ctx.recipe.teacher.params}",
+        "execution_provider": ctx.target.execution_provider,
+    }
+    card = {
+        "name": metadata["name"], "description": f"{ctx.recipe.student.arch} student distilled from a "
+        f"{ctx.recipe.teacher.arch} teacher with edgedistill, {best['precision'].upper()}.",
+        "metric": best["metric"], "size_mb": best["size_mb"], "latency_ms": best["latency_ms"],
+        "peak_rss_mb": best["peak_rss_mb"], "threads": ctx.target.threads, "machine": report.get("machine", {}),
+        "teacher": f"{ctx.recipe.teacher.arch} ({teacher_m['metric']['name']} {teacher_m['metric']['value']:.4f})",
+        "target": ctx.target.name, "dataset": splits.name, "precision": best["precision"],
+    }
+    result = write_bundle(ctx.run_dir / best["path"], ctx.path("bundle"), metadata=metadata, model_card=card,
+                          execution_provider=ctx.target.execution_provider,
+                          target_platform="arm" if ctx.target.architecture != "x86_64" else "amd64")
+    return [_rel(ctx, ctx.path("bundle", f)) for f in sorted(result["files"])] + [_rel(ctx, ctx.path("bundle", "metadata.json"))]

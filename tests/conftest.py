@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny recipe that runs the whole pipeline on digits in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY_RECIPE = """
+name = "tiny"
+seed = 0
+target = "laptop-x86"
+
+[data]
+dataset = "digits"
+batch_size = 64
+
+[teacher]
+arch = "cnn"
+params = { width = 8, depth = 1 }
+epochs = 2
+
+[student]
+arch = "cnn"
+params = { width = 4, depth = 1 }
+
+[distill]
+epochs = 2
+losses = [{ name = "kd" }]
+
+[ptq]
+samples = 64
+
+[bench]
+runs = 5
+warmup = 1
+min_seconds = 0.0
+"""
+
+
+@pytest.fixture
+def tiny_recipe_path(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY_RECIPE)
+    return p
+
+
+@pytest.fixture
+def tiny_recipe(tiny_recipe_path):
+    from edgedistill.recipe import load_recipe
+
+    return load_recipe(str(tiny_recipe_path))
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    from edgedistill.data import load_data
+    from edgedistill.recipe import DataConfig
+
+    return load_data(DataConfig(), 0)

@@ -1,0 +1,153 @@
+"""Accuracy-aware fallback on a graph with a planted sensitive layer, and the deliverable choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from edgedistill.errors import StageError
+from edgedistill.quant.deliverable import choose_deliverable
+from edgedistill.quant.fallback import accuracy_aware_fallback, rank_nodes
+from edgedistill.quant.ptq import ArrayReader
+from edgedistill.targets import Budgets
+
+
+def _mlp(path, planted: float) -> None:
+    """x(4) -> fc1(16) -> relu -> fc2(16) -> relu -> fc3(3). ``planted`` scales one fc2 unit up and the
+    matching fc3 column down: the FP32 function is unchanged (ReLU commutes with a positive scale) but
+    the per-tensor activation range of fc2's output is ruined for INT8."""
+    rng = np.random.default_rng(0)
+    w1, w2, w3 = (rng.normal(0, 0.7, s).astype(np.float32) for s in ((16, 4), (16, 16), (3, 16)))
+    b2 = rng.normal(0, 0.1, 16).astype(np.float32)
+    w2[5] *= planted
+    b2[5] *= planted
+    w3[:, 5] /= planted
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (b2, "b2"), (w3, "w3"))]
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h1"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"], name="fc2", transB=1),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("Gemm", ["r2", "w3"], ["logits"], name="fc3", transB=1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def _predict(path, x):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0].argmax(1)
+
+
+@pytest.fixture
+def planted(tmp_path):
+    fp32 = tmp_path / "fp32.onnx"
+    _mlp(fp32, planted=1000.0)
+    rng = np.random.default_rng(1)
+    calib = rng.normal(size=(128, 4)).astype(np.float32)
+    test_x = rng.normal(size=(400, 4)).astype(np.float32)
+    labels = _predict(fp32, test_x)  # the FP32 model is 100 % accurate by construction
+
+    def quantize(exclude, out):
+        quantize_static(str(fp32), out, ArrayReader("x", calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        calibrate_method=CalibrationMethod.MinMax)
+
+    def evaluate(path):
+        return float((_predict(path, test_x) == labels).mean())
+
+    return fp32, calib, quantize, evaluate
+
+
+def test_fallback_converges_on_planted_sensitive_layer(planted, tmp_path):
+    fp32, calib, quantize, evaluate = planted
+    out = tmp_path / "int8.onnx"
+    # without the planted unit INT8 loses 2 points on this tiny, tie-prone MLP; with it, about 20
+    rec = accuracy_aware_fallback(quantize, fp32, out, evaluate, calib, max_drop=3.0, max_nodes=3)
+    assert rec["fp32_accuracy"] == 1.0
+    assert rec["steps"][0]["nodes_in_fp32"] == [] and rec["steps"][0]["drop_points"] > 10.0  # INT8 alone fails
+    assert rec["met"] and rec["steps"][-1]["drop_points"] <= 3.0
+    assert set(rec["nodes_in_fp32"]) == {"fc2", "fc3"}  # the planted tensor's producer and consumer, not fc1
+    assert len(rec["steps"]) == len(rec["nodes_in_fp32"]) + 1
+    assert evaluate(str(out)) == rec["accuracy"]
+    kept = {n.name for n in onnx.load(out).graph.node if n.op_type == "Gemm"}
+    assert kept == {"fc1", "fc2", "fc3"}
+
+
+def test_rank_puts_the_planted_layer_first(planted, tmp_path):
+    fp32, calib, quantize, _ = planted
+    q = str(tmp_path / "q.onnx")
+    quantize([], q)
+    ranking = rank_nodes(fp32, q, calib)
+    assert {ranking[0]["node"], ranking[1]["node"]} == {"fc2", "fc3"}
+    assert ranking[-1]["sqnr_db"] > ranking[0]["sqnr_db"] + 10
+
+
+def test_no_fallback_when_int8_is_already_accurate(tmp_path):
+    fp32 = tmp_path / "fp32.onnx"
+    _mlp(fp32, planted=1.0)
+    rng = np.random.default_rng(2)
+    calib, test_x = rng.normal(size=(128, 4)).astype(np.float32), rng.normal(size=(400, 4)).astype(np.float32)
+    labels = _predict(fp32, test_x)
+
+    def quantize(exclude, out):
+        quantize_static(str(fp32), out, ArrayReader("x", calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        nodes_to_exclude=exclude)
+
+    rec = accuracy_aware_fallback(quantize, fp32, tmp_path / "o.onnx",
+                                  lambda p: float((_predict(p, test_x) == labels).mean()), calib, max_drop=5.0)
+    assert rec["met"] and rec["nodes_in_fp32"] == [] and len(rec["steps"]) == 1 and rec["ranking"] == []
+
+
+def test_fallback_needs_an_evaluate_callback(planted, tmp_path):
+    fp32, calib, quantize, _ = planted
+    with pytest.raises(StageError, match="no evaluate"):
+        accuracy_aware_fallback(quantize, fp32, tmp_path / "o.onnx", None, calib, max_drop=0.5)
+
+
+CANDS = [
+    {"name": "fp32", "accuracy": 0.910, "size_mb": 1.00, "p90_ms": 3.0, "reference": True},
+    {"name": "ptq", "accuracy": 0.900, "size_mb": 0.27, "p90_ms": 1.00},
+    {"name": "qat", "accuracy": 0.908, "size_mb": 0.26, "p90_ms": 1.02},
+]
+
+
+def test_deliverable_is_fastest_then_smallest_within_tolerance():
+    name, reason = choose_deliverable(CANDS, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)
+    assert name == "qat"  # ptq is 1.0 point below fp32; qat ties ptq on speed (within 5 %) and is smaller
+    assert "ptq (accuracy drop 1.00 points > tolerance 0.5)" in reason
+
+
+def test_deliverable_falls_back_to_fp32_when_int8_misses_tolerance():
+    name, _ = choose_deliverable(CANDS, Budgets(size_mb=2.0), tolerance=0.1)
+    assert name == "fp32"
+
+
+def test_deliverable_reports_what_nothing_meets():
+    name, reason = choose_deliverable(CANDS, Budgets(size_mb=0.1), tolerance=0.5)
+    assert name == "fp32" and reason.startswith("no candidate meets") and "size 1.000 MB > budget 0.1 MB" in reason
+
+
+def test_deliverable_rejects_unmeasured_candidates():
+    with pytest.raises(StageError, match="lacks p90_ms"):
+        choose_deliverable([{"name": "qat", "accuracy": 0.9, "size_mb": 1.0}], Budgets(), 0.5)
+
+
+def test_quantize_int8_runs_the_fallback_when_max_drop_is_set(planted, tmp_path):
+    from edgedistill.quant.ptq import quantize_int8
+    from edgedistill.recipe import PTQConfig
+
+    fp32, calib, _, evaluate = planted
+    cfg = PTQConfig(max_drop=3.0, max_fallback_nodes=3)
+    meta = quantize_int8(fp32, tmp_path / "int8.onnx", calib, cfg, evaluate=evaluate)
+    fb = meta["fallback"]
+    assert fb["met"] and fb["steps"][0]["drop_points"] > 10.0
+    assert set(meta["nodes_excluded"]) == set(fb["nodes_in_fp32"]) and "fc1" not in meta["nodes_excluded"]
+    assert evaluate(str(tmp_path / "int8.onnx")) >= 0.97
+    with pytest.raises(StageError, match="ptq.max_drop is set but no evaluate"):
+        quantize_int8(fp32, tmp_path / "x.onnx", calib, cfg)

@@ -1,0 +1,149 @@
+"""End-to-end: the CLI runs a tiny recipe; report.json follows the contract; skip, --from, lock, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "edgedistill", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import TINY_RECIPE
+
+    d = tmp_path_factory.mktemp("run")
+    (d / "tiny.toml").write_text(TINY_RECIPE)
+    proc = _cli("run", d / "tiny.toml", "--run-dir", d / "out")
+    return d, proc
+
+
+def test_run_writes_the_report_contract(finished_run):
+    d, proc = finished_run
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((d / "out" / "report" / "report.json").read_text())
+    assert report["target"]["name"] == "laptop-x86"
+    assert report["target"]["budgets"]["size_mb"] == 20.0
+    assert report["deliverable"] == "student_int8"
+    names = [m["name"] for m in report["models"]]
+    assert names == ["teacher_fp32", "student_fp32", "student_int8"]
+    for m in report["models"]:
+        assert m["role"] in ("teacher", "student") and m["precision"] in ("fp32", "int8")
+        assert (d / "out" / m["path"]).is_file()
+        assert m["metric"]["name"] == "accuracy" and 0.0 <= m["metric"]["value"] <= 1.0
+        assert m["size_mb"] > 0 and set(m["latency_ms"]) == {"p50", "p90", "p99", "mean"}
+        assert m["latency_ms"]["p50"] <= m["latency_ms"]["p90"] <= m["latency_ms"]["p99"]
+        assert m["peak_rss_mb"] > 0 and m["within_budget"] is True and m["violations"] == []
+    import onnx
+
+    int8 = onnx.load(str(d / "out" / report["models"][2]["path"]))
+    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in int8.graph.initializer)
+    assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) > 0
+    # stdout: one line per model with metric, size, p90 and verdict
+    lines = [ln for ln in proc.stdout.splitlines() if "accuracy" in ln]
+    assert len(lines) == 3 and all("p90" in ln and "within budget" in ln for ln in lines)
+
+
+def test_run_folder_has_every_artifact_and_a_manifest(finished_run):
+    d, _ = finished_run
+    out = d / "out"
+    for rel in ["recipe.toml", "01_teacher/model.pt", "01_teacher/meta.json", "03_distill/curves.csv",
+                "05_export/student_fp32.onnx", "06_ptq/student_ptq_int8.onnx", "07_verify/metrics.json",
+                "08_bench/bench.json", "report/report.md", "report/report.html", "report/metric_vs_size.png",
+                "report/curves.png", "bundle/model.onnx", "bundle/model.ort", "bundle/required_operators.config",
+                "bundle/metadata.json", "bundle/MODEL_CARD.md"]:
+        assert (out / rel).is_file(), rel
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and "torch" in manifest["versions"]
+    for name in ["teacher", "student", "distill", "export", "ptq", "verify", "bench", "report", "bundle"]:
+        st = manifest["stages"][name]
+        assert st["status"] == "done" and st["seconds"] >= 0 and st["outputs"]
+
+
+def test_rerun_skips_unchanged_stages_and_from_reruns(finished_run):
+    from edgedistill.pipeline import run
+    from edgedistill.recipe import load_recipe
+
+    d, _ = finished_run
+    rec = load_recipe(str(d / "tiny.toml"))
+    logs = []
+    run(rec, run_dir=d / "out", log=logs.append)
+    assert all("skipped" in line for line in logs if line.startswith("[")), logs
+    logs.clear()
+    run(rec, run_dir=d / "out", from_stage="verify", log=logs.append)
+    assert "[export] unchanged, skipped" in logs and "[verify] running..." in logs and "[bench] running..." in logs
+
+
+def test_changed_recipe_reruns_from_the_changed_stage(finished_run):
+    from edgedistill.pipeline import run
+    from edgedistill.recipe import load_recipe
+
+    d, _ = finished_run
+    rec = load_recipe(str(d / "tiny.toml"))
+    rec.ptq.calibration = "percentile"
+    logs = []
+    run(rec, run_dir=d / "out", log=logs.append)
+    assert "[distill] unchanged, skipped" in logs and "[ptq] running..." in logs
+
+
+def test_missed_budget_exits_3_and_says_so(finished_run, tmp_path):
+    d, _ = finished_run
+    tgt = tmp_path / "tight.toml"
+    tgt.write_text('name = "tight"\ncores = 2\nthreads = 1\n[budgets]\nsize_mb = 0.000001\n')
+    proc = _cli("run", d / "tiny.toml", "--run-dir", d / "out", "--target", tgt)
+    assert proc.returncode == 3, proc.stderr
+    assert "MISSES size" in proc.stdout
+    report = json.loads((d / "out" / "report" / "report.json").read_text())
+    assert report["target"]["name"] == "tight" and not report["models"][2]["within_budget"]
+
+
+def test_bad_recipe_is_one_sentence_exit_1(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[distill]\nepochs = 'x'\n")
+    proc = _cli("run", p, "--run-dir", tmp_path / "o")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "distill.epochs: expected an integer" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert _cli("run", "--no-such-flag").returncode == 2
+    assert _cli("frobnicate").returncode == 2
+
+
+def test_unknown_from_stage(tiny_recipe, tmp_path):
+    from edgedistill.errors import ConfigError
+    from edgedistill.pipeline import run
+
+    with pytest.raises(ConfigError, match=r"--from: unknown stage 'distil'; choose one of: teacher, student"):
+        run(tiny_recipe, run_dir=tmp_path, from_stage="distil")
+
+
+def test_second_run_on_same_folder_is_refused(tiny_recipe, tmp_path):
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.pipeline import RunLock
+
+    with RunLock(tmp_path):
+        proc = _cli("run", "--run-dir", tmp_path)
+        assert proc.returncode == 1
+        assert "another edgedistill run is using this run folder" in proc.stderr
+        with pytest.raises(EdgeDistillError, match="another edgedistill run"):
+            with RunLock(tmp_path):
+                pass
+
+
+def test_targets_command_lists_builtins():
+    proc = _cli("targets", "--json")
+    assert proc.returncode == 0
+    names = {t["name"] for t in json.loads(proc.stdout)}
+    assert {"laptop-x86", "raspberry-pi-4", "android-midrange"} <= names

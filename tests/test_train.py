@@ -1,0 +1,120 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgedistill.distill.losses import DistillLoss, LossContext, build_loss
+from edgedistill.distill.taps import Taps, check_paths
+from edgedistill.distill.train import FitConfig, Term, fit
+from edgedistill.errors import ConfigError, StageError
+from edgedistill.models import build_model
+
+
+def _models():
+    torch.manual_seed(0)
+    s = build_model("cnn", {"width": 4, "depth": 1}, (1, 8, 8), 10, "s")
+    t = build_model("cnn", {"width": 8, "depth": 1}, (1, 8, 8), 10, "t")
+    return s, t
+
+
+def _kd(alpha=0.5, T=2.0):
+    return build_loss("kd", {}, LossContext(alpha=alpha, temperature=T), "k")
+
+
+def test_kd_matches_the_formula():
+    torch.manual_seed(1)
+    s, t, y = torch.randn(5, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    got = _kd(0.3, 3.0)({"logits": s}, {"logits": t}, y)
+    p_t = F.softmax(t / 3, 1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / 3, 1))).sum(1).mean()
+    want = 0.3 * F.cross_entropy(s, y) + 0.7 * 9.0 * kl
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_kd_drops_hard_term_for_unlabelled():
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    unl = _kd(0.9, 2.0)({"logits": s}, {"logits": t}, torch.tensor([-1, -1, -1]))
+    soft_only = _kd(0.0, 2.0)({"logits": s}, {"logits": t}, None)
+    assert torch.allclose(unl, soft_only)
+
+
+def test_teacher_is_frozen_and_student_learns(tmp_path, digits_splits):
+    s, t = _models()
+    t_before = {k: v.clone() for k, v in t.state_dict().items()}
+    s_before = s.head.weight.detach().clone()
+    cfg = FitConfig(epochs=1, lr=1e-2, batch_size=64)
+    fit(s, digits_splits.train, cfg, [Term("kd", _kd())], tmp_path, teacher=t)
+    assert all(torch.equal(t_before[k], v) for k, v in t.state_dict().items())
+    assert all(p.grad is None for p in t.parameters())
+    assert not torch.equal(s_before, s.head.weight)
+
+
+def test_taps_are_removed_after_use():
+    s, _ = _models()
+    with Taps(s, ["features.0"]) as taps:
+        s(torch.randn(2, 1, 8, 8))
+        assert taps.outputs["features.0"].shape == (2, 4, 8, 8)
+    assert all(not m._forward_hooks for m in s.modules())
+
+
+def test_bad_tap_path_lists_valid_names():
+    s, _ = _models()
+    with pytest.raises(ConfigError, match=r"module path 'layer9' does not exist in the model; valid paths are: features, features\.0"):
+        check_paths(s, ["layer9"], "distill.losses[0].params.student_layer")
+
+
+class _Exploding(DistillLoss):
+    """A loss that turns non-finite on the third step, as a diverging run does."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.calls = 0
+
+    def forward(self, student, teacher, labels):
+        self.calls += 1
+        scale = float("inf") if self.calls >= 3 else 1.0
+        return student["logits"].pow(2).mean() * scale
+
+
+def test_nan_loss_stops_with_a_message(tmp_path, digits_splits):
+    s, t = _models()
+    cfg = FitConfig(epochs=1, lr=1e-2, batch_size=64)
+    with pytest.raises(StageError, match=r"loss 'boom' became inf at epoch 1, step 3; lower the learning rate"):
+        fit(s, digits_splits.train, cfg, [Term("boom", _Exploding(LossContext()))], tmp_path, teacher=t)
+
+
+def test_resume_from_mid_epoch_checkpoint_is_bit_identical(tmp_path, digits_splits):
+    train = digits_splits.train
+    cfg = FitConfig(epochs=2, lr=1e-2, batch_size=64, checkpoint_every=5)
+    s_ref, t = _models()
+    fit(s_ref, train, cfg, [Term("kd", _kd())], tmp_path / "ref", teacher=t)
+
+    # An interrupted run: an exception a few steps after the epoch-2 mid-epoch checkpoint (step 5).
+    s_b, _ = _models()
+    crash = tmp_path / "crash"
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+    orig = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] > (len(train) + 63) // 64 + 7:  # a few steps past the epoch-2 checkpoint at step 5
+            raise Stop()
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = step
+    try:
+        with pytest.raises(Stop):
+            fit(s_b, train, cfg, [Term("kd", _kd())], crash, teacher=t)
+    finally:
+        torch.optim.AdamW.step = orig
+    s_c, _ = _models()
+    result = fit(s_c, train, cfg, [Term("kd", _kd())], crash, teacher=t)
+    assert result.resumed_from == {"epoch": 1, "step": 5}
+    for (k, a), (_, b) in zip(s_ref.state_dict().items(), s_c.state_dict().items()):
+        assert torch.equal(a, b), k
