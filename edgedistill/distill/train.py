@@ -25,8 +25,10 @@ from tqdm import tqdm
 
 from .. import _io
 from ..data import ArraySplit
-from ..errors import StageError
+from ..errors import ConfigError, StageError
+from .cache import SoftLabelCache
 from .losses import DistillLoss
+from .teachers import CallableTeacher, Teacher, TorchTeacher
 from .taps import Taps, check_paths, dry_run_shapes
 
 
@@ -78,28 +80,39 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], out_dir: str | os.PathLike,
-        teacher: Optional[nn.Module | Callable] = None, val: Optional[ArraySplit] = None) -> FitResult:
-    """Train ``model`` on ``train`` with the weighted ``terms``; checkpoints and curves go to ``out_dir``."""
+        teacher: Optional[nn.Module | Teacher | Callable] = None, val: Optional[ArraySplit] = None,
+        teacher_cache: Optional[SoftLabelCache] = None) -> FitResult:
+    """Train ``model`` on ``train`` with the weighted ``terms``; checkpoints and curves go to ``out_dir``.
+
+    ``teacher`` is an ``nn.Module`` (white box: its layers can be tapped), a :class:`Teacher` wrapper
+    (ONNX, callable, ensemble: outputs only) or any callable ``x -> logits``; None for a scratch run or
+    for self-distillation. ``teacher_cache`` (see :mod:`.cache`), when given, replaces the teacher's
+    forward by a lookup of its stored top-k soft labels, indexed by the sample's position in ``train``.
+    """
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    teacher = as_teacher(teacher)
 
     # Taps: every module path a loss reads, checked against the models before any training.
+    check_term_paths(terms, model, teacher, cached=teacher_cache is not None)
     s_paths = sorted({p for t in terms for p in t.loss.student_layers()})
     t_paths = sorted({p for t in terms for p in t.loss.teacher_layers()})
-    check_paths(model, s_paths, "distill.losses.params.student_layer")
-    if t_paths:
-        if not isinstance(teacher, nn.Module):
-            raise StageError("distill.losses: a feature or relation loss reads teacher layers, but the teacher is a "
-                             "black box; use response losses only, or give a PyTorch teacher.")
-        check_paths(teacher, t_paths, "distill.losses.params.teacher_layer")
+    if teacher_cache is not None and len(teacher_cache) != len(train):
+        raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
+                         f"{len(train)}; rebuild the cache for this data.")
 
     x_all = torch.from_numpy(np.ascontiguousarray(train.x))
     y_all = torch.from_numpy(np.ascontiguousarray(train.y)).long()
     example = x_all[: min(len(x_all), 2)]
     s_shapes = dry_run_shapes(model, s_paths, example)
-    t_shapes = dry_run_shapes(teacher, t_paths, example) if isinstance(teacher, nn.Module) else {}
+    if teacher_cache is not None:
+        t_shapes = {k: v.shape for k, v in teacher_cache.teacher_outputs(torch.arange(len(example))).items()}
+    elif isinstance(teacher, nn.Module):
+        t_shapes = dry_run_shapes(teacher, t_paths, example)
+    else:  # a black box: one call tells the output shapes; None: nothing to read
+        t_shapes = {k: v.shape for k, v in _teacher_forward(teacher, [], example).items()}
     for t in terms:
         t.loss.build(s_shapes, t_shapes)
 
@@ -151,7 +164,10 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb, yb = x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                teacher_out = _teacher_forward(teacher, t_paths, xb)
+                if teacher_cache is not None:  # stored soft labels: the teacher does not run
+                    teacher_out = teacher_cache.teacher_outputs(idx, xb)
+                else:
+                    teacher_out = _teacher_forward(teacher, t_paths, xb)
                 with Taps(model, s_paths) as taps:
                     student_out = taps.collect(model(xb))
                 total = student_out["logits"].new_zeros(())
@@ -193,6 +209,40 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     return result
 
 
+def as_teacher(teacher) -> Optional[nn.Module | Teacher]:
+    """An ``nn.Module`` stays as it is (white box); a TorchTeacher gives its module; a plain callable is wrapped."""
+    if teacher is None or isinstance(teacher, nn.Module):
+        return teacher
+    if isinstance(teacher, TorchTeacher):
+        return teacher.model
+    if isinstance(teacher, Teacher):
+        return teacher
+    return CallableTeacher(teacher)
+
+
+def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool = False) -> None:
+    """Reject, before any training, module paths that do not exist and teacher taps nobody can supply."""
+    for i, t in enumerate(terms):
+        check_paths(model, t.loss.student_layers(), f"distill.losses[{i}].params.student_layer")
+    if isinstance(teacher, nn.Module) and not cached:
+        for i, t in enumerate(terms):
+            check_paths(teacher, t.loss.teacher_layers(), f"distill.losses[{i}].params.teacher_layer")
+        return
+    for i, t in enumerate(terms):
+        if not t.loss.teacher_layers():
+            continue
+        if cached:
+            what = "the teacher cache, which stores outputs only"
+        elif teacher is None:
+            what = "no teacher (a scratch or self-distillation run)"
+        else:
+            what = f"a {teacher.kind} teacher, which supplies outputs only"
+        raise ConfigError(
+            f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(t.loss.teacher_layers())}, but "
+            f"there is {what}; use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
+        )
+
+
 def _teacher_forward(teacher, t_paths: list[str], xb: torch.Tensor) -> dict[str, torch.Tensor]:
     if teacher is None:
         return {}
@@ -200,7 +250,7 @@ def _teacher_forward(teacher, t_paths: list[str], xb: torch.Tensor) -> dict[str,
         if isinstance(teacher, nn.Module):
             with Taps(teacher, t_paths) as taps:
                 return taps.collect(teacher(xb))
-        return {"logits": torch.as_tensor(teacher(xb)).to(xb.device)}
+        return teacher(xb)
 
 
 @torch.no_grad()

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from .base import LOSSES, DistillLoss, LossContext, build_loss
 
-from . import embedding as _embedding  # noqa: F401  (registers the built-in losses)
+from . import feature as _feature  # noqa: F401  (registers the built-in losses)
+from . import relation as _relation  # noqa: F401
 from . import response as _response  # noqa: F401
+from . import selfdistill as _selfdistill  # noqa: F401
 
 __all__ = ["LOSSES", "DistillLoss", "LossContext", "build_loss"]

@@ -1,0 +1,172 @@
+"""Teacher soft-label cache: teacher outputs computed once, stored as top-k probabilities.
+
+Each training sample keeps the teacher's ``k`` largest probabilities (at the distillation temperature
+``T``) in fp16 with their class indices (int16 when the classes fit, else int32), plus one fp32
+fingerprint of its input. The cache is keyed by a hash of the teacher, the data and the preprocessing,
+so a second epoch or a second student never runs the teacher again; a changed teacher, dataset or
+preprocessing gives a new key. Caching is refused when augmentation makes inputs differ between
+epochs, and a lookup whose input no longer matches its fingerprint stops the run.
+
+On lookup the full distribution is rebuilt with the remaining mass ``1 - sum(top-k)`` spread evenly over
+the other classes and returned as logits ``T * log(p)``: ``softmax(logits / T)`` then gives back the
+cached probabilities exactly, so KD / DKD at the same ``T`` see the teacher's top-k unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import _io
+from ..errors import ConfigError, StageError
+
+
+def storage_report(num_samples: int, num_classes: int, k: int) -> dict:
+    """Bytes of full fp32 logits vs the cache (fp16 probabilities, int indices, fp32 fingerprint)."""
+    k = min(k, num_classes)
+    index_bytes = 2 if num_classes <= np.iinfo(np.int16).max else 4
+    full = num_samples * num_classes * 4
+    cached = num_samples * (k * (2 + index_bytes) + 4)
+    return {"num_samples": num_samples, "num_classes": num_classes, "k": k,
+            "full_fp32_bytes": full, "cache_bytes": cached, "saved_fraction": 1.0 - cached / full}
+
+
+def refuse_if_augmented(augmented: bool, where: str = "distill.cache") -> None:
+    """Caching teacher outputs is only sound when every epoch sees the same inputs."""
+    if augmented:
+        raise ConfigError(
+            f"{where}: the teacher cache is refused because data augmentation changes the inputs between "
+            "epochs; turn augmentation off or set the cache off."
+        )
+
+
+def array_fingerprint(x: np.ndarray) -> str:
+    """A content hash of an input array (shape, dtype and bytes)."""
+    h = hashlib.sha256(f"{x.shape}|{x.dtype}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(teacher_fingerprint: str, data_fingerprint: str, preprocessing: dict, temperature: float, k: int) -> str:
+    """The cache's identity: teacher, data, preprocessing, temperature and k."""
+    blob = json.dumps({"teacher": teacher_fingerprint, "data": data_fingerprint, "pre": preprocessing,
+                       "T": float(temperature), "k": int(k)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _sample_fingerprints(x: torch.Tensor) -> torch.Tensor:
+    """One fp32 number per sample: a fixed random projection of its input (changes when the input does)."""
+    flat = x.detach().reshape(len(x), -1).float().cpu()
+    g = torch.Generator().manual_seed(1234)
+    w = torch.rand(flat.shape[1], generator=g) + 0.5
+    return flat @ w
+
+
+@dataclass
+class SoftLabelCache:
+    key: str
+    temperature: float
+    num_classes: int
+    probs: np.ndarray         # [N, k] float16: the teacher's top-k probabilities at T
+    indices: np.ndarray       # [N, k] int16 / int32: their classes
+    fingerprints: np.ndarray  # [N] float32
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.probs.nbytes + self.indices.nbytes + self.fingerprints.nbytes)
+
+    def report(self) -> dict:
+        return storage_report(len(self), self.num_classes, self.probs.shape[1])
+
+    def teacher_outputs(self, index: torch.Tensor, x: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """The teacher's ``{"logits": ...}`` for the samples at dataset positions ``index``.
+
+        When ``x`` is given, its fingerprints must match the cached ones, else the run stops (the inputs
+        changed since the teacher saw them).
+        """
+        idx = index.detach().cpu().numpy()
+        if x is not None:
+            now = _sample_fingerprints(x).numpy()
+            then = self.fingerprints[idx]
+            if not np.allclose(now, then, rtol=1e-4, atol=1e-3 * (1.0 + np.abs(then).max())):
+                raise StageError(
+                    "teacher cache: these inputs differ from the ones the teacher labelled (augmentation or "
+                    "changed preprocessing?); turn the cache off or the augmentation off."
+                )
+        device = x.device if x is not None else torch.device("cpu")
+        p_top = torch.from_numpy(self.probs[idx].astype(np.float32))
+        cls = torch.from_numpy(self.indices[idx].astype(np.int64))
+        k = p_top.shape[1]
+        rest = (1.0 - p_top.sum(1, keepdim=True)).clamp_min(0.0)
+        fill = (rest / max(self.num_classes - k, 1)).clamp_min(1e-8)
+        p = fill.expand(len(idx), self.num_classes).clone()
+        p.scatter_(1, cls, p_top.clamp_min(1e-8))
+        p = p / p.sum(1, keepdim=True)
+        return {"logits": (self.temperature * p.log()).to(device)}
+
+    def save(self, path: str | Path) -> Path:
+        buf = io.BytesIO()
+        np.savez(buf, probs=self.probs, indices=self.indices, fingerprints=self.fingerprints,
+                 meta=np.array(json.dumps({"key": self.key, "temperature": self.temperature,
+                                           "num_classes": self.num_classes})))
+        return _io.write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SoftLabelCache":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return cls(meta["key"], float(meta["temperature"]), int(meta["num_classes"]),
+                       z["probs"], z["indices"], z["fingerprints"])
+
+
+@torch.no_grad()
+def build_cache(teacher: Callable[[torch.Tensor], dict], x: np.ndarray, *, key: str, temperature: float,
+                k: int, batch_size: int = 256, device: str | torch.device = "cpu") -> SoftLabelCache:
+    """Run ``teacher`` (``x -> {"logits": ...}``, already in eval mode) once over ``x`` in order."""
+    if k < 1:
+        raise ConfigError(f"distill.cache_top_k: {k} must be >= 1.")
+    probs, indices, fps = [], [], []
+    num_classes = None
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+        logits = teacher(xb)["logits"].float()
+        num_classes = logits.shape[1]
+        p = torch.softmax(logits / temperature, dim=1)
+        top_p, top_i = p.topk(min(k, num_classes), dim=1)
+        probs.append(top_p.cpu().numpy().astype(np.float16))
+        indices.append(top_i.cpu().numpy())
+        fps.append(_sample_fingerprints(xb).numpy())
+    if num_classes is None:
+        raise StageError("teacher cache: the training split is empty; nothing to cache.")
+    idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+    return SoftLabelCache(key, float(temperature), int(num_classes), np.concatenate(probs),
+                          np.concatenate(indices).astype(idx_dtype), np.concatenate(fps).astype(np.float32))
+
+
+def load_or_build(cache_dir: str | Path, teacher: Callable[[torch.Tensor], dict], teacher_fingerprint: str,
+                  x: np.ndarray, preprocessing: dict, *, temperature: float, k: int, augmented: bool = False,
+                  batch_size: int = 256, device: str | torch.device = "cpu") -> tuple[SoftLabelCache, bool]:
+    """The cache for this teacher + data + preprocessing, read from ``cache_dir`` or built and saved there.
+
+    Returns ``(cache, hit)``; ``hit`` is True when the teacher did not run.
+    """
+    refuse_if_augmented(augmented)
+    key = cache_key(teacher_fingerprint, array_fingerprint(x), preprocessing, temperature, k)
+    path = Path(cache_dir) / f"teacher_{key}.npz"
+    if path.exists():
+        cache = SoftLabelCache.load(path)
+        if cache.key == key and len(cache) == len(x):
+            return cache, True
+    cache = build_cache(teacher, x, key=key, temperature=temperature, k=k, batch_size=batch_size, device=device)
+    cache.save(path)
+    return cache, False

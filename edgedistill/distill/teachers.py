@@ -1,0 +1,166 @@
+"""Teachers behind one interface: ``teacher(x) -> {"logits": tensor, ...}``, frozen.
+
+* :class:`TorchTeacher` wraps an ``nn.Module`` (white box: the loop may tap its layers).
+* :class:`OnnxTeacher` runs an ONNX file through ONNX Runtime (black box: outputs only).
+* :class:`CallableTeacher` wraps any Python function of a batch (black box).
+* :class:`EnsembleTeacher` averages several teachers' logits with weights (multi-teacher KD).
+
+Black-box teachers supply outputs only; :func:`check_losses` refuses the losses that would need
+their internals. ``fingerprint()`` identifies a teacher for the soft-label cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._io import sha256_file
+from ..errors import ConfigError
+
+
+class Teacher:
+    """Base: frozen, called on a batch, returns a dict of outputs with ``"logits"``."""
+
+    black_box: bool = True
+    kind: str = "teacher"
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TorchTeacher(Teacher):
+    """A PyTorch module, put in ``eval()`` with every parameter frozen; its layers can be tapped."""
+
+    black_box = False
+    kind = "PyTorch model"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, x):
+        self.model.eval()  # stays in eval even if someone called .train() on a parent
+        return {"logits": self.model(x)}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(type(self.model).__name__.encode())
+        for name, t in self.model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+class OnnxTeacher(Teacher):
+    """An ONNX model run by ONNX Runtime on CPU; the first output is taken as the logits."""
+
+    kind = "ONNX model"
+
+    def __init__(self, path: str | Path, output: Optional[str] = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"teacher.checkpoint: {self.path} does not exist; give the path of an .onnx file.")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises several unrelated types for a bad file
+            raise ConfigError(f"teacher.checkpoint: {self.path} is not a loadable ONNX model ({str(e)[:160]}).") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ConfigError(f"teacher.checkpoint: {self.path} has {len(inputs)} inputs; a teacher takes exactly one.")
+        self.input_name = inputs[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        if output is not None and output not in names:
+            raise ConfigError(f"teacher output {output!r} is not in {self.path}; choose one of: {', '.join(names)}.")
+        self.output_name = output or names[0]
+
+    def __call__(self, x):
+        arr = x.detach().cpu().numpy().astype(np.float32, copy=False)
+        (out,) = self.session.run([self.output_name], {self.input_name: arr})
+        return {"logits": torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)}
+
+    def fingerprint(self) -> str:
+        return "onnx:" + sha256_file(self.path) + ":" + self.output_name
+
+
+class CallableTeacher(Teacher):
+    """Any Python function of a batch returning logits (a tensor or an array), e.g. a remote model's client."""
+
+    kind = "Python callable"
+
+    def __init__(self, fn: Callable, name: Optional[str] = None) -> None:
+        if not callable(fn):
+            raise ConfigError("teacher: the black-box teacher must be callable as fn(batch) -> logits.")
+        self.fn, self.name = fn, name
+
+    @torch.no_grad()
+    def __call__(self, x):
+        out = self.fn(x)
+        if isinstance(out, dict):
+            out = out["logits"]
+        out = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out, dtype=torch.float32)
+        return {"logits": out.detach().to(x.device)}
+
+    def fingerprint(self) -> str:
+        if self.name:
+            return "callable:" + self.name
+        try:
+            src = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            src = repr(self.fn)
+        return "callable:" + hashlib.sha256(src.encode()).hexdigest()
+
+
+class EnsembleTeacher(Teacher):
+    """Multi-teacher KD: ``logits = sum_i w_i * logits_i / sum_i w_i``; outputs only (features of several
+    teachers do not line up), so feature losses are refused as for a black box."""
+
+    kind = "teacher ensemble"
+
+    def __init__(self, teachers: Sequence[Teacher], weights: Optional[Sequence[float]] = None) -> None:
+        if len(teachers) < 1:
+            raise ConfigError("teachers: give at least one teacher.")
+        weights = [1.0] * len(teachers) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(
+                f"teacher weights: {weights} must be {len(teachers)} non-negative numbers with a positive sum."
+            )
+        self.teachers, self.weights = list(teachers), weights
+
+    def __call__(self, x):
+        total = sum(self.weights)
+        outs = [t(x)["logits"] for t in self.teachers]
+        return {"logits": sum(w * o for w, o in zip(self.weights, outs)) / total,
+                **{f"logits@{i}": o for i, o in enumerate(outs)}}
+
+    def fingerprint(self) -> str:
+        parts = [f"{w}:{t.fingerprint()}" for w, t in zip(self.weights, self.teachers)]
+        return "ensemble:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def check_losses(losses: Sequence, teacher: Teacher, key: str = "distill.losses") -> None:
+    """Refuse losses that read teacher internals when the teacher only supplies outputs."""
+    if not teacher.black_box:
+        return
+    for i, loss in enumerate(losses):
+        if getattr(loss, "needs_teacher_features", False):
+            layers = ", ".join(loss.teacher_layers()) or "?"
+            raise ConfigError(
+                f"{key}[{i}]: loss {type(loss).__name__} reads the teacher's layer(s) {layers}, but the teacher is "
+                f"a {teacher.kind} that supplies outputs only; use an output loss (kd, dkd, or a relation loss "
+                "with teacher_layer = \"logits\") or give a PyTorch teacher."
+            )

@@ -1,0 +1,193 @@
+"""The ways teachers teach: the loop's taps, black-box / ensemble teachers, self-distillation,
+unlabelled data and the teacher soft-label cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgedistill.data import ArraySplit
+from edgedistill.distill.cache import (SoftLabelCache, build_cache, load_or_build, refuse_if_augmented,
+                                       storage_report)
+from edgedistill.distill.losses import LossContext, build_loss
+from edgedistill.distill.teachers import CallableTeacher, EnsembleTeacher, OnnxTeacher, TorchTeacher, check_losses
+from edgedistill.distill.train import FitConfig, Term, check_term_paths, fit
+from edgedistill.errors import ConfigError, StageError
+from edgedistill.models import build_model
+
+from onnx_models import conv as onnx_conv
+
+
+def _data(n=96, labelled=True, seed=0):
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((n, 1, 8, 8)).astype(np.float32)
+    y = g.integers(0, 5, n).astype(np.int64) if labelled else np.full(n, -1, dtype=np.int64)
+    return ArraySplit(x, y)
+
+
+def _cnn(width=4, depth=2, seed=0):
+    torch.manual_seed(seed)
+    return build_model("cnn", {"width": width, "depth": depth}, (1, 8, 8), 5, "t")
+
+
+def _terms(*specs):
+    ctx = LossContext(num_classes=5, alpha=0.3, temperature=4.0)
+    return [Term(f"{n}{i}", build_loss(n, dict(p), ctx, f"distill.losses[{i}]"), 1.0) for i, (n, p) in enumerate(specs)]
+
+
+CFG = dict(epochs=1, lr=1e-2, batch_size=32, device="cpu")
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_feature_distillation_trains_student_not_teacher_and_removes_hooks(tmp_path):
+    student, teacher = _cnn(4, 2), _cnn(8, 2, seed=1)
+    s0 = {k: v.clone() for k, v in student.state_dict().items()}
+    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    terms = _terms(("kd", {}), ("hint", {"student_layer": "features.2", "teacher_layer": "features.2"}),
+                   ("at", {"student_layer": "features", "teacher_layer": "features"}))
+    res = fit(student, _data(), FitConfig(**CFG), terms, tmp_path, teacher=teacher)
+    assert _hooks(student) == 0 and _hooks(teacher) == 0
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t0.items())  # BN stats too: teacher in eval
+    assert not torch.equal(s0["features.0.weight"], student.state_dict()["features.0.weight"])
+    assert {"loss_kd0", "loss_hint1", "loss_at2", "loss_total"} <= set(res.history[0])
+    assert (tmp_path / "curves.csv").read_text().splitlines()[0].count("loss_") == 4
+
+
+def test_bad_module_path_is_rejected_with_valid_names():
+    terms = _terms(("hint", {"student_layer": "layer9", "teacher_layer": "features"}))
+    with pytest.raises(ConfigError, match=r"distill.losses\[0\].params.student_layer: module path 'layer9' does not exist in the model; valid paths are: features, features.0"):
+        check_term_paths(terms, _cnn(), _cnn())
+
+
+def test_onnx_teacher_is_a_black_box(tmp_path):
+    path = onnx_conv(tmp_path / "t.onnx", classes=5)
+    teacher = OnnxTeacher(path)
+    x = torch.from_numpy(_data(8).x)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(teacher(x)["logits"].numpy(), ref, rtol=1e-6)
+    # Output losses train against it; a feature loss that needs its internals is refused before training.
+    fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {}), ("rkd", {})), tmp_path / "a", teacher=teacher)
+    with pytest.raises(ConfigError, match=r"distill.losses\[1\]: loss 'hint1' reads teacher layer\(s\) features, but there is a ONNX model teacher, which supplies outputs only"):
+        fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {}), ("hint", {"student_layer": "features", "teacher_layer": "features"})),
+            tmp_path / "b", teacher=teacher)
+    with pytest.raises(ConfigError, match=r"reads the teacher's layer\(s\) features, but the teacher is a ONNX model"):
+        check_losses([t.loss for t in _terms(("nst", {}))], teacher)
+
+
+def test_onnx_teacher_bad_file_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(ConfigError, match="is not a loadable ONNX model"):
+        OnnxTeacher(bad)
+    with pytest.raises(ConfigError, match="does not exist; give the path of an .onnx file"):
+        OnnxTeacher(tmp_path / "missing.onnx")
+
+
+def test_callable_and_ensemble_teachers(tmp_path):
+    a, b = _cnn(4, 1, seed=2).eval(), _cnn(4, 1, seed=3).eval()
+    ens = EnsembleTeacher([TorchTeacher(a), CallableTeacher(lambda x: b(x).detach().numpy())], weights=[3.0, 1.0])
+    x = torch.from_numpy(_data(8).x)
+    with torch.no_grad():
+        expected = (3 * a(x) + b(x)) / 4
+    out = ens(x)
+    torch.testing.assert_close(out["logits"], expected)
+    torch.testing.assert_close(out["logits@1"], b(x).detach())
+    fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {})), tmp_path, teacher=ens)
+    with pytest.raises(ConfigError, match="must be 2 non-negative numbers with a positive sum"):
+        EnsembleTeacher([TorchTeacher(a), TorchTeacher(b)], weights=[1.0])
+
+
+def test_self_distillation_heads_are_not_part_of_the_model(tmp_path):
+    student = _cnn(4, 2)
+    keys = set(student.state_dict())
+    terms = _terms(("ce", {}), ("self_distill", {"student_layer": ["features.2"]}))
+    res = fit(student, _data(), FitConfig(**CFG), terms, tmp_path, teacher=None)
+    assert set(student.state_dict()) == keys  # the auxiliary head lives in the loss: nothing extra to export
+    assert len(terms[1].loss.heads) == 1 and res.history[0]["loss_self_distill1"] > 0
+    assert _hooks(student) == 0
+
+
+def test_unlabelled_data_trains_on_the_teacher_alone(tmp_path):
+    teacher = _cnn(8, 2, seed=1)
+    res = fit(_cnn(), _data(labelled=False), FitConfig(**CFG), _terms(("kd", {}), ("dkd", {})), tmp_path, teacher=teacher)
+    row = res.history[0]
+    assert np.isfinite(row["loss_kd0"]) and row["loss_kd0"] > 0 and np.isnan(row["train_acc"])
+    ce = build_loss("ce", {}, LossContext(), "x")
+    assert float(ce({"logits": torch.randn(4, 5)}, {}, torch.full((4,), -1))) == 0.0
+
+
+def test_cache_round_trip_and_reuse(tmp_path):
+    teacher = _cnn(8, 2, seed=1).eval()
+    calls = []
+
+    def counted(x):
+        calls.append(len(x))
+        return teacher(x)
+
+    wrapped = CallableTeacher(counted, name="counted")
+    train = _data(70)
+    cache, hit = load_or_build(tmp_path, wrapped, wrapped.fingerprint(), train.x, {"norm": 1}, temperature=4.0, k=3,
+                               batch_size=32)
+    assert not hit and sum(calls) == 70
+    again, hit = load_or_build(tmp_path, wrapped, wrapped.fingerprint(), train.x, {"norm": 1}, temperature=4.0, k=3)
+    assert hit and sum(calls) == 70  # the second student does not run the teacher
+    np.testing.assert_array_equal(again.probs, cache.probs)
+    np.testing.assert_array_equal(again.indices, cache.indices)
+    assert cache.probs.dtype == np.float16 and cache.indices.dtype == np.int16 and cache.probs.shape == (70, 3)
+    _, hit = load_or_build(tmp_path, wrapped, wrapped.fingerprint(), train.x, {"norm": 2}, temperature=4.0, k=3)
+    assert not hit  # other preprocessing, other key
+
+    # The rebuilt logits give back the teacher's top-k probabilities at T.
+    idx = torch.arange(10)
+    x = torch.from_numpy(train.x[:10])
+    with torch.no_grad():
+        p_true = torch.softmax(teacher(x) / 4.0, 1)
+    p_cached = torch.softmax(again.teacher_outputs(idx, x)["logits"] / 4.0, 1)
+    top = p_true.topk(3, 1)
+    torch.testing.assert_close(p_cached.gather(1, top.indices), top.values, atol=2e-3, rtol=0)
+    torch.testing.assert_close(p_cached.sum(1), torch.ones(10))
+
+
+def test_cache_with_all_classes_matches_the_live_teacher_loss(tmp_path):
+    teacher = _cnn(8, 2, seed=1).eval()
+    train = _data(40)
+    cache = build_cache(TorchTeacher(teacher), train.x, key="k", temperature=4.0, k=5)
+    cache.save(tmp_path / "c.npz")
+    loaded = SoftLabelCache.load(tmp_path / "c.npz")
+    kd = build_loss("kd", {}, LossContext(alpha=0.3, temperature=4.0), "x")
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    s = {"logits": torch.randn(40, 5)}
+    with torch.no_grad():
+        live = kd(s, {"logits": teacher(x)}, y)
+    cached = kd(s, loaded.teacher_outputs(torch.arange(40), x), y)
+    assert float(cached) == pytest.approx(float(live), rel=1e-3)
+    fit(_cnn(), train, FitConfig(**CFG), _terms(("kd", {})), tmp_path / "run", teacher=None, teacher_cache=loaded)
+
+
+def test_cache_refuses_augmentation_and_changed_inputs():
+    with pytest.raises(ConfigError, match="the teacher cache is refused because data augmentation changes the inputs"):
+        refuse_if_augmented(True)
+    teacher = TorchTeacher(_cnn(8, 2, seed=1))
+    train = _data(16)
+    cache = build_cache(teacher, train.x, key="k", temperature=4.0, k=2)
+    flipped = torch.from_numpy(train.x[:8]).flip(-1)
+    with pytest.raises(StageError, match="these inputs differ from the ones the teacher labelled"):
+        cache.teacher_outputs(torch.arange(8), flipped)
+
+
+def test_cache_storage_for_1000_classes_top50_is_over_90_percent_smaller():
+    r = storage_report(10000, 1000, 50)
+    assert r["full_fp32_bytes"] == 10000 * 1000 * 4
+    assert r["cache_bytes"] == 10000 * (50 * (2 + 2) + 4)
+    assert r["saved_fraction"] >= 0.9
+    # and a real cache's arrays take exactly what the report says
+    g = torch.Generator().manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    w = torch.randn(3, 1000, generator=g)
+    cache = build_cache(lambda xb: {"logits": xb @ w}, x, key="k", temperature=1.0, k=50)
+    assert cache.nbytes == storage_report(20, 1000, 50)["cache_bytes"]
