@@ -1,7 +1,7 @@
 """The text-embedding flow as one verb: ``distill_text_recipe(recipe, out_dir)``.
 
 corpus -> teacher embeddings (cached) -> student from the init model's layers + pruned vocab ->
-distil one student per variant (e.g. relation-based ``simmat`` vs embedding-only ``embed_cosine``)
+distil one student per variant (e.g. relation-based ``simmat`` vs embedding-only ``embed_cos``)
 -> ONNX export (+parity) -> fusion -> INT8. The main recipe schema is image-classification shaped,
 so text runs use this recipe (``examples/text_embedding.toml``); every key is checked.
 """

@@ -2,7 +2,7 @@
 
 The teacher (frozen, in eval, under no_grad) encoded the transfer corpus once; its normalised
 embeddings are the teacher's ``"logits"``. Each step: tokenise a batch of 64 sentences, run the
-student, sum the recipe's weighted loss terms from the shared registry (``simmat``, ``embed_cosine``,
+student, sum the recipe's weighted loss terms from the shared registry (``simmat``, ``embed_cos``,
 ``embed_mse``; projection heads live in the losses and are never exported). The checkpoint with the
 best STS-B dev Spearman is kept (select on dev; test is reported once, elsewhere).
 """
@@ -76,7 +76,7 @@ def distill_text(student: TextEncoder, tokenizer, sentences: Sequence[str], teac
     terms = [(build_loss(t.name, t.params, ctx, f"distill.losses[{i}]"), t.weight) for i, t in enumerate(losses)]
     for loss, _ in terms:
         if loss.needs_teacher_features:
-            raise ConfigError(f"distill.losses: {type(loss).__name__} needs teacher hidden states, which cached teacher embeddings do not hold; use simmat / embed_cosine / embed_mse.")
+            raise ConfigError(f"distill.losses: {type(loss).__name__} needs teacher hidden states, which cached teacher embeddings do not hold; use simmat / embed_cos / embed_mse.")
     # dry run: the losses build their projection heads from the output widths
     student.as_dict = True
     s_dim, t_dim = student.dim, teacher_emb.shape[1]
@@ -110,11 +110,11 @@ def distill_text(student: TextEncoder, tokenizer, sentences: Sequence[str], teac
             sched.step()
             step += 1
             history["step"].append(step)
-            history["loss"].append(float(loss))
+            history["loss"].append(float(loss.detach()))
             if dev is not None and (step % eval_every == 0 or step == total):
                 rho = stsb.spearman(dev, lambda xs: encode(student, tokenizer, xs, max_seq_length=cfg.max_seq_length))
                 history["dev_spearman"].append([step, rho])
-                print(f"epoch {epoch + 1} step {step}/{total} loss {float(loss):.5f} dev {rho:.4f} ({time.time() - t0:.0f}s)", file=log, flush=True)
+                print(f"epoch {epoch + 1} step {step}/{total} loss {float(loss.detach()):.5f} dev {rho:.4f} ({time.time() - t0:.0f}s)", file=log, flush=True)
                 if rho > best_dev:
                     best, best_dev = copy.deepcopy(student), rho
     history["seconds"] = round(time.time() - t0, 1)
