@@ -126,6 +126,32 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert assets.cache_dir() == tmp_path
 
 
+def test_teacher_embeddings_are_encoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from edgedistill.text import _teacher_cache as tc
+    batches = []
+
+    class FakeTeacher:
+        max_seq_length = 512
+
+        def get_embedding_dimension(self):
+            return 2
+
+        def encode(self, xs, **kw):
+            batches.append(list(xs))
+            return np.asarray([[len(x), 1.0] for x in xs], dtype=np.float32)
+
+    monkeypatch.setattr(tc.assets, "load_sentence_transformer", lambda folder: FakeTeacher())
+    sentences = [f"sentence {'x' * i}" for i in range(600)]
+    first = tc.teacher_embeddings(tmp_path / "teacher", sentences, cache=tmp_path)
+    assert first.shape == (600, 2) and first[5].tolist() == [14.0, 1.0]  # len("sentence xxxxx")
+    assert [len(b) for b in batches] == [512, 88]
+    again = tc.teacher_embeddings(tmp_path / "teacher", sentences, cache=tmp_path)
+    assert len(batches) == 2 and np.array_equal(first, again)  # the second call never ran the teacher
+    info = tc.cache_info(tmp_path / "teacher", sentences, cache=tmp_path)
+    assert info["n"] == 600 and info["resumed_from"] == 0
+    assert tc.cache_info(tmp_path / "teacher", sentences[:10], cache=tmp_path) is None
+
+
 # --- student -------------------------------------------------------------------------------------------
 
 def test_pruned_vocab_keeps_specials_characters_and_corpus_tokens(tiny):

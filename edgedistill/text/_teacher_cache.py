@@ -23,6 +23,13 @@ def _key(teacher: Path, sentences: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_info(teacher: Path | str, sentences: Sequence[str], cache: Path | None = None) -> dict | None:
+    """What the cache recorded when it encoded ``sentences`` (teacher, n, resumed_from, seconds), or None."""
+    root = Path(cache) if cache is not None else assets.cache_dir()
+    path = root / "teacher_emb" / f"{_key(Path(teacher), sentences)}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def teacher_embeddings(teacher: Path | str, sentences: Sequence[str], cache: Path | None = None,
                        batch_size: int = 64, max_seq_length: int = 128) -> np.ndarray:
     """[N, D] float32 normalised teacher embeddings, read from ``<cache>/teacher_emb/<key>.npy`` when present."""
@@ -32,7 +39,8 @@ def teacher_embeddings(teacher: Path | str, sentences: Sequence[str], cache: Pat
         return np.load(path)
     model = assets.load_sentence_transformer(teacher)
     model.max_seq_length = max_seq_length
-    out = np.zeros((len(sentences), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # renamed in v5
+    out = np.zeros((len(sentences), dim()), dtype=np.float32)
     # an interrupted run resumes from its last finished chunk
     partial = path.with_suffix(".partial.npz")
     done = 0
@@ -40,6 +48,7 @@ def teacher_embeddings(teacher: Path | str, sentences: Sequence[str], cache: Pat
         with np.load(partial) as z:
             done = int(z["done"])
             out[:done] = z["emb"][:done]
+    resumed_from = done
     t0 = time.time()
     chunk = 512
     for i in range(done, len(sentences), chunk):
@@ -52,6 +61,7 @@ def teacher_embeddings(teacher: Path | str, sentences: Sequence[str], cache: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), out))
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(
-        {"teacher": str(teacher), "n": len(sentences), "seconds": round(time.time() - t0, 1)})))
+        {"teacher": str(teacher), "n": len(sentences), "resumed_from": resumed_from,
+         "seconds": round(time.time() - t0, 1)})))
     partial.unlink(missing_ok=True)
     return out

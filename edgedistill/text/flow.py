@@ -20,7 +20,7 @@ from .._schema import field, from_dict, load_toml
 from ..errors import ConfigError
 from . import assets, corpus, stsb
 from . import export as ex
-from ._teacher_cache import teacher_embeddings
+from ._teacher_cache import cache_info, teacher_embeddings
 from .student import TOKENIZER_FILES, load_folder, make_student, param_count, pruned_vocab
 from .train import LossTerm, TextDistillConfig, distill_text
 
@@ -104,6 +104,7 @@ def distill_text_recipe(recipe: TextRecipe, out_dir: str | Path, threads: int = 
     if recipe.student.prune_vocab:  # the tokens the transfer corpus and the evaluation need
         keep = pruned_vocab(tok, sentences + dev.s1 + dev.s2 + test.s1 + test.s2)
     summary = {"teacher": str(teacher_dir), "corpus_sentences": len(sentences), "teacher_seconds": teacher_seconds,
+               "teacher_cache": cache_info(teacher_dir, sentences),
                "vocab": len(keep) if keep else None, "variants": {}}
     for v in recipe.variants:
         vdir = out / v.name
