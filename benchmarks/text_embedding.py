@@ -27,6 +27,8 @@ from edgedistill import _io
 from edgedistill.bench import benchmark
 from edgedistill.text import export as ex
 from edgedistill.text import stsb
+from edgedistill.text import corpus
+from edgedistill.text._teacher_cache import cache_info
 from edgedistill.text.flow import distill_text_recipe, load_text_recipe, resolve_model
 from edgedistill.text.student import load_folder, param_count
 
@@ -149,7 +151,9 @@ def main(argv=None) -> int:
         "student_vocab": summary.get("vocab"),
         "relation_vs_embedding_only": relation,
         "quant_comparison": quant,
-        "training": {"corpus_sentences": summary["corpus_sentences"], "teacher_encode_seconds": summary["teacher_seconds"],
+        "training": {"corpus_sentences": summary["corpus_sentences"], "teacher_seconds_in_flow": summary["teacher_seconds"],
+                     "teacher_cache": cache_info(resolve_model(recipe.teacher.name), corpus.transfer_corpus(
+                         recipe.corpus.max_sentences, recipe.corpus.wordnet_share, recipe.corpus.seed)),
                      "train_seconds": {k: v["train_seconds"] for k, v in summary["variants"].items()},
                      "dev_curves": {k: v["dev_curve"] for k, v in summary["variants"].items()},
                      "threads": 1},
