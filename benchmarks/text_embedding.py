@@ -35,13 +35,13 @@ from edgedistill.text.student import load_folder, param_count
 GOALS = {"int8_size_mb_max": 20.0, "stsb_test_spearman_min": 0.80, "p90_speedup_vs_minilm_fp32_min": 4.0}
 
 
-def _references(run: Path, log) -> dict:
+def _references(refs_dir: Path, log) -> dict:
     """{name: (onnx path, tokenizer, params)} for the teacher and MiniLM FP32 / INT8, exported once."""
     out = {}
     for name, model_name in (("teacher_mpnet", "all-mpnet-base-v2"), ("minilm", "all-MiniLM-L6-v2")):
         folder = resolve_model(model_name)
         model, tok = load_folder(folder)
-        fp32 = run / "refs" / name / "fp32.onnx"
+        fp32 = refs_dir / name / "fp32.onnx"
         if not fp32.is_file():
             fp32.parent.mkdir(parents=True, exist_ok=True)
             print(f"exporting {model_name}", file=log, flush=True)
@@ -51,11 +51,11 @@ def _references(run: Path, log) -> dict:
             out[name] = (fp32, tok, params)
             continue
         out["minilm_fp32"] = (fp32, tok, params)
-        int8 = run / "refs" / name / "int8.onnx"
+        int8 = refs_dir / name / "int8.onnx"
         if not int8.is_file():
             cfg = model.encoder.config
-            ex.fuse(fp32, run / "refs" / name / "fp32_fused.onnx", cfg.num_attention_heads, cfg.hidden_size)
-            ex.quantize_text(run / "refs" / name / "fp32_fused.onnx", int8, "dynamic")
+            ex.fuse(fp32, refs_dir / name / "fp32_fused.onnx", cfg.num_attention_heads, cfg.hidden_size)
+            ex.quantize_text(refs_dir / name / "fp32_fused.onnx", int8, "dynamic")
         out["minilm_int8"] = (int8, tok, params)
     return out
 
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default="runs/text_embedding")
     ap.add_argument("--out", default="benchmarks/results/text_embedding.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refs", default=None, help="folder of already exported references (default <run>/refs)")
+    ap.add_argument("--no-quant-compare", action="store_true", help="skip the fusion / dynamic-vs-static comparison")
     args = ap.parse_args(argv)
     log = sys.stderr
     torch.set_num_threads(args.threads)
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     if not (run / "summary.json").is_file():
         distill_text_recipe(recipe, run, threads=args.threads, log=log)
     summary = json.loads((run / "summary.json").read_text())
-    refs = _references(run, log)
+    refs = _references(Path(args.refs) if args.refs else run / "refs", log)
     variants = _student_variants(run, summary, args.threads, log)
     best = max(variants, key=lambda v: variants[v]["dev"]["int8"])  # select on dev, never on test
     bv = variants[best]
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
                           "test_spearman_fp32": _spearman(v["files"]["fp32"], v["tok"], "test", args.threads),
                           "test_spearman_int8": _spearman(v["files"]["int8"], v["tok"], "test", args.threads)}
     calib = [s for s in stsb.load("train").s1[: recipe.export.calib_sentences]]
-    quant = _quant_comparison(run, best, bv["tok"], args.threads, calib, log)
+    quant = None if args.no_quant_compare else _quant_comparison(run, best, bv["tok"], args.threads, calib, log)
     s_int8, mini = models["student_int8"], models["minilm_fp32"]
     result = {
         "machine": bench["machine"],
