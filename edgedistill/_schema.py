@@ -4,7 +4,9 @@ the key's dotted path, what was expected and the valid choices. Used by the reci
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
+import re
 import sys
 import types
 import typing
@@ -124,7 +126,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        k = unknown[0]
+        k = _key(unknown[0]) if isinstance(unknown[0], str) else repr(unknown[0])  # "\n" = 1 is a TOML key too
         key = f"{where}.{k}" if where else k
         raise ConfigError(f"{key}: unknown key; valid keys here are: {', '.join(fields)}.")
     kwargs = {}
@@ -157,23 +159,28 @@ def to_dict(obj: Any) -> Any:
 
 def load_toml(path: str, what: str = "file") -> dict:
     """Read a TOML file, turning every failure into a one-sentence ConfigError naming the file."""
+    shown = str(path) if str(path).isprintable() else repr(str(path))  # a newline in a name must not split the message
     try:
         with open(path, "rb") as f:
             raw = f.read()
+    except ValueError:  # a NUL byte in the path
+        raise ConfigError(f"{shown}: not a usable file name; pass the path of a .toml file.") from None
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found; check the path.") from None
+        raise ConfigError(f"{shown}: {what} not found; check the path.") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a {what}; pass a .toml file.") from None
+        raise ConfigError(f"{shown}: is a folder, not a {what}; pass a .toml file.") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror}).") from None
+        raise ConfigError(f"{shown}: cannot read the {what} ({e.strerror}).") from None
     if not raw.strip():
-        raise ConfigError(f"{path}: the {what} is empty; write TOML keys into it.")
+        raise ConfigError(f"{shown}: the {what} is empty; write TOML keys into it.")
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the {what} is not UTF-8 text; save it as TOML.") from None
+        raise ConfigError(f"{shown}: the {what} is not UTF-8 text; save it as TOML.") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax.") from None
+        raise ConfigError(f"{shown}: not valid TOML ({e}); fix the syntax.") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: not valid TOML (nested too deeply); fix the syntax.") from None
 
 
 def dump_toml(data: dict) -> str:
@@ -186,7 +193,9 @@ def dump_toml(data: dict) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+            return _string(v)
+        if isinstance(v, (datetime.date, datetime.time)):  # TOML dates and times (datetime is a date)
+            return v.isoformat()
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, dict):
@@ -222,4 +231,13 @@ def _is_table_array(v: Any) -> bool:
 
 
 def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else '"' + k + '"'
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _string(k)
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _string(v: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in v) + '"'

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._checks import check_onnx
 from ._io import file_size_mb
 from ._machine import architecture, cpu_count, machine_info
 from .errors import DataError, EdgeDistillError
@@ -53,6 +54,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     for p in paths:
         if not os.path.isfile(p):
             raise DataError(f"{p}: model file not found; check the path.")
+        check_onnx(p)  # onnx.checker and the opset range before a worker loads it
     if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1:
         raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds >= 0.")
     if deliverable is not None and deliverable not in paths:
@@ -124,7 +126,8 @@ class _Worker:
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child can never block on it
         self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench", "--worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1,
+                                     start_new_session=True)  # a terminal's Ctrl-C is for the parent to handle
         try:
             self.init = self.ask({"cmd": "init", "path": path, **settings})
         except BaseException:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 import click
 
+from ._signals import interrupt_message
 from .errors import EdgeDistillError
+from .pipeline import stage_names
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 EXIT_BUDGET_MISSED = 3
@@ -32,10 +35,12 @@ def cli() -> None:
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
 @click.option("--target", "target", help="Target name (see `edgedistill targets`) or path to a target .toml.")
-@click.option("--from", "from_stage", help="Re-run from this stage on (teacher, student, distill, export, ptq, verify, bench, report).")
+@click.option("--from", "from_stage", type=click.Choice(stage_names()), help="Re-run from this stage on.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted stage from its last checkpoint.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling (which can run code) of a teacher checkpoint weights_only refuses; only for files you trust.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def run(recipe, run_dir, target, from_stage, resume, as_json):
+def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, as_json):
     """Run the whole pipeline from RECIPE (a TOML file; the built-in digits recipe when omitted).
 
     Exits 0 when the deliverable meets every budget of the target, 3 when the run finished but a
@@ -46,17 +51,27 @@ def run(recipe, run_dir, target, from_stage, resume, as_json):
     from .report import deliverable_entry
 
     rec = load_recipe(recipe)
-    report = run_pipeline(rec, run_dir=run_dir, target=target, from_stage=from_stage, resume=resume)
+    try:
+        report = run_pipeline(rec, run_dir=run_dir, target=target, from_stage=from_stage, resume=resume,
+                              trust_checkpoint=trust_checkpoint)
+    except KeyboardInterrupt as e:  # say exactly how to continue this run
+        args = [recipe] if recipe else []
+        for flag, value in (("--run-dir", run_dir), ("--target", target)):
+            args += [flag, value] if value else []
+        e.resume_command = shlex.join(["edgedistill", "run", *args] + ["--trust-checkpoint"] * trust_checkpoint + ["--resume"])
+        raise
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
+        width = max(len(m["name"]) for m in report["models"])
         for m in report["models"]:
             verdict = "within budget" if m["within_budget"] else "MISSES " + "; ".join(m["violations"])
             star = "*" if m["name"] == report["deliverable"] else " "
-            click.echo(f"{star} {m['name']:<14} {m['metric']['name']} {m['metric']['value']:.4f}  "
+            click.echo(f"{star} {m['name']:<{width}}  {m['metric']['name']} {m['metric']['value']:.4f}  "
                        f"size {m['size_mb']:.3f} MB  p90 {m['latency_ms']['p90']:.3f} ms  {verdict}")
         rd = run_dir or os.path.join("runs", rec.name)
         click.echo(f"report: {os.path.join(rd, 'report', 'report.md')}  (* = deliverable, target {report['target']['name']})")
+        click.echo(f"deliverable: {report.get('deliverable_reason', report['deliverable'])}")
     if not deliverable_entry(report)["within_budget"]:
         sys.exit(EXIT_BUDGET_MISSED)
 
@@ -97,14 +112,14 @@ def main() -> None:
     _attach_optional_commands()
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        _err("Aborted.")
+    except click.exceptions.Abort as e:  # click turns KeyboardInterrupt into Abort
+        _err(interrupt_message(e.__cause__) if isinstance(e.__cause__, KeyboardInterrupt) else "Aborted.")
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        _err("Interrupted: the last checkpoint is kept; continue with `edgedistill run ... --resume`.")
+    except KeyboardInterrupt as e:
+        _err(interrupt_message(e))
         sys.exit(130)
     except EdgeDistillError as e:
         _err(f"Error: {e}")

@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from ._checks import check_onnx
 from ._io import file_size_mb
 from .errors import DataError
 
@@ -79,6 +80,8 @@ def _load(path: str):
 
     if not Path(path).is_file():
         raise DataError(f"{path}: model file not found; check the path.")
+    if Path(path).suffix != ".ort":
+        return check_onnx(path)  # onnx.checker and the opset range before anything reads it
     try:
         return onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends

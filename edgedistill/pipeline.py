@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import _io
+from . import _io, _signals
+from ._checks import os_errors_as_messages, preflight
 from .errors import ConfigError, EdgeDistillError
 from .recipe import Recipe, dump_recipe
 from .targets import Target, load_target
@@ -40,6 +41,7 @@ class RunContext:
     target: Target
     run_dir: Path
     resume: bool = False
+    trust_checkpoint: bool = False  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
     _splits: object = None
     cache: dict = field(default_factory=dict)
@@ -116,14 +118,23 @@ class RunLock:
 
 
 def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | Target | None = None,
-        from_stage: str | None = None, resume: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Run the pipeline; returns ``report.json``'s content. Raises EdgeDistillError on failure."""
+        from_stage: str | None = None, resume: bool = False, log: Callable[[str], None] | None = None,
+        trust_checkpoint: bool = False) -> dict:
+    """Run the pipeline; returns ``report.json``'s content. Raises EdgeDistillError on failure.
+
+    ``trust_checkpoint`` lets the teacher stage fully unpickle a checkpoint that ``weights_only``
+    refuses (with a warning); never set it for files you did not make.
+    """
     _load_stages()
     names = [s.name for s in STAGES]
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from: unknown stage {from_stage!r}; choose one of: {', '.join(names)}.")
     tgt = target if isinstance(target, Target) else load_target(target or recipe.target)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    ctx = RunContext(recipe=recipe, target=tgt, run_dir=run_dir, resume=resume, trust_checkpoint=trust_checkpoint)
+    if log is not None:
+        ctx.log = log
+    preflight(recipe, ctx.splits)  # names, params and layer paths, before the run folder is touched
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -131,10 +142,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
         probe.unlink()
     except OSError as e:
         raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
-    ctx = RunContext(recipe=recipe, target=tgt, run_dir=run_dir, resume=resume)
-    if log is not None:
-        ctx.log = log
-    with RunLock(run_dir):
+    with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
         _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
         manifest_path = run_dir / "manifest.json"
         manifest = _read_manifest(manifest_path)
@@ -170,7 +178,12 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
             except BaseException as e:
                 stages_m[s.name].update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                                          "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})
-                _io.write_json(manifest_path, manifest)
+                if isinstance(e, KeyboardInterrupt) and not getattr(e, "stage", ""):
+                    e.stage = s.name  # for the "Interrupted in the ... stage" message
+                try:
+                    _io.write_json(manifest_path, manifest)
+                except OSError:
+                    pass  # a full disk: the stage stays "running", which --resume accepts too
                 raise
             stages_m[s.name].update({
                 "status": "done", "seconds": round(time.perf_counter() - t0, 3),
@@ -178,6 +191,8 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
             })
             _io.write_json(manifest_path, manifest)
             ctx.log(f"[{s.name}] done in {stages_m[s.name]['seconds']:.1f}s")
+            if _signals.stop_requested() and s is not STAGES[-1]:  # Ctrl-C during a stage without clean points
+                raise _signals.Interrupted(f"after the {s.name} stage")
     import json
 
     with open(run_dir / "report" / "report.json") as f:

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from . import _schema
 from ._schema import field
 from .errors import ConfigError
+from .quant.config import QATConfig
 
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["cosine", "none"]
@@ -59,6 +60,22 @@ class LossTerm:
 
 
 @dataclass
+class ExtraTeacher:
+    """One more teacher for multi-teacher KD: an ONNX file (a black box) or a PyTorch checkpoint."""
+
+    path: str = field(help="the .onnx file (kind = 'onnx') or the PyTorch checkpoint (kind = 'torch')")
+    kind: Literal["onnx", "torch"] = "onnx"
+    arch: Optional[str] = field(None, help="kind = 'torch' only: the registered architecture")
+    params: dict = field(default_factory=dict, help="kind = 'torch' only: the architecture's parameters")
+    output: Optional[str] = field(None, help="kind = 'onnx' only: the output holding the logits (default: the first)")
+    weight: float = field(1.0, ge=0.0)
+
+    def _check(self, where: str) -> None:
+        if self.kind == "torch" and not self.arch:
+            raise ConfigError(f"{where}.arch: a 'torch' teacher needs its architecture; add arch = \"...\".")
+
+
+@dataclass
 class DistillConfig:
     epochs: int = field(30, ge=0, le=10000)
     lr: float = field(3e-3, gt=0.0, le=10.0)
@@ -68,6 +85,10 @@ class DistillConfig:
     alpha: float = field(0.3, ge=0.0, le=1.0, help="weight of the hard-label cross-entropy term")
     temperature: float = field(4.0, gt=0.0, le=100.0)
     losses: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
+    teachers: list[ExtraTeacher] = field(default_factory=list, help="extra teachers; their logits are averaged with weights")
+    teacher_weight: float = field(1.0, ge=0.0, help="weight of the [teacher] model among distill.teachers; 0 leaves it out")
+    cache: bool = field(False, help="store the teacher's top-k soft labels once and reuse them every epoch")
+    cache_top_k: int = field(50, ge=1, help="probabilities kept per sample by the teacher cache")
     checkpoint_every: int = field(0, ge=0, help="steps between mid-epoch checkpoints (0: end of epoch only)")
     device: Device = "auto"
     amp: bool = False
@@ -103,6 +124,12 @@ class BenchConfig:
 
 
 @dataclass
+class ReportConfig:
+    tolerance: float = field(1.0, ge=0.0, le=100.0,
+                             help="accuracy points the deliverable may lose against the FP32 student")
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = field(0, ge=0)
@@ -112,14 +139,18 @@ class Recipe:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
     ptq: PTQConfig = field(default_factory=PTQConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def _check(self, where: str) -> None:
         if not self.name or any(c in self.name for c in "/\\\0"):
             raise ConfigError("name: must be a non-empty string without slashes; it names the run folder.")
         if not self.distill.losses:
             raise ConfigError("distill.losses: the list is empty; add at least one loss, e.g. { name = \"kd\" }.")
+        if self.distill.teacher_weight == 0 and not self.distill.teachers:
+            raise ConfigError("distill.teacher_weight: 0 leaves no teacher; add [[distill.teachers]] or set it > 0.")
 
     def to_dict(self) -> dict:
         return _schema.to_dict(self)

@@ -23,8 +23,15 @@ def check_budgets(model: dict, target: Target) -> list[str]:
 
 
 def build_report(target: Target, metrics: dict, bench: dict, model_files: dict, run_dir: Path,
-                 deliverable: str = "student_int8", extra: dict | None = None) -> dict:
-    """Assemble ``report.json``'s content from the verify metrics and the benchmark."""
+                 tolerance: float = 1.0, extra: dict | None = None) -> dict:
+    """Assemble ``report.json``'s content from the verify metrics and the benchmark.
+
+    The deliverable is chosen among the students by :func:`choose_deliverable`: the fastest, then
+    smallest, that meets every budget and loses at most ``tolerance`` accuracy points against the
+    FP32 student; ``deliverable_reason`` says why.
+    """
+    from .quant.deliverable import choose_deliverable
+
     by_path = {str(Path(m["path"]).resolve()): m for m in bench["models"]}
     models = []
     for name, (stage_name, _file, role, precision) in model_files.items():
@@ -43,9 +50,15 @@ def build_report(target: Target, metrics: dict, bench: dict, model_files: dict, 
         entry["violations"] = check_budgets(entry, target)
         entry["within_budget"] = not entry["violations"]
         models.append(entry)
+    candidates = [{"name": m["name"], "accuracy": m["metric"]["value"], "size_mb": m["size_mb"],
+                   "p90_ms": m["latency_ms"]["p90"], "peak_ram_mb": m["peak_rss_mb"],
+                   "reference": m["precision"] == "fp32"} for m in models if m["role"] == "student"]
+    deliverable, reason = choose_deliverable(candidates, target.budgets, tolerance)
     report = {
         "target": {"name": target.name, "budgets": _io_budgets(target)},
         "deliverable": deliverable,
+        "deliverable_reason": reason,
+        "tolerance_points": tolerance,
         "models": models,
         "machine": bench.get("machine", {}),
         "host_matches_target": bench.get("host_matches_target"),
@@ -64,6 +77,8 @@ def render_markdown(report: dict) -> str:
     lines = [f"# edgedistill report", "",
              f"Target: **{t['name']}**, budgets: " + ", ".join(f"{k} = {v}" for k, v in t["budgets"].items()),
              f"Deliverable: **{report['deliverable']}**", ""]
+    if report.get("deliverable_reason"):
+        lines[-1:-1] = ["", f"Why: {report['deliverable_reason']}"]
     m = report.get("machine") or {}
     if m:
         lines.append(f"Measured on: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, onnxruntime {m.get('onnxruntime', '?')}.")
@@ -80,11 +95,12 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(ctx, metrics: dict, bench: dict, model_files: dict, curves_csv: Path | None = None) -> list[Path]:
+def write_report(ctx, metrics: dict, bench: dict, model_files: dict, curves_csv: Path | None = None,
+                 tolerance: float = 1.0) -> list[Path]:
     """Write ``report.json``, ``report.md``, the PNG plots and a self-contained ``report.html``."""
     from .plots import plot_report, render_html
 
-    report = build_report(ctx.target, metrics, bench, model_files, ctx.run_dir)
+    report = build_report(ctx.target, metrics, bench, model_files, ctx.run_dir, tolerance=tolerance)
     out = ctx.run_dir / "report"
     pngs = plot_report(report, out, curves_csv=str(curves_csv) if curves_csv and curves_csv.exists() else None)
     md = render_markdown(report) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"

@@ -13,6 +13,7 @@ MODEL_FILES = {  # name -> (stage, file, role, precision)
     "teacher_fp32": ("export", "teacher_fp32.onnx", "teacher", "fp32"),
     "student_fp32": ("export", "student_fp32.onnx", "student", "fp32"),
     "student_int8": ("ptq", "student_ptq_int8.onnx", "student", "int8"),
+    "student_qat_int8": ("qat", "student_qat_int8.onnx", "student", "int8"),
 }
 
 
@@ -29,7 +30,7 @@ def _read_json(p: Path) -> dict:
 def _teacher(ctx: RunContext) -> list[str]:
     from .teacher import prepare_teacher
 
-    prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
+    prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"), trust_checkpoint=ctx.trust_checkpoint, log=ctx.log)
     return [_rel(ctx, ctx.path("teacher", f)) for f in ("model.pt", "meta.json")]
 
 
@@ -51,6 +52,27 @@ def _distill(ctx: RunContext) -> list[str]:
     student = load_student(ctx.recipe, ctx.splits, ctx.path("student", "model.pt"))
     distill(student, teacher, ctx.splits, ctx.recipe, ctx.path("distill"))
     return [_rel(ctx, ctx.path("distill", f)) for f in ("model.pt", "curves.csv", "meta.json")]
+
+
+def _disabled(ctx: RunContext, name: str, why: str) -> list[str]:
+    ctx.log(f"[{name}] {why}")
+    return [_rel(ctx, _io.write_json(ctx.path(name, "meta.json"), {"enabled": False, "reason": why}))]
+
+
+@stage("qat", "04_qat", sections=("data", "qat"), deps=("teacher", "distill"))
+def _qat(ctx: RunContext) -> list[str]:
+    cfg = ctx.recipe.qat
+    if not cfg.enabled:
+        return _disabled(ctx, "qat", "qat.enabled is false: no QAT model (set it true to train one)")
+    from .quant.stage import ONNX_NAME, run_qat
+    from .student import load_student
+    from .teacher import load_teacher
+
+    student = load_student(ctx.recipe, ctx.splits, ctx.path("distill", "model.pt"))
+    teacher = load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher")) if cfg.teacher == "teacher" else None
+    run_qat(student, teacher, ctx.splits, cfg, ctx.path("qat"), batch_size=ctx.recipe.data.batch_size,
+            seed=ctx.recipe.seed, device=ctx.recipe.distill.device, opset=ctx.recipe.export.opset)
+    return [_rel(ctx, ctx.path("qat", f)) for f in ("model.pt", ONNX_NAME, "meta.json")]
 
 
 @stage("export", "05_export", sections=("export",), deps=("teacher", "distill"))
@@ -75,11 +97,17 @@ def _export(ctx: RunContext) -> list[str]:
 
 @stage("ptq", "06_ptq", sections=("data", "ptq"), deps=("export",))
 def _ptq(ctx: RunContext) -> list[str]:
-    from .quant.ptq import calibration_sample, quantize_int8
-
     cfg = ctx.recipe.ptq
+    if not cfg.enabled:
+        return _disabled(ctx, "ptq", "ptq.enabled is false: no PTQ model (set it true to quantize the student)")
+    from .quant.ptq import calibration_sample, quantize_int8
+    from .verify import accuracy
+
     calib = calibration_sample(ctx.splits.train.x, cfg.samples, ctx.recipe.seed)
-    meta = quantize_int8(ctx.path("export", "student_fp32.onnx"), ctx.path("ptq", "student_ptq_int8.onnx"), calib, cfg)
+    # The fallback judges accuracy on the validation split, never on the test split it is reported on.
+    held_out = ctx.splits.val if len(ctx.splits.val.y) and (ctx.splits.val.y >= 0).any() else ctx.splits.test
+    meta = quantize_int8(ctx.path("export", "student_fp32.onnx"), ctx.path("ptq", "student_ptq_int8.onnx"), calib, cfg,
+                         evaluate=(lambda path: accuracy(path, held_out)) if cfg.max_drop is not None else None)
     _io.write_json(ctx.path("ptq", "calibration.json"), {"samples": len(calib), "method": cfg.calibration,
                                                         "source": "train split", "seed": ctx.recipe.seed})
     _io.write_json(ctx.path("ptq", "meta.json"), meta)
@@ -90,7 +118,7 @@ def _artifacts(ctx: RunContext) -> dict[str, Path]:
     return {name: ctx.path(st, f) for name, (st, f, _, _) in MODEL_FILES.items() if ctx.path(st, f).exists()}
 
 
-@stage("verify", "07_verify", sections=("data",), deps=("export", "ptq"))
+@stage("verify", "07_verify", sections=("data",), deps=("qat", "export", "ptq"))
 def _verify(ctx: RunContext) -> list[str]:
     from .verify import verify
 
@@ -99,7 +127,7 @@ def _verify(ctx: RunContext) -> list[str]:
     return [_rel(ctx, ctx.path("verify", "metrics.json"))]
 
 
-@stage("bench", "08_bench", sections=("bench",), deps=("export", "ptq"), uses_target=True)
+@stage("bench", "08_bench", sections=("bench",), deps=("qat", "export", "ptq"), uses_target=True)
 def _bench(ctx: RunContext) -> list[str]:
     from .bench import benchmark
 
@@ -107,19 +135,20 @@ def _bench(ctx: RunContext) -> list[str]:
     arts = _artifacts(ctx)
     result = benchmark([str(p) for p in arts.values()], target=ctx.target, runs=cfg.runs, warmup=cfg.warmup,
                        min_seconds=cfg.min_seconds, batch_size=cfg.batch_size,
-                       deliverable=str(arts["student_int8"]) if "student_int8" in arts else None)
+                       deliverable=str(arts.get("student_qat_int8") or arts.get("student_int8") or arts["student_fp32"]))
     result["names"] = list(arts)
     _io.write_json(ctx.path("bench", "bench.json"), result)
     return [_rel(ctx, ctx.path("bench", "bench.json"))]
 
 
-@stage("report", "report", sections=(), deps=("distill", "verify", "bench"), uses_target=True)
+@stage("report", "report", sections=("report",), deps=("distill", "verify", "bench"), uses_target=True)
 def _report(ctx: RunContext) -> list[str]:
     from .report import write_report
 
     metrics = _read_json(ctx.path("verify", "metrics.json"))["models"]
     bench = _read_json(ctx.path("bench", "bench.json"))
-    files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=ctx.path("distill", "curves.csv"))
+    files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=ctx.path("distill", "curves.csv"),
+                         tolerance=ctx.recipe.report.tolerance)
     return [_rel(ctx, p) for p in files]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import _io
@@ -15,14 +16,19 @@ from .models import build_model, count_params, load_checkpoint, save_checkpoint
 from .recipe import Recipe
 
 
-def prepare_teacher(recipe: Recipe, splits: Splits, out_dir: str | os.PathLike) -> nn.Module:
-    """Return the teacher (trained or loaded) and write ``model.pt`` + ``meta.json`` to ``out_dir``."""
+def prepare_teacher(recipe: Recipe, splits: Splits, out_dir: str | os.PathLike, trust_checkpoint: bool = False,
+                    log=None) -> nn.Module:
+    """Return the teacher (trained or loaded) and write ``model.pt`` + ``meta.json`` to ``out_dir``.
+
+    ``trust_checkpoint`` allows full unpickling of ``teacher.checkpoint`` (with a warning through ``log``).
+    """
     cfg = recipe.teacher
     out_dir = Path(out_dir)
+    torch.manual_seed(recipe.seed)  # the initial weights depend on the seed only, not on what ran before
     model = build_model(cfg.arch, cfg.params, splits.input_shape, splits.num_classes, "teacher")
     if cfg.checkpoint:
-        load_checkpoint(cfg.checkpoint, model, key="teacher.checkpoint")
-        source, history = f"checkpoint {cfg.checkpoint}", []
+        load_checkpoint(cfg.checkpoint, model, key="teacher.checkpoint", trust=trust_checkpoint, warn=log)
+        source, history = f"checkpoint {cfg.checkpoint}" + (" (--trust-checkpoint)" if trust_checkpoint else ""), []
     else:
         ce = build_loss("ce", {}, LossContext(num_classes=splits.num_classes), "teacher")
         fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from ._checks import check_onnx
 from .data import ArraySplit
 from .errors import EdgeDistillError
 
@@ -14,6 +15,7 @@ def onnx_predict(path: str | os.PathLike, x: np.ndarray, batch_size: int = 256, 
     """Outputs of the ONNX model at ``path`` on ``x`` (run in batches through ONNX Runtime)."""
     import onnxruntime as ort
 
+    check_onnx(path)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

@@ -30,6 +30,11 @@ params = { width = 4, depth = 1 }
 epochs = 2
 losses = [{ name = "kd" }]
 
+[qat]
+enabled = true
+epochs = 1
+calibration_batches = 2
+
 [ptq]
 samples = 64
 
@@ -60,3 +65,11 @@ def digits_splits():
     from edgedistill.recipe import DataConfig
 
     return load_data(DataConfig(), 0)
+
+
+@pytest.fixture(scope="session")
+def reliab_runs(tmp_path_factory):
+    """Real CLI runs for the reliability tests (tests/_reliab.py): one uninterrupted, one SIGKILLed, Ctrl-C'd and resumed."""
+    from tests._reliab import start_runs
+
+    return start_runs(tmp_path_factory.mktemp("reliab"))

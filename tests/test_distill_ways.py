@@ -12,7 +12,7 @@ from edgedistill.data import ArraySplit
 from edgedistill.distill.cache import (SoftLabelCache, build_cache, load_or_build, refuse_if_augmented,
                                        storage_report)
 from edgedistill.distill.losses import LossContext, build_loss
-from edgedistill.distill.teachers import CallableTeacher, EnsembleTeacher, OnnxTeacher, TorchTeacher, check_losses
+from edgedistill.distill.teachers import CallableTeacher, EnsembleTeacher, OnnxTeacher, TorchTeacher
 from edgedistill.distill.train import FitConfig, Term, check_term_paths, fit
 from edgedistill.errors import ConfigError, StageError
 from edgedistill.models import build_model
@@ -72,11 +72,9 @@ def test_onnx_teacher_is_a_black_box(tmp_path):
     np.testing.assert_allclose(teacher(x)["logits"].numpy(), ref, rtol=1e-6)
     # Output losses train against it; a feature loss that needs its internals is refused before training.
     fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {}), ("rkd", {})), tmp_path / "a", teacher=teacher)
-    with pytest.raises(ConfigError, match=r"distill.losses\[1\]: loss 'hint1' reads teacher layer\(s\) features, but there is a ONNX model teacher, which supplies outputs only"):
+    with pytest.raises(ConfigError, match=r"distill.losses\[1\]: loss 'hint1' reads teacher layer\(s\) features, but there is an ONNX model teacher, which supplies outputs only"):
         fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {}), ("hint", {"student_layer": "features", "teacher_layer": "features"})),
             tmp_path / "b", teacher=teacher)
-    with pytest.raises(ConfigError, match=r"reads the teacher's layer\(s\) features, but the teacher is a ONNX model"):
-        check_losses([t.loss for t in _terms(("nst", {}))], teacher)
 
 
 def test_onnx_teacher_bad_file_is_a_config_error(tmp_path):
@@ -191,3 +189,82 @@ def test_cache_storage_for_1000_classes_top50_is_over_90_percent_smaller():
     w = torch.randn(3, 1000, generator=g)
     cache = build_cache(lambda xb: {"logits": xb @ w}, x, key="k", temperature=1.0, k=50)
     assert cache.nbytes == storage_report(20, 1000, 50)["cache_bytes"]
+
+
+def _splits(n=64):
+    from edgedistill.data import Splits
+
+    return Splits(_data(n), _data(16, seed=1), _data(16, seed=2), num_classes=5, input_shape=(1, 8, 8), name="toy")
+
+
+def _recipe(**distill):
+    from edgedistill.recipe import recipe_from_dict
+
+    return recipe_from_dict({"data": {"batch_size": 32}, "student": {"params": {"width": 4, "depth": 2}},
+                             "distill": {"epochs": 1, "lr": 1e-2, "device": "cpu", **distill}})
+
+
+def test_recipe_teachers_main_onnx_torch_and_ensemble(tmp_path):
+    from edgedistill.distill.teachers import recipe_teacher
+    from edgedistill.models import save_checkpoint
+
+    main, extra = _cnn(8, 2, seed=1), _cnn(4, 1, seed=4).eval()
+    onnx_path = onnx_conv(tmp_path / "t.onnx", classes=5)
+    save_checkpoint(tmp_path / "extra.pt", extra)
+    assert recipe_teacher(_recipe().distill, main, (1, 8, 8), 5) is main  # no extra teachers: a white box
+    alone = recipe_teacher(_recipe(teacher_weight=0.0, teachers=[{"path": str(onnx_path)}]).distill, main, (1, 8, 8), 5)
+    assert isinstance(alone, OnnxTeacher)
+    cfg = _recipe(teacher_weight=2.0, teachers=[{"path": str(onnx_path), "weight": 1.0},
+                                                {"kind": "torch", "path": str(tmp_path / "extra.pt"), "arch": "cnn",
+                                                 "params": {"width": 4, "depth": 1}, "weight": 1.0}]).distill
+    ens = recipe_teacher(cfg, main, (1, 8, 8), 5)
+    x = torch.from_numpy(_data(8).x)
+    with torch.no_grad():
+        expected = (2 * main(x) + OnnxTeacher(onnx_path)(x)["logits"] + extra(x)) / 4
+    torch.testing.assert_close(ens(x)["logits"], expected)
+    with pytest.raises(ConfigError, match=r"distill.teachers\[0\].path: .*missing.onnx does not exist"):
+        recipe_teacher(_recipe(teachers=[{"path": str(tmp_path / "missing.onnx")}]).distill, main, (1, 8, 8), 5)
+
+
+def test_distill_stage_with_onnx_teacher_and_cache(tmp_path):
+    from edgedistill.distill.stage import distill
+
+    onnx_path = onnx_conv(tmp_path / "t.onnx", classes=5)
+    recipe = _recipe(teacher_weight=0.0, teachers=[{"path": str(onnx_path)}], cache=True, cache_top_k=3,
+                     losses=[{"name": "kd"}])
+    meta = distill(_cnn(), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "a")
+    assert meta["teacher_cache"]["k"] == 3 and meta["teacher_cache"]["hit"] is False
+    assert len(list((tmp_path / "teacher_cache").glob("teacher_*.npz"))) == 1  # beside the stage folder
+    again = distill(_cnn(seed=5), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "b")  # a second student
+    assert again["teacher_cache"]["hit"] is True
+    bad = _recipe(teacher_weight=0.0, teachers=[{"path": str(onnx_path)}],
+                  losses=[{"name": "nst", "params": {"student_layer": "features", "teacher_layer": "features"}}])
+    with pytest.raises(ConfigError, match=r"distill.losses\[0\]: loss 'nst' reads teacher layer\(s\) features, but there is an ONNX model teacher"):
+        distill(_cnn(), _cnn(8, 2, seed=1), _splits(), bad, tmp_path / "c")
+
+
+def test_check_taps_rejects_bad_paths_before_any_stage(tmp_path):
+    from edgedistill.distill.stage import check_taps
+
+    ok = _recipe(losses=[{"name": "hint", "params": {"student_layer": "features.2", "teacher_layer": "features.5"}}])
+    check_taps(ok, (1, 8, 8), 5)
+    bad = _recipe(losses=[{"name": "hint", "params": {"student_layer": "features.2", "teacher_layer": "layer2.1"}}])
+    with pytest.raises(ConfigError, match=r"distill.losses\[0\].params.teacher_layer: module path 'layer2.1' does not exist in the model; valid paths are: features, features.0"):
+        check_taps(bad, (1, 8, 8), 5)
+    cached = _recipe(cache=True, losses=[{"name": "at", "params": {"student_layer": "features", "teacher_layer": "features"}}])
+    with pytest.raises(ConfigError, match="but there is the teacher cache, which stores outputs only"):
+        check_taps(cached, (1, 8, 8), 5)
+
+
+def test_teacher_does_not_run_when_no_term_reads_it(tmp_path):
+    calls = []
+
+    def counted(x):
+        calls.append(len(x))
+        return torch.zeros(len(x), 5)
+
+    terms = _terms(("ce", {}), ("self_distill", {"student_layer": "features.2"}))
+    fit(_cnn(), _data(), FitConfig(**CFG), terms, tmp_path / "a", teacher=counted)
+    assert calls == []
+    fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {})), tmp_path / "b", teacher=counted)
+    assert sum(calls) == 2 + 96  # the dry run and one epoch

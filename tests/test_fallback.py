@@ -123,6 +123,12 @@ def test_deliverable_is_fastest_then_smallest_within_tolerance():
     assert "ptq (accuracy drop 1.00 points > tolerance 0.5)" in reason
 
 
+def test_deliverable_prefers_a_qualifying_int8_over_a_faster_fp32_reference():
+    cands = [{**CANDS[0], "p90_ms": 0.5}, CANDS[2]]
+    name, reason = choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)
+    assert name == "qat" and "fp32 (the FP32 reference, delivered only when no compressed candidate qualifies)" in reason
+
+
 def test_deliverable_falls_back_to_fp32_when_int8_misses_tolerance():
     name, _ = choose_deliverable(CANDS, Budgets(size_mb=2.0), tolerance=0.1)
     assert name == "fp32"

@@ -58,7 +58,7 @@ def test_missing_and_junk_files_are_data_errors(tmp_path):
         inspect_model(str(tmp_path / "missing.onnx"))
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\xffnot onnx at all")
-    with pytest.raises(DataError, match=r"junk\.onnx: not a readable ONNX model .*pass an \.onnx file\."):
+    with pytest.raises(DataError, match=r"junk\.onnx: not a valid ONNX model \(.*\); pass an \.onnx file"):
         inspect_model(str(junk))
 
 

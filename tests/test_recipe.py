@@ -64,3 +64,15 @@ def test_defaults_are_independent_objects():
     a, b = Recipe(), Recipe()
     a.teacher.params["width"] = 3
     assert b.teacher.params["width"] != 3
+
+
+def test_qat_and_report_sections_are_validated(tmp_path):
+    rec = load_recipe(None)
+    assert rec.qat.enabled is True and rec.report.tolerance == 1.0
+    p = tmp_path / "r.toml"
+    p.write_text('[qat]\nteacher = "oracle"\n')
+    with pytest.raises(ConfigError, match=r"qat.teacher: 'oracle' is not valid; choose one of: fp32_student, teacher"):
+        load_recipe(str(p))
+    p.write_text('[report]\ntolerance = -1\n')
+    with pytest.raises(ConfigError, match=r"report.tolerance"):
+        load_recipe(str(p))

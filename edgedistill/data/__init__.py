@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from .core import DATASETS, ArraySplit, Splits, load_data
 
-from . import builtin as _builtin  # noqa: F401  (registers the built-in datasets)
+from . import adapters as _adapters, builtin as _builtin, fashion_mnist as _fashion_mnist  # noqa: F401  (register built-ins)
 
 __all__ = ["DATASETS", "ArraySplit", "Splits", "load_data"]

@@ -34,8 +34,8 @@ def losses_cmd(as_json: bool, verbose: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    w = max(len(r["name"]) for r in rows)
+    w, k = max(len(r["name"]) for r in rows), max(len(r["kind"]) for r in rows)
     for r in rows:
-        click.echo(f"{r['name']:<{w}}  {r['kind']:<8}  {r['description']}")
+        click.echo(f"{r['name']:<{w}}  {r['kind']:<{k}}  {r['description']}")
         if verbose and r["params"]:
-            click.echo(" " * (w + 12) + ", ".join(f"{k}={v!r}" for k, v in r["params"].items()))
+            click.echo(" " * (w + k + 4) + ", ".join(f"{k}={v!r}" for k, v in r["params"].items()))

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from torch import nn
 
-from .. import _io
+from .. import _io, _schema
 from ..data import Splits
 from ..models import count_params, save_checkpoint
 from ..recipe import Recipe
+from .cache import load_or_build
 from .losses import LossContext, build_loss
-from .train import FitConfig, Term, evaluate_accuracy, fit
+from .teachers import TorchTeacher, recipe_teacher
+from .train import FitConfig, Term, as_teacher, check_term_paths, evaluate_accuracy, fit
 
 
 def build_terms(recipe: Recipe, num_classes: int) -> list[Term]:
@@ -28,22 +30,47 @@ def build_terms(recipe: Recipe, num_classes: int) -> list[Term]:
     return terms
 
 
+def check_taps(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Reject, before any stage runs, loss terms whose module paths are not in the recipe's student or
+    teacher (ConfigError listing the valid paths), and teacher taps a black-box teacher cannot supply."""
+    from ..models import build_model
+
+    student = build_model(recipe.student.arch, recipe.student.params, input_shape, num_classes, "student.arch")
+    teacher = build_model(recipe.teacher.arch, recipe.teacher.params, input_shape, num_classes, "teacher.arch")
+    teacher = recipe_teacher(recipe.distill, teacher, input_shape, num_classes)  # extra teachers: outputs only
+    check_term_paths(build_terms(recipe, num_classes), student, as_teacher(teacher), cached=recipe.distill.cache)
+
+
 def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Recipe,
-            out_dir: str | os.PathLike) -> dict:
-    """Distill ``teacher`` into ``student`` in place; write ``model.pt``, ``curves.csv``, ``meta.json``."""
+            out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
+    """Distill ``teacher`` into ``student`` in place; write ``model.pt``, ``curves.csv``, ``meta.json``.
+
+    With ``distill.cache`` the teacher's soft labels are kept in ``cache_dir`` (default: ``teacher_cache``
+    next to ``out_dir``, so a re-run of this stage or another student finds them).
+    """
     cfg = recipe.distill
     out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / "teacher_cache"
     terms = build_terms(recipe, splits.num_classes)
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                         scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
                         device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill")
-    result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val)
+    teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
+    cache, cache_hit = None, None
+    if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students
+        wrapped = TorchTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
+        cache, cache_hit = load_or_build(cache_dir, wrapped, wrapped.fingerprint(), splits.train.x,
+                                         _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
+                                         augmented=bool(recipe.data.options.get("augment", False)))
+    result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,
+                 teacher_cache=cache)
     save_checkpoint(out_dir / "model.pt", student)
     meta = {
         "losses": [{"name": t.name, "weight": t.weight, "warmup_epochs": t.warmup_epochs} for t in terms],
         "epochs": cfg.epochs, "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 1),
         "parameters": count_params(student), "test_accuracy_torch": evaluate_accuracy(student, splits.test),
         "resumed_from": result.resumed_from, "final": result.history[-1] if result.history else {},
+        "teacher_cache": None if cache is None else {**cache.report(), "hit": cache_hit},
     }
     _io.write_json(out_dir / "meta.json", meta)
     return meta

@@ -5,8 +5,8 @@
 * :class:`CallableTeacher` wraps any Python function of a batch (black box).
 * :class:`EnsembleTeacher` averages several teachers' logits with weights (multi-teacher KD).
 
-Black-box teachers supply outputs only; :func:`check_losses` refuses the losses that would need
-their internals. ``fingerprint()`` identifies a teacher for the soft-label cache key.
+Black-box teachers supply outputs only; ``train.check_term_paths`` refuses the losses that would
+need their internals. ``fingerprint()`` identifies a teacher for the soft-label cache key.
 """
 
 from __future__ import annotations
@@ -66,26 +66,27 @@ class OnnxTeacher(Teacher):
 
     kind = "ONNX model"
 
-    def __init__(self, path: str | Path, output: Optional[str] = None, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, output: Optional[str] = None, threads: int = 0,
+                 key: str = "teacher.checkpoint") -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ConfigError(f"teacher.checkpoint: {self.path} does not exist; give the path of an .onnx file.")
+            raise ConfigError(f"{key}: {self.path} does not exist; give the path of an .onnx file.")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises several unrelated types for a bad file
-            raise ConfigError(f"teacher.checkpoint: {self.path} is not a loadable ONNX model ({str(e)[:160]}).") from None
+            raise ConfigError(f"{key}: {self.path} is not a loadable ONNX model ({str(e)[:160]}).") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise ConfigError(f"teacher.checkpoint: {self.path} has {len(inputs)} inputs; a teacher takes exactly one.")
+            raise ConfigError(f"{key}: {self.path} has {len(inputs)} inputs; a teacher takes exactly one.")
         self.input_name = inputs[0].name
         names = [o.name for o in self.session.get_outputs()]
         if output is not None and output not in names:
-            raise ConfigError(f"teacher output {output!r} is not in {self.path}; choose one of: {', '.join(names)}.")
+            raise ConfigError(f"{key}: output {output!r} is not in {self.path}; choose one of: {', '.join(names)}.")
         self.output_name = output or names[0]
 
     def __call__(self, x):
@@ -152,15 +153,33 @@ class EnsembleTeacher(Teacher):
         return "ensemble:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def check_losses(losses: Sequence, teacher: Teacher, key: str = "distill.losses") -> None:
-    """Refuse losses that read teacher internals when the teacher only supplies outputs."""
-    if not teacher.black_box:
-        return
-    for i, loss in enumerate(losses):
-        if getattr(loss, "needs_teacher_features", False):
-            layers = ", ".join(loss.teacher_layers()) or "?"
-            raise ConfigError(
-                f"{key}[{i}]: loss {type(loss).__name__} reads the teacher's layer(s) {layers}, but the teacher is "
-                f"a {teacher.kind} that supplies outputs only; use an output loss (kd, dkd, or a relation loss "
-                "with teacher_layer = \"logits\") or give a PyTorch teacher."
-            )
+def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> nn.Module | Teacher:
+    """The teacher a recipe's ``[distill]`` section asks for.
+
+    No ``[[distill.teachers]]``: the ``[teacher]`` model itself (a white box whose layers can be tapped).
+    Otherwise an :class:`EnsembleTeacher` of ``main`` (weight ``distill.teacher_weight``, left out at 0) and
+    each extra teacher (ONNX through ONNX Runtime, or a PyTorch checkpoint); a single remaining teacher
+    is used alone, so one ONNX teacher with ``teacher_weight = 0`` is a plain black-box teacher.
+    """
+    from ..models import build_model, load_checkpoint
+
+    if not cfg.teachers:
+        return main
+    members: list[Teacher] = []
+    weights: list[float] = []
+    if cfg.teacher_weight > 0:
+        members.append(TorchTeacher(main))
+        weights.append(cfg.teacher_weight)
+    for i, t in enumerate(cfg.teachers):
+        key = f"distill.teachers[{i}]"
+        if t.kind == "onnx":
+            members.append(OnnxTeacher(t.path, t.output, key=f"{key}.path"))
+        else:
+            model = build_model(t.arch, t.params, input_shape, num_classes, f"{key}.arch")
+            load_checkpoint(t.path, model, key=f"{key}.path")
+            members.append(TorchTeacher(model))
+        weights.append(t.weight)
+    if len(members) == 1:
+        only = members[0]
+        return only.model if isinstance(only, TorchTeacher) else only
+    return EnsembleTeacher(members, weights)

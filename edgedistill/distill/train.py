@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .. import _io
+from .. import _io, _signals
 from ..data import ArraySplit
 from ..errors import ConfigError, StageError
 from .cache import SoftLabelCache
@@ -94,6 +94,8 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = as_teacher(teacher)
+    if not any(t.loss.needs_teacher for t in terms):  # scratch / self-distillation: the teacher never runs
+        teacher, teacher_cache = None, None
 
     # Taps: every module path a loss reads, checked against the models before any training.
     check_term_paths(terms, model, teacher, cached=teacher_cache is not None)
@@ -136,15 +138,16 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
     result = FitResult()
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, partial = 0, 0, None
     if ckpt_path.exists():  # resume: model, loss heads, optimiser, schedule, RNG and the position in the epoch
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = _load_resume_state(ckpt_path)
         model.load_state_dict(state["model"])
         loss_modules.load_state_dict(state["losses"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        partial = state.get("partial")  # the interrupted epoch's running sums, so its curves row is exact
         result.history = _read_curves(out_dir / "curves.csv")
         result.resumed_from = {"epoch": start_epoch, "step": start_step}
 
@@ -158,6 +161,9 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
         order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         sums: dict[str, float] = {t.name: 0.0 for t in terms}
         sums["total"], correct, count = 0.0, 0, 0
+        skipped = start_step * cfg.batch_size
+        if start_step and partial:
+            sums, correct, count, skipped = dict(partial["sums"]), int(partial["correct"]), int(partial["count"]), 0
         bar = tqdm(range(start_step, steps_per_epoch), desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
                    file=sys.stderr, leave=False, disable=None)
         for step in bar:
@@ -193,8 +199,11 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
             count += int(mask.sum())
             seen += n
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1)
-        n_epoch = max(1, len(x_all) - start_step * cfg.batch_size)
+                _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1, (sums, correct, count))
+            if _signals.stop_requested():  # Ctrl-C: a clean point, after a whole step
+                _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1, (sums, correct, count))
+                raise _signals.Interrupted(f"epoch {epoch + 1}, step {step + 1}", str(ckpt_path))
+        n_epoch = max(1, len(x_all) - skipped)
         row = {"epoch": epoch + 1, **{f"loss_{k}": v / n_epoch for k, v in sums.items()},
                "train_acc": correct / count if count else float("nan"), "lr": opt.param_groups[0]["lr"]}
         if val is not None and len(val) > 0:
@@ -236,7 +245,7 @@ def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool 
         elif teacher is None:
             what = "no teacher (a scratch or self-distillation run)"
         else:
-            what = f"a {teacher.kind} teacher, which supplies outputs only"
+            what = f"{'an' if teacher.kind[0] in 'AEIOU' else 'a'} {teacher.kind} teacher, which supplies outputs only"
         raise ConfigError(
             f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(t.loss.teacher_layers())}, but "
             f"there is {what}; use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
@@ -266,10 +275,22 @@ def evaluate_accuracy(model: nn.Module, split: ArraySplit, batch_size: int = 256
     return correct / max(1, len(split))
 
 
-def _save(path: Path, model, loss_modules, opt, sched, epoch: int, step: int) -> None:
+def _load_resume_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupted or not a checkpoint at all
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise StageError(f"{path}: the checkpoint to resume from is unreadable ({detail}); delete it to restart "
+                         "this stage from its beginning, or run without --resume.") from None
+
+
+def _save(path: Path, model, loss_modules, opt, sched, epoch: int, step: int, partial: tuple | None = None) -> None:
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "losses": loss_modules.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}, buf)
+    state = {"model": model.state_dict(), "losses": loss_modules.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}
+    if partial is not None:
+        state["partial"] = {"sums": dict(partial[0]), "correct": partial[1], "count": partial[2]}
+    torch.save(state, buf)
     _io.write_bytes(path, buf.getvalue())
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
-import zipfile
+import sys
+import warnings
 from typing import Callable
 
 import torch
@@ -40,19 +41,29 @@ def save_checkpoint(path, model: nn.Module, **extra) -> None:
     _io.write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint") -> dict:
-    """Load a checkpoint without unpickling arbitrary objects; optionally load it into ``model``."""
+def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint", trust: bool = False,
+                    warn: Callable[[str], None] | None = None) -> dict:
+    """Load a checkpoint without unpickling arbitrary objects; optionally load it into ``model``.
+
+    ``trust=True`` (the CLI's ``--trust-checkpoint``) falls back to full unpickling, which runs any
+    code the file carries, for a file ``weights_only`` refuses, and says so through ``warn``.
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"{key}: {path} does not exist; check the path.") from None
     except pickle.UnpicklingError as e:
-        raise EdgeDistillError(
-            f"{path}: refused to load, it holds objects other than tensors ({str(e).splitlines()[0][:120]}); "
-            "save a state_dict with torch.save(model.state_dict(), ...)."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise EdgeDistillError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]}); re-save it.") from None
+        if not trust:
+            raise EdgeDistillError(
+                f"{path}: refused to load, it holds objects other than tensors ({_unpickler_reason(e)}); "
+                "save a state_dict with torch.save(model.state_dict(), ...), or pass --trust-checkpoint if you made this file."
+            ) from None
+        obj = _load_trusted(path, warn or (lambda msg: print(msg, file=sys.stderr)))
+    except Exception as e:  # noqa: BLE001 - RuntimeError, EOFError, BadZipFile, OSError, KeyError (a text file)...
+        detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise EdgeDistillError(f"{path}: not a readable PyTorch checkpoint ({detail}); re-save it.") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         state = obj["state_dict"]
     elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -79,6 +90,23 @@ def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint
             )
         model.load_state_dict(state)
     return obj
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The line of torch's long weights_only message that says what was refused."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0] if lines else type(e).__name__)
+    return hit.removeprefix("WeightsUnpickler error:").strip()[:160]
+
+
+def _load_trusted(path, warn: Callable[[str], None]) -> dict:
+    warn(f"Warning: {path}: fully unpickling it because of --trust-checkpoint; this runs any code the file holds.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a pickle may fail in any way (missing class, bad module...)
+        raise EdgeDistillError(f"{path}: cannot be unpickled ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                               "re-save it with torch.save(model.state_dict(), ...).") from None
+    return {"state_dict": obj.state_dict()} if isinstance(obj, nn.Module) else obj
 
 
 def count_params(model: nn.Module) -> int:

@@ -6,7 +6,7 @@ from ..errors import StageError
 
 
 def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tuple[str, str]:
-    """The smallest-and-fastest candidate that meets the budgets and the accuracy tolerance, and why.
+    """The fastest-then-smallest compressed candidate that meets the budgets and the accuracy tolerance, and why.
 
     Each candidate is ``{"name", "accuracy" (fraction), "size_mb", "p90_ms"}`` plus optional
     ``"peak_ram_mb"`` and ``"reference": True`` for the FP32 model whose accuracy the tolerance
@@ -14,7 +14,8 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
     ``budgets`` is a :class:`edgedistill.targets.Budgets`. Among the eligible candidates the fastest
     p90 wins; p90s within 5 % of each other count as a tie, broken by the smaller file, then by accuracy.
     When none is eligible, the most accurate candidate that fits the budgets is returned (or the most
-    accurate one overall) and the reason says what was missed.
+    accurate one overall) and the reason says what was missed. The reference itself is chosen only
+    when no other candidate is eligible.
     """
     if not candidates:
         raise StageError("choose_deliverable: no candidate artifacts; run export (and ptq or qat) first.")
@@ -41,12 +42,21 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
             out.append(f"accuracy {c['accuracy']:.4f} < min_metric {budgets.min_metric:g}")
         return out
 
-    eligible = [c for c in candidates if not misses(c)]
+    # The FP32 reference is what the tolerance is measured from; it is delivered only when no
+    # compressed candidate qualifies (the pipeline's promise is an INT8 model as good as its FP32 self).
+    eligible = [c for c in candidates if not misses(c) and not c.get("reference")] or \
+        [c for c in candidates if not misses(c)]
     if eligible:
         fastest = min(c["p90_ms"] for c in eligible)
         near = [c for c in eligible if c["p90_ms"] <= fastest * 1.05]
         best = min(near, key=lambda c: (c["size_mb"], -c["accuracy"]))
-        others = ", ".join(f"{c['name']} ({'; '.join(misses(c)) or 'slower or larger'})" for c in candidates if c is not best)
+        def why_not(c: dict) -> str:
+            if misses(c):
+                return "; ".join(misses(c))
+            return "the FP32 reference, delivered only when no compressed candidate qualifies" if c.get("reference") \
+                else "slower or larger"
+
+        others = ", ".join(f"{c['name']} ({why_not(c)})" for c in candidates if c is not best)
         reason = (f"{best['name']} meets every budget and is within {tolerance:g} points of {ref['name']} "
                   f"(accuracy {best['accuracy']:.4f}, {best['size_mb']:.3f} MB, p90 {best['p90_ms']:.3f} ms), and is the "
                   f"fastest-then-smallest such candidate; not chosen: {others or 'none'}.")

@@ -30,6 +30,8 @@ class DistillLoss(nn.Module):
 
     #: True when the loss reads teacher internals (refused for black-box teachers).
     needs_teacher_features: bool = False
+    #: False when the loss never reads the teacher's outputs (the loop then skips the teacher's forward).
+    needs_teacher: bool = True
 
     def __init__(self, ctx: LossContext) -> None:
         super().__init__()

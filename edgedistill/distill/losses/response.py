@@ -50,6 +50,8 @@ class CELoss(DistillLoss):
     ``loss = mean over labelled samples of -log softmax(s)_y``; 0 when no sample is labelled.
     """
 
+    needs_teacher = False
+
     def forward(self, student, teacher, labels):
         return hard_label_ce(student["logits"], labels)
 

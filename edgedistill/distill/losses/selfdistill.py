@@ -38,6 +38,8 @@ class SelfDistillLoss(DistillLoss):
     Unlabelled samples contribute only the KL term. Needs no external teacher.
     """
 
+    needs_teacher = False
+
     def __init__(self, ctx: LossContext, student_layer: Layers = "features", alpha: Optional[float] = None,
                  temperature: Optional[float] = None) -> None:
         super().__init__(ctx)

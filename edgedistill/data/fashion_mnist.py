@@ -1,0 +1,129 @@
+"""Fashion-MNIST (Zalando, 70,000 28x28 grayscale clothing images, 10 classes) read from IDX files.
+
+The files come from the Debian package ``dataset-fashion-mnist`` (``apt-get install
+dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``) or from any folder
+given as ``data.path`` holding the four IDX files, gzipped or not. Nothing is downloaded.
+
+The official 60,000 / 10,000 train / test split is kept (``data.test_fraction`` is not used);
+``data.val_fraction`` of the training set is held out, stratified, as the validation split.
+``data.options``: ``limit`` (int, keep only the first N train and N // 6 test images; for tests).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .core import DATASETS, ArraySplit, Splits
+
+DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# Mean and std of the 60,000 training images scaled to [0, 1]; fixed so an app can preprocess the same way.
+MEAN, STD = 0.2860, 0.3530
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (``.gz`` or plain) into a numpy array of its stored shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot be read as an IDX file ({e}); re-copy or re-install it.") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number); pass the original Fashion-MNIST files.")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: holds {len(raw) - header} data bytes, its header says {expected}; the file is truncated.")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def find_files(folder: str | os.PathLike | None) -> dict[str, Path]:
+    """Locate the four IDX files in ``folder`` (or the Debian package's folder), gzipped or not."""
+    candidates = [Path(folder)] if folder else [Path(d) for d in DEFAULT_DIRS]
+    for base in candidates:
+        found = {}
+        for key, stem in FILES.items():
+            for name in (stem, stem + ".gz"):
+                if (base / name).is_file():
+                    found[key] = base / name
+                    break
+        if len(found) == len(FILES):
+            return found
+    if folder:
+        missing = [stem for key, stem in FILES.items() if key not in found]
+        raise DataError(
+            f"data.path: {folder} lacks the Fashion-MNIST IDX files {', '.join(missing)} (gz or not); "
+            "pass the folder that holds all four."
+        )
+    raise DataError(
+        "dataset 'fashion-mnist': its IDX files are not installed; run `apt-get install dataset-fashion-mnist` "
+        "(Debian/Ubuntu) or set data.path to a folder holding the four IDX files."
+    )
+
+
+def _images(path: Path) -> np.ndarray:
+    x = read_idx(path)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataError(f"{path}: images have shape {x.shape[1:]}, expected (28, 28); pass the Fashion-MNIST image files.")
+    return x
+
+
+def _labels(path: Path, n: int) -> np.ndarray:
+    y = read_idx(path)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{path}: holds {y.shape} labels for {n} images; the image and label files do not match.")
+    return y.astype(np.int64)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return ((x.astype(np.float32) / 255.0 - MEAN) / STD)[:, None, :, :]
+
+
+@DATASETS.register("fashion-mnist", help="Zalando Fashion-MNIST, 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)")
+def fashion_mnist(cfg, seed: int) -> Splits:
+    unknown = set(cfg.options) - {"limit"}
+    if unknown:
+        raise ConfigError(f"data.options: unknown option(s) {sorted(unknown)} for 'fashion-mnist'; valid: limit.")
+    limit = cfg.options.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 10):
+        raise ConfigError(f"data.options.limit: {limit!r} must be an integer >= 10.")
+    files = find_files(cfg.path)
+    x_tr = _images(files["train_x"])
+    y_tr = _labels(files["train_y"], len(x_tr))
+    x_te = _images(files["test_x"])
+    y_te = _labels(files["test_y"], len(x_te))
+    if limit is not None:
+        x_tr, y_tr = x_tr[:limit], y_tr[:limit]
+        x_te, y_te = x_te[: max(limit // 6, 10)], y_te[: max(limit // 6, 10)]
+    train, val = _hold_out(_normalise(x_tr), y_tr, cfg.val_fraction, seed)
+    return Splits(
+        train=train, val=val, test=ArraySplit(_normalise(x_te), y_te), num_classes=10, input_shape=(1, 28, 28),
+        labels=list(LABELS), normalization={"scale": 1 / 255.0, "mean": [MEAN], "std": [STD]}, name="fashion-mnist",
+    )
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[ArraySplit, ArraySplit]:
+    if fraction <= 0:
+        return ArraySplit(x, y), ArraySplit(x[:0], y[:0])
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y)
+    return ArraySplit(x_tr, y_tr), ArraySplit(x_va, y_va)
