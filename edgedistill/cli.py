@@ -96,7 +96,7 @@ def targets(as_json):
 def _attach_optional_commands() -> None:
     """Commands that live beside their stage's module."""
     for module, names in (("edgedistill._cli_tools", ("bench", "bundle", "inspect")),
-                          ("edgedistill.distill._cli", ("losses",))):
+                          ("edgedistill.distill._cli", ("losses",)), ("edgedistill.text._cli", ("text",))):
         try:
             mod = __import__(module, fromlist=["_"])
         except ImportError:

@@ -306,3 +306,40 @@ def test_real_minilm_ranks_stsb_dev_pairs(tmp_path):
     student, stok = make_student(model, tok, [0, 2, 4], keep, tmp_path / "tok")
     assert isinstance(student, TextEncoder) and len(keep) < 10000
     assert stok.tokenize(head.s1[0]) == tok.tokenize(head.s1[0])
+
+
+def test_text_bundle_carries_the_tokenizer_and_its_ort_model_matches(tmp_path):
+    import json as _json
+
+    from transformers import BertTokenizer
+
+    from edgedistill.text.bundle import bundle_text_variant
+
+    vocab = VOCAB + [f"[unused{i}]" for i in range(60)]  # the bundle's parity check feeds token ids below 100
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    model = tiny_encoder(vocab, hidden=32, layers=3, heads=2, seed=0)
+    vdir = tmp_path / "variant"
+    vdir.mkdir()
+    tex.export_text_onnx(model, tok, vdir / "fp32.onnx", SENTENCES)
+    tex.fuse(vdir / "fp32.onnx", vdir / "fp32_fused.onnx", num_heads=2, hidden_size=32)
+    tex.quantize_text(vdir / "fp32_fused.onnx", vdir / "int8.onnx", "dynamic", tok, SENTENCES)
+    tok.save_pretrained(str(vdir / "tokenizer"))
+    (vdir / "meta.json").write_text(_json.dumps({"params": 1, "layers": [0, 1, 2], "int8": {"mode": "dynamic"}}))
+    bundle_text_variant(vdir, tmp_path / "b", name="tiny-int8", metric={"name": "stsb_dev_spearman", "value": 0.5},
+                        teacher="tiny")
+    files = {p.name for p in (tmp_path / "b").iterdir()}
+    tok_files = sorted(p.name for p in (vdir / "tokenizer").iterdir())
+    assert {"model.onnx", "model.ort", "metadata.json", "MODEL_CARD.md", "tokenizer_config.json"} <= files
+    assert files & {"vocab.txt", "tokenizer.json"}
+    meta = _json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["task"] == "sentence-embedding" and sorted(meta["preprocessing"]["tokenizer"]) == \
+        sorted(set(tok_files) & files)
+    outs = [_ort_embed(tmp_path / "b" / f, tok, SENTENCES) for f in ("model.onnx", "model.ort")]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+
+
+def test_text_bundle_names_a_missing_variant_folder(tmp_path):
+    from edgedistill.text.bundle import bundle_text_variant
+
+    with pytest.raises(DataError, match=r"int8.onnx: not found; bundle_text_variant needs a variant folder"):
+        bundle_text_variant(tmp_path, tmp_path / "b", name="x", metric={"name": "m", "value": 0.0}, teacher="t")
