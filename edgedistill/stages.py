@@ -59,7 +59,7 @@ def _disabled(ctx: RunContext, name: str, why: str) -> list[str]:
     return [_rel(ctx, _io.write_json(ctx.path(name, "meta.json"), {"enabled": False, "reason": why}))]
 
 
-@stage("qat", "04_qat", sections=("data", "qat"), deps=("teacher", "distill"))
+@stage("qat", "04_qat", sections=("data", "qat", "export"), deps=("teacher", "distill"))
 def _qat(ctx: RunContext) -> list[str]:
     cfg = ctx.recipe.qat
     if not cfg.enabled:
