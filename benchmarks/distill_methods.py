@@ -201,7 +201,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--teacher-dir", default=".cache", help="where the trained teacher is kept between runs")
+    ap.add_argument("--student-width", type=int, default=STUDENT["width"], help="the cnn student's width")
     args = ap.parse_args()
+    STUDENT["width"] = args.student_width
     torch.set_num_threads(args.threads)
     out_path = Path(args.out)
     if args.part == "table":
