@@ -202,8 +202,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--teacher-dir", default=".cache", help="where the trained teacher is kept between runs")
     ap.add_argument("--student-width", type=int, default=STUDENT["width"], help="the cnn student's width")
+    ap.add_argument("--teacher-dropout", type=float, default=0.0, help="dropout before the teacher's classifier")
     args = ap.parse_args()
     STUDENT["width"] = args.student_width
+    if args.teacher_dropout:
+        TEACHER["dropout"] = args.teacher_dropout
     torch.set_num_threads(args.threads)
     out_path = Path(args.out)
     if args.part == "table":
@@ -215,7 +218,8 @@ def main() -> None:
     teacher = _model(TEACHER, 0)
     t0 = time.perf_counter()
     # The trained teacher is kept (outside git) so the accuracy and speed parts share one teacher.
-    saved = Path(args.teacher_dir) / f"fmnist_teacher_{args.train_samples}_{args.teacher_epochs}_{args.lr}_{args.batch_size}.pt"
+    saved = Path(args.teacher_dir) / (f"fmnist_teacher_{args.train_samples}_{args.teacher_epochs}_{args.lr}_{args.batch_size}"
+                                      + (f"_do{args.teacher_dropout}" if args.teacher_dropout else "") + ".pt")
     if saved.exists():
         teacher.load_state_dict(torch.load(saved, weights_only=True))
     else:
