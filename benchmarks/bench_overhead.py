@@ -27,7 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 100  # calls per block for the preemption-robust comparison
-LOAD0: list = []
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -131,8 +130,7 @@ def main() -> None:
     from edgedistill._io import write_json
     from edgedistill._machine import machine_info
 
-    global LOAD0
-    LOAD0 = list(os.getloadavg())
+    load0 = list(os.getloadavg())
     tmp = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
     models = {"cnn_8x8_demo_size": str(onnx_models.conv(tmp / "small.onnx", channels=8, size=8, classes=10)),
               "cnn_28x28_c32": str(onnx_models.conv(tmp / "medium.onnx", channels=32, size=28, classes=10))}
@@ -173,7 +171,7 @@ def main() -> None:
         "overhead_ratio_cpu": max(r["overhead_ratio_cpu"] for r in rows),
         "overhead_ratio_cpu_note": "the worker's timed region (bench._timed_loop) over a bare loop in one process, "
                                    "on thread CPU time: the harness's own cost, free of other processes' load",
-        "load_average_before_after": [LOAD0, list(os.getloadavg())],
+        "load_average_before_after": [load0, list(os.getloadavg())],
         "goal": "<= 1.03",
         "reps": args.reps, "seconds_per_measurement": args.seconds,
         "machine": machine_info(),

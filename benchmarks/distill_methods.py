@@ -17,9 +17,7 @@ Data: the Debian package ``dataset-fashion-mnist`` (IDX files read with numpy). 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import math
 import platform
 import statistics
 import subprocess
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from edgedistill.data import ArraySplit
+from edgedistill.data.fashion_mnist import MEAN, STD, read_idx
 from edgedistill.distill.cache import build_cache, storage_report
 from edgedistill.distill.losses import LossContext, build_loss
 from edgedistill.distill.teachers import TorchTeacher
@@ -41,7 +40,6 @@ from edgedistill.models import build_model, count_params
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).parent / "results" / "distill_methods.json"
-MEAN, STD = 0.2860, 0.3530
 
 TEACHER = {"width": 32, "depth": 3}
 STUDENT = {"width": 8, "depth": 3}
@@ -66,11 +64,7 @@ METHODS: dict[str, list[tuple[str, float, dict]]] = {
 
 
 def _idx(name: str) -> np.ndarray:
-    with gzip.open(FMNIST / name, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return read_idx(FMNIST / name)
 
 
 def load_fmnist(n_train: int) -> tuple[ArraySplit, ArraySplit]:

@@ -14,7 +14,6 @@ training images are held out as the validation split that drives the fallback (t
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ from edgedistill import _io  # noqa: E402
 from edgedistill._machine import isa_flags, machine_info  # noqa: E402
 from edgedistill.bench import benchmark  # noqa: E402
 from edgedistill.data import ArraySplit, Splits  # noqa: E402
+from edgedistill.data.fashion_mnist import find_files, read_idx  # noqa: E402
 from edgedistill.distill.losses import LossContext, build_loss  # noqa: E402
 from edgedistill.distill.train import FitConfig, Term, fit  # noqa: E402
 from edgedistill.export import export_onnx  # noqa: E402
@@ -40,20 +40,10 @@ from edgedistill.quant.stage import run_qat  # noqa: E402
 from edgedistill.recipe import ExportConfig, PTQConfig  # noqa: E402
 from edgedistill.verify import accuracy  # noqa: E402
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
 
 def load_fmnist(train_samples: int, val_samples: int = 5000) -> Splits:
-    xtr, ytr = _idx(FMNIST / "train-images-idx3-ubyte.gz"), _idx(FMNIST / "train-labels-idx1-ubyte.gz")
-    xte, yte = _idx(FMNIST / "t10k-images-idx3-ubyte.gz"), _idx(FMNIST / "t10k-labels-idx1-ubyte.gz")
+    files = {k: read_idx(p) for k, p in find_files(None).items()}  # the Debian package's IDX files
+    xtr, ytr, xte, yte = files["train_x"], files["train_y"], files["test_x"], files["test_y"]
     order = np.random.default_rng(0).permutation(len(xtr))
     val_idx, train_idx = order[-val_samples:], order[:min(train_samples, len(xtr) - val_samples)]
     mean, std = float(xtr[train_idx].mean()) / 255, float(xtr[train_idx].std()) / 255

@@ -32,15 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests._reliab import RESUME_RECIPE, _inode, cli_env  # noqa: E402
+from tests._reliab import RESUME_RECIPE, _inode, popen  # noqa: E402
 
 SAME = ["03_distill/model.pt", "03_distill/curves.csv", "05_export/student_fp32.onnx",
         "06_ptq/student_ptq_int8.onnx", "07_verify/metrics.json"]
-
-
-def _cli(args, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgedistill", *map(str, args)], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=cli_env())
 
 
 def _stop_after(proc: subprocess.Popen, ckpt: Path, writes: int, sig: int) -> int:
@@ -87,17 +82,17 @@ def kill_and_resume(root: Path, kills: list[int]) -> dict:
     recipe.write_text(RESUME_RECIPE)
     base = root / "uninterrupted"
     t0 = time.perf_counter()
-    rc = _cli(["run", recipe, "--run-dir", base], root / "base.log").wait()
+    rc = popen("run", recipe, "--run-dir", base, log=root / "base.log").wait()
     assert rc == 0, (root / "base.log").read_text()[-2000:]
     base_seconds = time.perf_counter() - t0
     points = []
     for sig, k in [(signal.SIGKILL, k) for k in kills] + [(signal.SIGINT, kills[len(kills) // 2])]:
         run = root / f"{sig.name}-{k}"
         _fresh_copy(base, run)
-        first = _cli(["run", recipe, "--run-dir", run], root / f"{run.name}.1.log")
+        first = popen("run", recipe, "--run-dir", run, log=root / f"{run.name}.1.log")
         seen = _stop_after(first, run / "03_distill" / "checkpoints" / "last.pt", k, sig)
         t0 = time.perf_counter()
-        rc2 = _cli(["run", recipe, "--run-dir", run, "--resume"], root / f"{run.name}.2.log").wait()
+        rc2 = popen("run", recipe, "--run-dir", run, "--resume", log=root / f"{run.name}.2.log").wait()
         meta = json.loads((run / "03_distill" / "meta.json").read_text()) if rc2 == 0 else {}
         same = {rel: sha256_file(run / rel) == sha256_file(base / rel) for rel in SAME} if rc2 == 0 else {}
         points.append({

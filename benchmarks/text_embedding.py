@@ -20,17 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-import onnx
 import torch
 
 from edgedistill import _io
 from edgedistill.bench import benchmark
 from edgedistill.text import export as ex
 from edgedistill.text import stsb
-from edgedistill.text import corpus
-from edgedistill.text._teacher_cache import cache_info
 from edgedistill.text.flow import distill_text_recipe, load_text_recipe, resolve_model
-from edgedistill.text.student import load_folder, param_count
+from edgedistill.models import count_params
+from edgedistill.text.student import load_folder
 
 GOALS = {"int8_size_mb_max": 20.0, "stsb_test_spearman_min": 0.80, "p90_speedup_vs_minilm_fp32_min": 4.0}
 
@@ -46,7 +44,7 @@ def _references(refs_dir: Path, log) -> dict:
             fp32.parent.mkdir(parents=True, exist_ok=True)
             print(f"exporting {model_name}", file=log, flush=True)
             ex.export_text_onnx(model, tok, fp32, stsb.load("dev").s1[:16])
-        params = param_count(model)
+        params = count_params(model)
         if name == "teacher_mpnet":
             out[name] = (fp32, tok, params)
             continue
@@ -138,7 +136,7 @@ def main(argv=None) -> int:
                           "dev_spearman_int8": v["dev"]["int8"], "dev_spearman_fp32": v["dev"]["fp32"],
                           "test_spearman_fp32": _spearman(v["files"]["fp32"], v["tok"], "test", args.threads),
                           "test_spearman_int8": _spearman(v["files"]["int8"], v["tok"], "test", args.threads)}
-    calib = [s for s in stsb.load("train").s1[: recipe.export.calib_sentences]]
+    calib = stsb.load("train").s1[: recipe.export.calib_sentences]
     quant = None if args.no_quant_compare else _quant_comparison(run, best, bv["tok"], args.threads, calib, log)
     s_int8, mini = models["student_int8"], models["minilm_fp32"]
     result = {
@@ -154,8 +152,7 @@ def main(argv=None) -> int:
         "relation_vs_embedding_only": relation,
         "quant_comparison": quant,
         "training": {"corpus_sentences": summary["corpus_sentences"], "teacher_seconds_in_flow": summary["teacher_seconds"],
-                     "teacher_cache": cache_info(resolve_model(recipe.teacher.name), corpus.transfer_corpus(
-                         recipe.corpus.max_sentences, recipe.corpus.wordnet_share, recipe.corpus.seed)),
+                     "teacher_cache": summary["teacher_cache"],
                      "train_seconds": {k: v["train_seconds"] for k, v in summary["variants"].items()},
                      "dev_curves": {k: v["dev_curve"] for k, v in summary["variants"].items()},
                      "threads": 1},

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -80,8 +79,8 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
             shutil.copyfile(p, work / p.name)
         usability = mobile_usability(work / "model.onnx")
         warnings = _warnings(info, ep, usability)
-        card = render_model_card(model_card, info=inspect_model(str(work / "model.onnx")), facts=facts,
-                                 usability=usability, warnings=warnings,
+        bundled = {**info, "size_mb": round(_io.file_size_mb(work / "model.onnx"), 6)}  # only the props changed
+        card = render_model_card(model_card, info=bundled, facts=facts, usability=usability, warnings=warnings,
                                  ort_size_mb=_io.file_size_mb(work / "model.ort"))
         _io.write_text(work / "MODEL_CARD.md", card)
         files = {p.name: {"sha256": _io.sha256_file(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
@@ -102,11 +101,9 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
 
 def _make_readable(folder: Path) -> None:
     """mkdtemp / mkstemp create owner-only entries; a bundle is meant to be shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    folder.chmod(0o777 & ~_io._UMASK)
     for p in folder.iterdir():
-        p.chmod(0o666 & ~umask)
+        p.chmod(0o666 & ~_io._UMASK)
 
 
 def _check_keys(d: dict, allowed: tuple, what: str) -> None:

@@ -49,14 +49,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray, c
 
 def check_parity(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray, atol: float, rtol: float) -> dict:
     """Run the same real inputs through PyTorch and ONNX Runtime; raise StageError when they disagree."""
-    import onnxruntime as ort
+    from .verify import onnx_predict
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
     x = np.ascontiguousarray(inputs.astype(np.float32))
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    got = sess.run(None, {name: x})[0]
+    got = onnx_predict(path, x)
     max_abs = float(np.max(np.abs(ref - got)))
     top1 = float(np.mean(ref.argmax(1) == got.argmax(1))) if ref.ndim == 2 else 1.0
     ok = bool(np.allclose(got, ref, atol=atol, rtol=rtol))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 from ._checks import check_onnx
 from ._io import file_size_mb
@@ -78,11 +77,10 @@ def inspect_model(path: str, *, seq_len: int = 32) -> dict:
 def _load(path: str):
     import onnx
 
-    if not Path(path).is_file():
-        raise DataError(f"{path}: model file not found; check the path.")
-    if Path(path).suffix != ".ort":
-        return check_onnx(path)  # onnx.checker and the opset range before anything reads it
-    try:
+    model = check_onnx(path)  # existence, onnx.checker and the opset range before anything reads it
+    if model is not None:
+        return model
+    try:  # an .ort file, which check_onnx leaves alone
         return onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
         raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}); pass an .onnx file.") from None

@@ -14,7 +14,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -44,7 +44,6 @@ class RunContext:
     trust_checkpoint: bool = False  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
     _splits: object = None
-    cache: dict = field(default_factory=dict)
 
     @property
     def splits(self):

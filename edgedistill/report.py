@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import _io
+from . import _io, _schema
 from .targets import Target
 
 
@@ -55,7 +55,7 @@ def build_report(target: Target, metrics: dict, bench: dict, model_files: dict, 
                    "reference": m["precision"] == "fp32"} for m in models if m["role"] == "student"]
     deliverable, reason = choose_deliverable(candidates, target.budgets, tolerance)
     report = {
-        "target": {"name": target.name, "budgets": _io_budgets(target)},
+        "target": {"name": target.name, "budgets": _schema.to_dict(target.budgets)},
         "deliverable": deliverable,
         "deliverable_reason": reason,
         "tolerance_points": tolerance,
@@ -66,10 +66,6 @@ def build_report(target: Target, metrics: dict, bench: dict, model_files: dict, 
     if extra:
         report.update(extra)
     return report
-
-
-def _io_budgets(target: Target) -> dict:
-    return {k: v for k, v in target.budgets.__dict__.items() if v is not None}
 
 
 def render_markdown(report: dict) -> str:

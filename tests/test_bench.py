@@ -314,9 +314,6 @@ def test_no_worker_is_left_running_when_a_later_model_fails(models, tmp_path, mo
 
     monkeypatch.setattr(bench.subprocess, "Popen", spy)
     junk = tmp_path / "junk.onnx"  # passes onnx.checker (checked before any worker starts), but ORT has no such op
-    import onnx
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])

@@ -25,16 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .core import DATASETS, ArraySplit, Splits, split_arrays
+from .core import DATASETS, ArraySplit, Splits, check_options, split_arrays
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def _options(cfg, dataset: str, allowed: set[str]) -> dict:
-    unknown = set(cfg.options) - allowed
-    if unknown:
-        raise ConfigError(f"data.options: unknown option(s) {sorted(unknown)} for {dataset!r}; valid: {', '.join(sorted(allowed))}.")
-    return dict(cfg.options)
 
 
 def _need_path(cfg, dataset: str, what: str) -> Path:
@@ -118,7 +111,7 @@ def _plain_split(x, y, cfg, seed):
 
 @DATASETS.register("npz", help="arrays from an .npz file: x/y, or x_train/y_train/x_test/y_test (data.path)")
 def npz(cfg, seed: int) -> Splits:
-    opts = _options(cfg, "npz", {"normalize", "scale", "labels"})
+    opts = check_options(cfg, "npz", {"normalize", "scale", "labels"})
     path = _need_path(cfg, "npz", "an .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -144,7 +137,7 @@ def npz(cfg, seed: int) -> Splits:
 
 @DATASETS.register("image-folder", help="images in one sub-folder per class (data.path); needs Pillow")
 def image_folder(cfg, seed: int) -> Splits:
-    opts = _options(cfg, "image-folder", {"size", "mode", "normalize"})
+    opts = check_options(cfg, "image-folder", {"size", "mode", "normalize"})
     root = _need_path(cfg, "image-folder", "a folder with one sub-folder per class")
     try:
         from PIL import Image

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
 
 
@@ -78,6 +78,14 @@ def _cap(s: Splits, cfg) -> Splits:
     if cfg.max_test_samples:
         s.test = ArraySplit(s.test.x[: cfg.max_test_samples], s.test.y[: cfg.max_test_samples])
     return s
+
+
+def check_options(cfg, dataset: str, allowed: set[str]) -> dict:
+    """``data.options`` as a dict, refusing keys the dataset does not take."""
+    unknown = set(cfg.options) - allowed
+    if unknown:
+        raise ConfigError(f"data.options: unknown option(s) {sorted(unknown)} for {dataset!r}; valid: {', '.join(sorted(allowed))}.")
+    return dict(cfg.options)
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, cfg, seed: int) -> tuple[ArraySplit, ArraySplit, ArraySplit]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .core import DATASETS, ArraySplit, Splits
+from .core import DATASETS, ArraySplit, Splits, check_options
 
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FILES = {
@@ -99,10 +99,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 @DATASETS.register("fashion-mnist", help="Zalando Fashion-MNIST, 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)")
 def fashion_mnist(cfg, seed: int) -> Splits:
-    unknown = set(cfg.options) - {"limit"}
-    if unknown:
-        raise ConfigError(f"data.options: unknown option(s) {sorted(unknown)} for 'fashion-mnist'; valid: limit.")
-    limit = cfg.options.get("limit")
+    limit = check_options(cfg, "fashion-mnist", {"limit"}).get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 10):
         raise ConfigError(f"data.options.limit: {limit!r} must be an integer >= 10.")
     files = find_files(cfg.path)

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import click
 
 from .losses import LOSSES
-
-
-def _params(cls) -> dict:
-    sig = inspect.signature(cls.__init__)
-    out = {}
-    for name, p in sig.parameters.items():
-        if name in ("self", "ctx"):
-            continue
-        out[name] = None if p.default is inspect.Parameter.empty else p.default
-    return out
+from .losses.base import loss_params
 
 
 def _kind(cls) -> str:
@@ -30,7 +20,7 @@ def _kind(cls) -> str:
 def losses_cmd(as_json: bool, verbose: bool) -> None:
     """List the distillation losses a recipe can name in [[distill.losses]]."""
     rows = [{"name": n, "kind": _kind(LOSSES.get(n)), "description": LOSSES.describe(n),
-             "params": _params(LOSSES.get(n))} for n in LOSSES.names()]
+             "params": loss_params(LOSSES.get(n))} for n in LOSSES.names()]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

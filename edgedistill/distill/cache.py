@@ -14,6 +14,7 @@ cached probabilities exactly, so KD / DKD at the same ``T`` see the teacher's to
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -61,12 +62,16 @@ def cache_key(teacher_fingerprint: str, data_fingerprint: str, preprocessing: di
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=8)
+def _projection(dim: int) -> torch.Tensor:
+    """The fixed random weights of :func:`_sample_fingerprints` (made once per input size, not per batch)."""
+    return torch.rand(dim, generator=torch.Generator().manual_seed(1234)) + 0.5
+
+
 def _sample_fingerprints(x: torch.Tensor) -> torch.Tensor:
     """One fp32 number per sample: a fixed random projection of its input (changes when the input does)."""
     flat = x.detach().reshape(len(x), -1).float().cpu()
-    g = torch.Generator().manual_seed(1234)
-    w = torch.rand(flat.shape[1], generator=g) + 0.5
-    return flat @ w
+    return flat @ _projection(flat.shape[1])
 
 
 @dataclass

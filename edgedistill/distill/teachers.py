@@ -27,7 +27,6 @@ from ..errors import ConfigError
 class Teacher:
     """Base: frozen, called on a batch, returns a dict of outputs with ``"logits"``."""
 
-    black_box: bool = True
     kind: str = "teacher"
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
@@ -40,7 +39,6 @@ class Teacher:
 class TorchTeacher(Teacher):
     """A PyTorch module, put in ``eval()`` with every parameter frozen; its layers can be tapped."""
 
-    black_box = False
     kind = "PyTorch model"
 
     def __init__(self, model: nn.Module) -> None:

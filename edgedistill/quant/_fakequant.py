@@ -122,8 +122,7 @@ class _WeightQuant:
 
     def quantized_weight(self) -> torch.Tensor:
         if self.training:  # weights move while training: follow them
-            with torch.no_grad():
-                self.w_scale.copy_(weight_scales(self.weight, self.per_channel))
+            self.refresh_scales_()
         return fake_quant_weight(self.weight, self.w_scale, self.w_zero_point)
 
     @torch.no_grad()

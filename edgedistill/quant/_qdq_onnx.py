@@ -118,13 +118,9 @@ def quantize_biases_(model: onnx.ModelProto) -> int:
 def scalar_qparams_(model: onnx.ModelProto) -> None:
     """Make one-element per-tensor scales / zero points true scalars (what ORT's fusions look for)."""
     graph = model.graph
-    shared = {}
-    for n in graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            for x in n.input[1:3]:
-                shared[x] = shared.get(x, 0) + 1
+    qparams = {x for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for x in n.input[1:3]}
     for init in graph.initializer:
-        if init.name in shared and len(init.dims) == 1 and init.dims[0] == 1:
+        if init.name in qparams and len(init.dims) == 1 and init.dims[0] == 1:
             arr = numpy_helper.to_array(init).reshape(())
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
 
@@ -151,9 +147,9 @@ def _drop_unused_(graph: onnx.GraphProto) -> None:
 
 
 def int8_initializer_count(model: onnx.ModelProto) -> dict[str, int]:
-    """How many initializers (and bytes) each element type holds: the check that weights are INT8."""
+    """How many initializer elements each element type holds: the check that weights are INT8."""
     out: dict[str, int] = {}
     for i in model.graph.initializer:
         t = onnx.TensorProto.DataType.Name(i.data_type).lower()
-        out[t] = out.get(t, 0) + int(np.prod(i.dims)) if i.dims else out.get(t, 0) + 1
+        out[t] = out.get(t, 0) + int(np.prod(i.dims))  # a scalar's empty dims give 1
     return out

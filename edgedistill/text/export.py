@@ -53,13 +53,11 @@ def export_text_onnx(model: TextEncoder, tokenizer, path: str | os.PathLike, sam
     return {"path": str(path), "size_mb": _io.file_size_mb(path), "parity_max_abs": parity}
 
 
-def _session(path: str | os.PathLike, threads: int = 1, optimize: bool = True):
+def _session(path: str | os.PathLike, threads: int = 1):
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -21,7 +21,8 @@ from ..errors import ConfigError
 from . import assets, corpus, stsb
 from . import export as ex
 from ._teacher_cache import cache_info, teacher_embeddings
-from .student import TOKENIZER_FILES, load_folder, make_student, param_count, pruned_vocab
+from ..models import count_params
+from .student import TOKENIZER_FILES, load_folder, make_student, pruned_vocab
 from .train import LossTerm, TextDistillConfig, distill_text
 
 _NAMED = {"all-mpnet-base-v2": assets.mpnet_path, "all-MiniLM-L6-v2": assets.minilm_path}
@@ -109,7 +110,7 @@ def distill_text_recipe(recipe: TextRecipe, out_dir: str | Path, threads: int = 
     for v in recipe.variants:
         vdir = out / v.name
         student, stok = make_student(base, tok, recipe.student.layers, keep, vdir / "tokenizer")
-        print(f"[{v.name}] distilling {param_count(student)} params on {len(sentences)} sentences", file=log, flush=True)
+        print(f"[{v.name}] distilling {count_params(student)} params on {len(sentences)} sentences", file=log, flush=True)
         best, hist = distill_text(student, stok, sentences, temb, recipe.distill, v.losses, dev=dev, log=log)
         torch.save(best.state_dict(), vdir / "model.pt")
         summary["variants"][v.name] = _export(best, stok, vdir, recipe, hist, sentences)
@@ -126,7 +127,7 @@ def _export(model, tok, vdir: Path, recipe: TextRecipe, hist: dict, sentences: l
         info["fused_ops"] = ex.fuse(fp32, vdir / "fp32_fused.onnx", cfg.num_attention_heads, cfg.hidden_size)
         src = vdir / "fp32_fused.onnx"
     q = ex.quantize_text(src, vdir / "int8.onnx", recipe.export.quant_mode, tok, sentences[: recipe.export.calib_sentences])
-    meta = {"params": param_count(model), "layers": recipe.student.layers, "export": info, "int8": q,
+    meta = {"params": count_params(model), "layers": recipe.student.layers, "export": info, "int8": q,
             "train_seconds": hist["seconds"], "best_dev_spearman_torch": hist["best_dev_spearman"],
             "dev_curve": hist["dev_spearman"], "tokenizer_files": [f"tokenizer/{f}" for f in bundle_files(vdir / "tokenizer")]}
     _io.write_json(vdir / "meta.json", meta)

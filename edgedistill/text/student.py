@@ -128,6 +128,3 @@ def make_student(teacher: TextEncoder, tokenizer, layers: Sequence[int], keep: l
     tok = _write_vocab_tokenizer(tokenizer, keep, Path(out_dir))
     return TextEncoder(enc, normalize=teacher.normalize), tok
 
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

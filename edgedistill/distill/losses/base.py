@@ -28,8 +28,6 @@ class LossContext:
 class DistillLoss(nn.Module):
     """Base class: ``forward(student, teacher, labels) -> scalar tensor``."""
 
-    #: True when the loss reads teacher internals (refused for black-box teachers).
-    needs_teacher_features: bool = False
     #: False when the loss never reads the teacher's outputs (the loop then skips the teacher's forward).
     needs_teacher: bool = True
 
@@ -43,6 +41,11 @@ class DistillLoss(nn.Module):
     def teacher_layers(self) -> list[str]:
         return []
 
+    @property
+    def needs_teacher_features(self) -> bool:
+        """True when the loss reads teacher internals (refused for black-box teachers)."""
+        return bool(self.teacher_layers())
+
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Create projection heads from the dry-run shapes (default: nothing to build)."""
 
@@ -51,11 +54,16 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
+def loss_params(cls: type) -> dict:
+    """A loss class's recipe parameters and their defaults (None where there is no default)."""
+    return {n: None if p.default is inspect.Parameter.empty else p.default
+            for n, p in inspect.signature(cls.__init__).parameters.items() if n not in ("self", "ctx")}
+
+
 def build_loss(name: str, params: dict, ctx: LossContext, key: str) -> DistillLoss:
     """Instantiate a registered loss, rejecting unknown parameters with the key's path."""
     cls = LOSSES.get(name, f"{key}.name")
-    sig = inspect.signature(cls.__init__)
-    accepted = [n for n in sig.parameters if n not in ("self", "ctx")]
+    accepted = list(loss_params(cls))
     for p in params:
         if p not in accepted:
             raise ConfigError(f"{key}.params.{p}: unknown parameter of loss {name!r}; valid ones are: {', '.join(accepted) or 'none'}.")

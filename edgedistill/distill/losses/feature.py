@@ -15,28 +15,31 @@ from ._common import Layers, check_features, flat, make_projection, match_spatia
 from .base import LOSSES, DistillLoss, LossContext
 
 
-class _MatchLoss(DistillLoss):
-    """Student features, projected onto the teacher's width when needed, compared with a metric."""
+class _LayerMapLoss(DistillLoss):
+    """Base for losses over a layer map: the i-th student path is taught by the i-th teacher path."""
 
-    always_project = False
-
-    def __init__(self, ctx: LossContext, student_layer: Layers, teacher_layer: Layers, metric: str) -> None:
+    def __init__(self, ctx: LossContext, student_layer: Layers, teacher_layer: Layers) -> None:
         super().__init__(ctx)
         self.s_layers, self.t_layers = paired_layers(student_layer, teacher_layer)
-        if metric not in ("mse", "cosine", "l2"):
-            raise ValueError("metric must be 'mse', 'cosine' or 'l2'")
-        self.metric = metric
-        self.heads = nn.ModuleList()
-
-    @property
-    def needs_teacher_features(self) -> bool:  # type: ignore[override]
-        return any(t != "logits" for t in self.t_layers)
 
     def student_layers(self) -> list[str]:
         return [p for p in self.s_layers if p != "logits"]
 
     def teacher_layers(self) -> list[str]:
         return [p for p in self.t_layers if p != "logits"]
+
+
+class _MatchLoss(_LayerMapLoss):
+    """Student features, projected onto the teacher's width when needed, compared with a metric."""
+
+    always_project = False
+
+    def __init__(self, ctx: LossContext, student_layer: Layers, teacher_layer: Layers, metric: str) -> None:
+        super().__init__(ctx, student_layer, teacher_layer)
+        if metric not in ("mse", "cosine", "l2"):
+            raise ValueError("metric must be 'mse', 'cosine' or 'l2'")
+        self.metric = metric
+        self.heads = nn.ModuleList()
 
     def build(self, student_shapes, teacher_shapes) -> None:
         self.heads = nn.ModuleList()
@@ -126,20 +129,8 @@ class EmbedMSELoss(_MatchLoss):
         super().__init__(ctx, student_layer, teacher_layer, "mse")
 
 
-class _PairedMapLoss(DistillLoss):
-    """Base for losses over [B, C, H, W] map pairs that need no projection (channels may differ)."""
-
-    needs_teacher_features = True
-
-    def __init__(self, ctx: LossContext, student_layer: Layers, teacher_layer: Layers) -> None:
-        super().__init__(ctx)
-        self.s_layers, self.t_layers = paired_layers(student_layer, teacher_layer)
-
-    def student_layers(self) -> list[str]:
-        return [p for p in self.s_layers if p != "logits"]
-
-    def teacher_layers(self) -> list[str]:
-        return [p for p in self.t_layers if p != "logits"]
+class _PairedMapLoss(_LayerMapLoss):
+    """Base for losses over feature pairs that need no projection (channels may differ)."""
 
     def forward(self, student, teacher, labels):
         total = 0.0
@@ -166,6 +157,8 @@ class AttentionTransferLoss(_PairedMapLoss):
     averaged over the layer pairs (the paper's ``beta/2`` is the term weight; ``beta = 1000`` with its mean
     over positions). Maps of different size are average-pooled to the smaller one; channels may differ.
     """
+
+    needs_teacher_features = True  # feature maps only: the logits never do
 
     def __init__(self, ctx: LossContext, student_layer: Layers = "features", teacher_layer: Layers = "features",
                  p: float = 2.0) -> None:
@@ -198,10 +191,6 @@ class PKTLoss(_PairedMapLoss):
         super().__init__(ctx, student_layer, teacher_layer)
         self.eps = float(eps)
 
-    @property
-    def needs_teacher_features(self) -> bool:  # type: ignore[override]
-        return any(t != "logits" for t in self.t_layers)
-
     def _pair(self, s, t):
         p_s, p_t = self._cond(flat(s)), self._cond(flat(t))
         return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).sum(1).mean()
@@ -221,6 +210,8 @@ class NSTLoss(_PairedMapLoss):
     ``k(x, y) = (x^T y)^2``: ``MMD^2 = mean_ij k(s_i, s_j) + mean_ij k(t_i, t_j) - 2 mean_ij k(s_i, t_j)``,
     averaged over the batch. Maps of different size are average-pooled to the smaller one; channels may differ.
     """
+
+    needs_teacher_features = True  # feature maps only: the logits never do
 
     def __init__(self, ctx: LossContext, student_layer: Layers = "features", teacher_layer: Layers = "features") -> None:
         super().__init__(ctx, student_layer, teacher_layer)

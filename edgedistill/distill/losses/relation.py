@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_features, flat, warn_small_batch
+from ._common import check_features, flat, warn_small_batch, width
 from .base import LOSSES, DistillLoss, LossContext
 
 
@@ -23,10 +23,6 @@ class _RelationLoss(DistillLoss):
         if not isinstance(student_layer, str) or not isinstance(teacher_layer, str):
             raise ValueError("student_layer and teacher_layer must each be one module path")
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
-
-    @property
-    def needs_teacher_features(self) -> bool:  # type: ignore[override]
-        return self.teacher_layer != "logits"
 
     def student_layers(self) -> list[str]:
         return [] if self.student_layer == "logits" else [self.student_layer]
@@ -154,12 +150,8 @@ class CRDLoss(_RelationLoss):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def build(self, student_shapes, teacher_shapes) -> None:
-        def dim(shape):
-            shape = torch.Size(shape)
-            return int(shape[1]) if len(shape) != 3 else int(shape[-1])
-
-        self.embed_s = nn.Linear(dim(student_shapes[self.student_layer]), self.feat_dim)
-        self.embed_t = nn.Linear(dim(teacher_shapes[self.teacher_layer]), self.feat_dim)
+        self.embed_s = nn.Linear(width(torch.Size(student_shapes[self.student_layer])), self.feat_dim)
+        self.embed_t = nn.Linear(width(torch.Size(teacher_shapes[self.teacher_layer])), self.feat_dim)
 
     def forward(self, student, teacher, labels):
         if self.embed_s is None:
