@@ -92,6 +92,8 @@ class DistillConfig:
     checkpoint_every: int = field(0, ge=0, help="steps between mid-epoch checkpoints (0: end of epoch only)")
     device: Device = "auto"
     amp: bool = False
+    augment: bool = field(False, help="random 2-pixel shifts and horizontal flips of image batches, the same view "
+                                      "for teacher and student (refused with the cache)")
 
 
 @dataclass

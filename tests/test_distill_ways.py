@@ -268,3 +268,45 @@ def test_teacher_does_not_run_when_no_term_reads_it(tmp_path):
     assert calls == []
     fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {})), tmp_path / "b", teacher=counted)
     assert sum(calls) == 2 + 96  # the dry run and one epoch
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a model and keeps the batches it was given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_augment_gives_teacher_and_student_the_same_view(tmp_path):
+    train = _data(64)
+    student, teacher = _Recorder(_cnn(4, 2)), _Recorder(_cnn(8, 2, seed=1))
+    fit(student, train, FitConfig(**{**CFG, "augment": True}), _terms(("kd", {})), tmp_path, teacher=teacher)
+    train_batches = student.seen[1:]  # the first call is the dry run that reads the taps' shapes
+    assert len(train_batches) == 2 and len(teacher.seen[1:]) == 2
+    for s, t in zip(train_batches, teacher.seen[1:]):
+        assert torch.equal(s, t)  # consistent teaching: one augmented view for both
+    originals = torch.from_numpy(train.x)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(train_batches[0], originals[order[:32]])  # and the view is not the raw batch
+
+
+def test_augment_with_the_cache_is_refused(tmp_path):
+    train = _data(32)
+    cache = build_cache(TorchTeacher(_cnn(8, 2, seed=1)), train.x, key="k", temperature=4.0, k=2)
+    with pytest.raises(ConfigError, match="the teacher cache is refused"):
+        fit(_cnn(), train, FitConfig(**{**CFG, "augment": True}), _terms(("kd", {})), tmp_path, teacher_cache=cache)
+
+
+
+def test_dry_run_follows_the_model_to_its_device():
+    """A teacher left on a GPU by an earlier fit() is dry-run there (the meta device stands in for the GPU)."""
+    from edgedistill.distill.taps import dry_run_shapes
+
+    teacher = _cnn(8, 2, seed=1).to("meta")
+    shapes = dry_run_shapes(teacher, ["features.2"], torch.zeros(2, 1, 8, 8))
+    assert shapes["logits"] == torch.Size([2, 5]) and shapes["features.2"][:2] == torch.Size([2, 8])

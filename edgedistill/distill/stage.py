@@ -54,14 +54,15 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     terms = build_terms(recipe, splits.num_classes)
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                         scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                        device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill")
+                        device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill",
+                        augment=cfg.augment)
     teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
     cache, cache_hit = None, None
     if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students
         wrapped = TorchTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
         cache, cache_hit = load_or_build(cache_dir, wrapped, wrapped.fingerprint(), splits.train.x,
                                          _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
-                                         augmented=bool(recipe.data.options.get("augment", False)))
+                                         augmented=cfg.augment)
     result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,
                  teacher_cache=cache)
     save_checkpoint(out_dir / "model.pt", student)

@@ -69,9 +69,14 @@ class Taps:
 
 
 def dry_run_shapes(model: nn.Module, paths: Iterable[str], example: torch.Tensor) -> dict[str, torch.Size]:
-    """One forward on a real input to read the feature shapes (for projection heads)."""
+    """One forward on a real input to read the feature shapes (for projection heads).
+
+    The input goes to the model's device, so a model already on a GPU (a teacher shared between runs) works."""
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)
+    if param is not None:
+        example = example.to(param.device)
     with torch.no_grad(), Taps(model, paths) as taps:
         logits = model(example)
         shapes = {k: v.shape for k, v in taps.collect(logits).items()}

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from .. import _io, _signals
 from ..data import ArraySplit
 from ..errors import ConfigError, StageError
-from .cache import SoftLabelCache
+from ..models._augment import TrainAugment
+from .cache import SoftLabelCache, refuse_if_augmented
 from .losses import DistillLoss
 from .teachers import CallableTeacher, Teacher, TorchTeacher
 from .taps import Taps, check_paths, dry_run_shapes
@@ -61,6 +62,9 @@ class FitConfig:
     amp: bool = False
     checkpoint_every: int = 0
     desc: str = "train"
+    #: Random shifts and flips applied to each batch before the teacher and the student see it, so both
+    #: read the same view (consistent teaching); images [N, C, H, W] only.
+    augment: bool = False
 
 
 @dataclass
@@ -101,6 +105,8 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     check_term_paths(terms, model, teacher, cached=teacher_cache is not None)
     s_paths = sorted({p for t in terms for p in t.loss.student_layers()})
     t_paths = sorted({p for t in terms for p in t.loss.teacher_layers()})
+    if teacher_cache is not None and cfg.augment:
+        refuse_if_augmented(True)
     if teacher_cache is not None and len(teacher_cache) != len(train):
         raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
                          f"{len(train)}; rebuild the cache for this data.")
@@ -151,6 +157,7 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
         result.history = _read_curves(out_dir / "curves.csv")
         result.resumed_from = {"epoch": start_epoch, "step": start_step}
 
+    augment = TrainAugment().to(device) if cfg.augment else None
     amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -169,6 +176,8 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb, yb = x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
+            if augment is not None:  # one view, read by the teacher and the student alike
+                xb = augment(xb)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 if teacher_cache is not None:  # stored soft labels: the teacher does not run
                     teacher_out = teacher_cache.teacher_outputs(idx, xb)
