@@ -121,6 +121,7 @@ _DATA: dict = {}
 
 def _worker_init(data_path: str, teacher_path: str | None, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    STUDENT[1].update(json.loads(args.student))  # a spawned worker starts from the module's defaults
     with np.load(data_path) as f:
         _DATA["splits"] = {k: ArraySplit(f[f"{k}_x"], f[f"{k}_y"]) for k in ("train", "val", "test")}
     _DATA["args"] = args
@@ -141,7 +142,7 @@ def _run_student(job: tuple[str, list, int]) -> dict:
                   teacher=_DATA.get("teacher"))
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     student.to(dev)
-    out = {"method": name, "seed": seed, "val": evaluate_accuracy(student, s["val"], 1000, dev),
+    out = {"method": name, "seed": seed, "parameters": count_params(student), "val": evaluate_accuracy(student, s["val"], 1000, dev),
            "test": evaluate_accuracy(student, s["test"], 1000, dev), "seconds": time.perf_counter() - t0,
            "samples_per_s": res.samples_per_s}
     print(f"  {name} seed {seed}: val {out['val']:.4f} test {out['test']:.4f} ({out['seconds']:.0f} s)",
