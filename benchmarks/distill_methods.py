@@ -345,8 +345,8 @@ def main() -> None:
     teacher_acc = train_teacher(args, splits, teacher_path)
     print(f"teacher {teacher_acc:.4f}", file=sys.stderr)
     teacher, student = _model(TEACHER, 0), _model(STUDENT, 0)
-    result.update({
-        "cpu": machine_info().get("cpu", "?"), "torch": torch.__version__, "dataset": "Fashion-MNIST",
+    setup = {
+        "torch": torch.__version__, "dataset": "Fashion-MNIST",
         "setup": {"train_samples": len(train), "val_samples": len(val), "test_samples": len(test),
                   "teacher": {"arch": TEACHER[0], **TEACHER[1], "parameters": count_params(teacher),
                               "epochs": args.teacher_epochs},
@@ -357,7 +357,10 @@ def main() -> None:
                   if args.augment else "none", "alpha": args.alpha, "temperature": args.temperature,
                   "seeds": args.seeds, "training_device": args.device},
         "teacher_accuracy": teacher_acc,
-    })
+    }
+    # The accuracy runs (on whatever device) own the setup; a later speed-only run adds its own machine.
+    if args.part != "speed" or "setup" not in result:
+        result.update({**setup, "accuracy_runs_cpu": machine_info().get("cpu", "?")})
     if args.part in ("all", "accuracy"):
         if args.device.startswith("cuda"):
             result["setup"]["gpu"] = torch.cuda.get_device_name(0)
@@ -366,7 +369,7 @@ def main() -> None:
         print("speed", file=sys.stderr)
         teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
         sp = speed(teacher.eval(), train, args)
-        result.update({"throughput_ratio_vs_plain_loop": sp.pop("throughput_ratio_vs_plain_loop"),
+        result.update({"cpu": sp["machine"]["cpu"], "throughput_ratio_vs_plain_loop": sp.pop("throughput_ratio_vs_plain_loop"),
                        "cache_speedup": sp.pop("cache_speedup"), "speed": sp})
     _write(out_path, result)
     print(f"wrote {out_path}", file=sys.stderr)
