@@ -302,7 +302,6 @@ def test_augment_with_the_cache_is_refused(tmp_path):
         fit(_cnn(), train, FitConfig(**{**CFG, "augment": True}), _terms(("kd", {})), tmp_path, teacher_cache=cache)
 
 
-
 def test_dry_run_follows_the_model_to_its_device():
     """A teacher left on a GPU by an earlier fit() is dry-run there (the meta device stands in for the GPU)."""
     from edgedistill.distill.taps import dry_run_shapes
