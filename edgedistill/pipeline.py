@@ -156,6 +156,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
             inputs["deps"] = {d: stages_m.get(d, {}).get("outputs") for d in s.deps}
             if s.uses_target:
                 inputs["target"] = tgt.to_dict()
+            inputs["files"] = input_files(recipe, s.sections)
             inputs_hash = _io.sha256_json(inputs)
             prev = stages_m.get(s.name, {})
             if not forced and prev.get("status") == "done" and prev.get("inputs_hash") == inputs_hash \
@@ -196,6 +197,32 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
 
     with open(run_dir / "report" / "report.json") as f:
         return json.load(f)
+
+
+def input_files(recipe: Recipe, sections: tuple[str, ...]) -> dict[str, str]:
+    """Content fingerprints of the user files a stage's sections name (``data.path``,
+    ``teacher.checkpoint``, ``distill.teachers[].path``), so a file replaced under the same path
+    re-runs the stage instead of being skipped as unchanged."""
+    paths = []
+    if "data" in sections and recipe.data.path:
+        paths.append(recipe.data.path)
+    if "teacher" in sections and recipe.teacher.checkpoint:
+        paths.append(recipe.teacher.checkpoint)
+    if "distill" in sections:
+        paths += [t.path for t in recipe.distill.teachers]
+    return {p: _path_fingerprint(Path(p)) for p in paths}
+
+
+def _path_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes; for a folder, of its files' relative paths, sizes and modification
+    times (reading every image of a dataset folder on each run would cost more than the check saves)."""
+    if path.is_file():
+        return _io.sha256_file(path)
+    if path.is_dir():
+        listing = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                         for f in path.rglob("*") if f.is_file())
+        return "dir:" + _io.sha256_json(listing)
+    return "missing"  # the stage that reads it says so, naming the key
 
 
 def _read_manifest(path: Path) -> dict:

@@ -147,3 +147,48 @@ def test_targets_command_lists_builtins():
     assert proc.returncode == 0
     names = {t["name"] for t in json.loads(proc.stdout)}
     assert {"laptop-x86", "raspberry-pi-4", "android-midrange"} <= names
+
+
+def test_a_replaced_teacher_checkpoint_reruns_the_teacher_stage(finished_run, tmp_path):
+    """Same path, new bytes: the manifest hashes the file's contents, not only the recipe's string."""
+    import shutil
+
+    import torch
+
+    from edgedistill.pipeline import run
+    from edgedistill.recipe import load_recipe
+
+    d, _ = finished_run
+    ckpt = tmp_path / "teacher.pt"
+    shutil.copyfile(d / "out" / "01_teacher" / "model.pt", ckpt)
+    rec = load_recipe(str(d / "tiny.toml"))
+    rec.teacher.checkpoint = str(ckpt)
+    run_dir = tmp_path / "out"
+    run(rec, run_dir=run_dir, log=lambda line: None)
+    logs = []
+    run(rec, run_dir=run_dir, log=logs.append)
+    assert "[teacher] unchanged, skipped" in logs
+    saved = torch.load(ckpt, weights_only=True)
+    weights = saved["state_dict"]
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first] = weights[first] + 0.01  # other weights, same file name
+    torch.save(saved, ckpt)
+    logs.clear()
+    run(rec, run_dir=run_dir, log=logs.append)
+    assert "[teacher] running..." in logs and "[distill] running..." in logs
+
+
+def test_input_files_fingerprint_folders_by_listing(tmp_path):
+    from edgedistill.pipeline import input_files
+    from edgedistill.recipe import load_recipe
+
+    rec = load_recipe(None)
+    rec.data.path = str(tmp_path / "images")
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    (tmp_path / "images" / "a" / "1.png").write_bytes(b"x")
+    before = input_files(rec, ("data",))
+    assert input_files(rec, ("student",)) == {}  # a section that names no file
+    (tmp_path / "images" / "a" / "2.png").write_bytes(b"y")
+    assert input_files(rec, ("data",)) != before
+    rec.data.path = str(tmp_path / "nowhere")
+    assert input_files(rec, ("data",)) == {rec.data.path: "missing"}
