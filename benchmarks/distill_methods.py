@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgedistill._machine import machine_info  # noqa: E402
 from edgedistill.data import ArraySplit  # noqa: E402
 from edgedistill.data.fashion_mnist import MEAN, STD, read_idx  # noqa: E402
-from edgedistill.distill.cache import build_cache, storage_report  # noqa: E402
+from edgedistill.distill.cache import SoftLabelCache, build_cache, storage_report  # noqa: E402
 from edgedistill.distill.losses import LossContext, build_loss  # noqa: E402
 from edgedistill.distill.teachers import TorchTeacher  # noqa: E402
 from edgedistill.distill.train import FitConfig, Term, evaluate_accuracy, fit  # noqa: E402
@@ -119,7 +119,7 @@ def _fit_cfg(args, epochs: int, seed: int, desc: str) -> FitConfig:
 _DATA: dict = {}
 
 
-def _worker_init(data_path: str, teacher_path: str | None, args: argparse.Namespace) -> None:
+def _worker_init(data_path: str, teacher_path: str | None, args: argparse.Namespace, cache_path: str | None = None) -> None:
     torch.set_num_threads(1)
     STUDENT[1].update(json.loads(args.student))  # a spawned worker starts from the module's defaults
     with np.load(data_path) as f:
@@ -129,6 +129,8 @@ def _worker_init(data_path: str, teacher_path: str | None, args: argparse.Namesp
         teacher = _model(TEACHER, 0)
         teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
         _DATA["teacher"] = teacher.eval()
+    if cache_path:  # the teacher's soft labels, computed once in the parent: the teacher does not run here
+        _DATA["cache"] = SoftLabelCache.load(cache_path)
 
 
 def _run_student(job: tuple[str, list, int]) -> dict:
@@ -138,8 +140,9 @@ def _run_student(job: tuple[str, list, int]) -> dict:
     ctx = LossContext(alpha=args.alpha, temperature=args.temperature, num_classes=10, batch_size=args.batch_size)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
+        cache = _DATA.get("cache")
         res = fit(student, s["train"], _fit_cfg(args, args.epochs, seed, name), _terms(terms, ctx), d,
-                  teacher=_DATA.get("teacher"))
+                  teacher=None if cache is not None else _DATA.get("teacher"), teacher_cache=cache)
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     student.to(dev)
     out = {"method": name, "seed": seed, "parameters": count_params(student), "val": evaluate_accuracy(student, s["val"], 1000, dev),
@@ -189,14 +192,21 @@ def accuracy(args, splits, teacher_path: Path, result: dict) -> None:
     chosen = ["scratch"] + [m for m in args.methods.split(",") if m]
     specs = {"scratch": [("ce", 1.0, {})], **{m: table[m] for m in chosen[1:]}}
     key = json.dumps([STUDENT, args.epochs, args.lr, args.weight_decay, args.batch_size, args.alpha,
-                      args.temperature, args.augment], sort_keys=True)
+                      args.temperature, args.augment] + ([args.cache_k] if args.cache else []), sort_keys=True)
     log = teacher_path.with_name(teacher_path.stem + f"_{hashlib.sha256(key.encode()).hexdigest()[:10]}.runs.jsonl")
     done = _done_runs(log)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = str(Path(tmp) / "data.npz")
         np.savez(data_path, **{f"{k}_{a}": getattr(v, a) for k, v in splits.items() for a in ("x", "y")})
+        cache_path = None
+        if args.cache:  # output losses only (kd, dkd): the cache stores the teacher's outputs, not its features
+            teacher = _model(TEACHER, 0)
+            teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
+            cache = build_cache(TorchTeacher(teacher.eval()), splits["train"].x, key="bench",
+                                temperature=args.temperature, k=args.cache_k, batch_size=1000)
+            cache_path = str(cache.save(Path(tmp) / "teacher_cache.pt"))
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(data_path, str(teacher_path), args)) as pool:
+                                 initargs=(data_path, str(teacher_path), args, cache_path)) as pool:
             runs = _run_all(pool, [(m, specs[m], seed) for seed in range(args.seeds) for m in chosen], done, log)
             found = {m: _collect(runs, m, specs[m]) for m in chosen}
             # The best combination: the best response method plus the best other method, both by validation.
@@ -225,7 +235,7 @@ def train_teacher(args, splits, path: Path) -> float:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             cfg = _fit_cfg(args, args.teacher_epochs, 0, "teacher")
-            cfg.batch_size = args.teacher_batch_size
+            cfg.batch_size, cfg.augment = args.teacher_batch_size, args.teacher_augment
             fit(teacher, splits["train"], cfg,
                 _terms([("ce", 1.0, {})], LossContext()), d)
         print(f"teacher trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -320,13 +330,17 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--alpha", type=float, default=0.1, help="KD's hard-label weight (CRD's benchmark: 0.1 CE + 0.9 KD)")
     ap.add_argument("--temperature", type=float, default=4.0)
-    ap.add_argument("--no-augment", dest="augment", action="store_false", help="train without shifts and flips")
+    ap.add_argument("--no-augment", dest="augment", action="store_false", help="train the students without shifts and flips")
+    ap.add_argument("--no-teacher-augment", dest="teacher_augment", action="store_false",
+                    help="train the teacher without shifts and flips")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (training runs only)")
     ap.add_argument("--workers", type=int, default=1, help="training runs at once")
     ap.add_argument("--speed-samples", type=int, default=6000)
     ap.add_argument("--speed-epochs", type=int, default=2)
     ap.add_argument("--speed-rounds", type=int, default=3)
-    ap.add_argument("--cache-k", type=int, default=5)
+    ap.add_argument("--cache-k", type=int, default=5, help="top-k of the teacher cache (speed part, and --cache)")
+    ap.add_argument("--cache", action="store_true", help="accuracy runs read the teacher's top-k soft labels from a "
+                    "cache built once (needs --no-augment; output losses only)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--teacher-dir", default=".cache", help="where the trained teacher is kept between runs")
     ap.add_argument("--student", default=json.dumps(STUDENT[1]), help="the cnn student's params (JSON)")
@@ -340,7 +354,7 @@ def main() -> None:
 
     train, val, test = load_fmnist(args.train_samples, args.val_samples)
     splits = {"train": train, "val": val, "test": test}
-    tag = f"{TEACHER[0]}{TEACHER[1]['width']}_{len(train)}_{args.teacher_epochs}_{args.lr}_{args.teacher_batch_size}_aug{int(args.augment)}"
+    tag = f"{TEACHER[0]}{TEACHER[1]['width']}_{len(train)}_{args.teacher_epochs}_{args.lr}_{args.teacher_batch_size}_aug{int(args.teacher_augment)}"
     teacher_path = Path(args.teacher_dir) / f"fmnist_teacher_{tag}.pt"
     teacher_acc = train_teacher(args, splits, teacher_path)
     print(f"teacher {teacher_acc:.4f}", file=sys.stderr)
@@ -352,10 +366,12 @@ def main() -> None:
                               "epochs": args.teacher_epochs},
                   "student": {"arch": STUDENT[0], **STUDENT[1], "parameters": count_params(student),
                               "epochs": args.epochs},
-                  "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+                  "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
+                  "teacher_augment": args.teacher_augment, "lr": args.lr, "weight_decay": args.weight_decay,
                   "optimizer": "adamw + cosine", "augment": "random 2-px shifts + horizontal flips, one view for both"
                   if args.augment else "none", "alpha": args.alpha, "temperature": args.temperature,
-                  "seeds": args.seeds, "training_device": args.device},
+                  "seeds": args.seeds, "training_device": args.device,
+                  "teacher_cache": f"top-{args.cache_k}" if args.cache else "none"},
         "teacher_accuracy": teacher_acc,
     }
     # The accuracy runs (on whatever device) own the setup; a later speed-only run adds its own machine.
