@@ -209,8 +209,21 @@ def input_files(recipe: Recipe, sections: tuple[str, ...]) -> dict[str, str]:
     if "teacher" in sections and recipe.teacher.checkpoint:
         paths.append(recipe.teacher.checkpoint)
     if "distill" in sections:
-        paths += [t.path for t in recipe.distill.teachers]
-    return {p: _path_fingerprint(Path(p)) for p in paths}
+        paths += [t.path for t in recipe.distill.teachers if t.kind != "python"]
+    found = {p: _path_fingerprint(Path(p)) for p in paths}
+    if "distill" in sections:  # a Python teacher: its module's source file
+        found.update({t.path: _module_fingerprint(t.path) for t in recipe.distill.teachers if t.kind == "python"})
+    return found
+
+
+def _module_fingerprint(spec: str) -> str:
+    import importlib.util
+
+    try:
+        origin = importlib.util.find_spec(spec.split(":")[0]).origin
+    except (ImportError, ValueError, AttributeError):
+        return "missing"  # the distill stage says so, naming the key
+    return _path_fingerprint(Path(origin)) if origin else "missing"
 
 
 def _path_fingerprint(path: Path) -> str:

@@ -61,10 +61,12 @@ class LossTerm:
 
 @dataclass
 class ExtraTeacher:
-    """One more teacher for multi-teacher KD: an ONNX file (a black box) or a PyTorch checkpoint."""
+    """One more teacher for multi-teacher KD: an ONNX file or a Python callable (black boxes), or a
+    PyTorch checkpoint."""
 
-    path: str = field(help="the .onnx file (kind = 'onnx') or the PyTorch checkpoint (kind = 'torch')")
-    kind: Literal["onnx", "torch"] = "onnx"
+    path: str = field(help="the .onnx file (kind = 'onnx'), the PyTorch checkpoint (kind = 'torch'), or "
+                           "'package.module:function' computing logits from a batch (kind = 'python')")
+    kind: Literal["onnx", "torch", "python"] = "onnx"
     arch: Optional[str] = field(None, help="kind = 'torch' only: the registered architecture")
     params: dict = field(default_factory=dict, help="kind = 'torch' only: the architecture's parameters")
     output: Optional[str] = field(None, help="kind = 'onnx' only: the output holding the logits (default: the first)")

@@ -309,3 +309,25 @@ def test_dry_run_follows_the_model_to_its_device():
     teacher = _cnn(8, 2, seed=1).to("meta")
     shapes = dry_run_shapes(teacher, ["features.2"], torch.zeros(2, 1, 8, 8))
     assert shapes["logits"] == torch.Size([2, 5]) and shapes["features.2"][:2] == torch.Size([2, 8])
+
+
+def test_recipe_python_teacher_is_a_black_box(tmp_path):
+    from edgedistill.distill.stage import distill
+    from edgedistill.distill.teachers import recipe_teacher
+    from py_teacher import logits
+
+    main = _cnn(8, 2, seed=1)
+    cfg = _recipe(teacher_weight=0.0, teachers=[{"kind": "python", "path": "py_teacher:logits"}]).distill
+    teacher = recipe_teacher(cfg, main, (1, 8, 8), 5)
+    assert isinstance(teacher, CallableTeacher)
+    x = torch.from_numpy(_data(8).x)
+    torch.testing.assert_close(teacher(x)["logits"], logits(x))
+    meta = distill(_cnn(), main, _splits(), _recipe(teacher_weight=0.0, losses=[{"name": "kd"}],
+                   teachers=[{"kind": "python", "path": "py_teacher:logits"}]), tmp_path / "a")
+    assert meta["final"]["loss_total"] > 0
+    with pytest.raises(ConfigError, match=r"distill.teachers\[0\].path: 'py_teacher' has no callable 'nope'"):
+        recipe_teacher(_recipe(teachers=[{"kind": "python", "path": "py_teacher:nope"}]).distill, main, (1, 8, 8), 5)
+    hint = [{"name": "kd"}, {"name": "hint", "params": {"student_layer": "features.2", "teacher_layer": "features.2"}}]
+    with pytest.raises(ConfigError, match="a Python callable teacher, which supplies outputs only"):
+        distill(_cnn(), main, _splits(), _recipe(teacher_weight=0.0, losses=hint,
+                teachers=[{"kind": "python", "path": "py_teacher:logits"}]), tmp_path / "b")

@@ -192,3 +192,16 @@ def test_input_files_fingerprint_folders_by_listing(tmp_path):
     assert input_files(rec, ("data",)) != before
     rec.data.path = str(tmp_path / "nowhere")
     assert input_files(rec, ("data",)) == {rec.data.path: "missing"}
+
+
+def test_input_files_of_a_python_teacher_is_its_module_source():
+    from edgedistill import _io
+    from edgedistill.pipeline import input_files
+    from edgedistill.recipe import ExtraTeacher, load_recipe
+
+    rec = load_recipe(None)
+    rec.distill.teachers = [ExtraTeacher(kind="python", path="py_teacher:logits"),
+                            ExtraTeacher(kind="python", path="no_such_module_here:fn")]
+    found = input_files(rec, ("distill",))
+    assert found["py_teacher:logits"] == _io.sha256_file(ROOT / "tests" / "py_teacher.py")
+    assert found["no_such_module_here:fn"] == "missing"

@@ -156,7 +156,7 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
 
     No ``[[distill.teachers]]``: the ``[teacher]`` model itself (a white box whose layers can be tapped).
     Otherwise an :class:`EnsembleTeacher` of ``main`` (weight ``distill.teacher_weight``, left out at 0) and
-    each extra teacher (ONNX through ONNX Runtime, or a PyTorch checkpoint); a single remaining teacher
+    each extra teacher (ONNX through ONNX Runtime, a Python callable, or a PyTorch checkpoint); a single remaining teacher
     is used alone, so one ONNX teacher with ``teacher_weight = 0`` is a plain black-box teacher.
     """
     from ..models import build_model, load_checkpoint
@@ -172,6 +172,10 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
         key = f"distill.teachers[{i}]"
         if t.kind == "onnx":
             members.append(OnnxTeacher(t.path, t.output, key=f"{key}.path"))
+        elif t.kind == "python":  # a black box: fn(batch) -> logits, e.g. a client of a served model
+            from ..data.adapters import import_object
+
+            members.append(CallableTeacher(import_object(t.path, f"{key}.path")))
         else:
             model = build_model(t.arch, t.params, input_shape, num_classes, f"{key}.arch")
             load_checkpoint(t.path, model, key=f"{key}.path")
