@@ -87,7 +87,10 @@ class DistillConfig:
     alpha: float = field(0.3, ge=0.0, le=1.0, help="weight of the hard-label cross-entropy term")
     temperature: float = field(4.0, gt=0.0, le=100.0)
     losses: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
-    teachers: list[ExtraTeacher] = field(default_factory=list, help="extra teachers; their logits are averaged with weights")
+    teachers: list[ExtraTeacher] = field(default_factory=list, help="extra teachers, mixed with weights (teacher_mix)")
+    teacher_mix: Literal["logits", "losses"] = field(
+        "logits", help="several teachers: 'logits' averages their logits with the weights; 'losses' computes each "
+                       "output loss once per teacher and averages the losses (not with the cache)")
     teacher_weight: float = field(1.0, ge=0.0, help="weight of the [teacher] model among distill.teachers; 0 leaves it out")
     cache: bool = field(False, help="store the teacher's top-k soft labels once and reuse them every epoch")
     cache_top_k: int = field(50, ge=1, help="probabilities kept per sample by the teacher cache")
@@ -153,6 +156,9 @@ class Recipe:
             raise ConfigError("name: must be a non-empty string without slashes; it names the run folder.")
         if not self.distill.losses:
             raise ConfigError("distill.losses: the list is empty; add at least one loss, e.g. { name = \"kd\" }.")
+        if self.distill.teacher_mix == "losses" and self.distill.cache:
+            raise ConfigError("distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache "
+                              "stores the averaged ones; set cache = false or teacher_mix = \"logits\".")
         if self.distill.teacher_weight == 0 and not self.distill.teachers:
             raise ConfigError("distill.teacher_weight: 0 leaves no teacher; add [[distill.teachers]] or set it > 0.")
 

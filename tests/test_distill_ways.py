@@ -13,7 +13,7 @@ from edgedistill.distill.cache import (SoftLabelCache, build_cache, load_or_buil
                                        storage_report)
 from edgedistill.distill.losses import LossContext, build_loss
 from edgedistill.distill.teachers import CallableTeacher, EnsembleTeacher, OnnxTeacher, TorchTeacher
-from edgedistill.distill.train import FitConfig, Term, check_term_paths, fit
+from edgedistill.distill.train import FitConfig, Term, _term_value, check_term_paths, fit
 from edgedistill.errors import ConfigError, StageError
 from edgedistill.models import build_model
 
@@ -98,6 +98,34 @@ def test_callable_and_ensemble_teachers(tmp_path):
     fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {})), tmp_path, teacher=ens)
     with pytest.raises(ConfigError, match="must be 2 non-negative numbers with a positive sum"):
         EnsembleTeacher([TorchTeacher(a), TorchTeacher(b)], weights=[1.0])
+
+
+def test_ensemble_mixing_losses_averages_each_teachers_loss(tmp_path):
+    a, b = _cnn(4, 1, seed=2).eval(), _cnn(4, 1, seed=3).eval()
+    ens = EnsembleTeacher([TorchTeacher(a), TorchTeacher(b)], weights=[3.0, 1.0], mix="losses")
+    x, y = torch.from_numpy(_data(16).x), torch.from_numpy(_data(16).y)
+    s_out, t_out = {"logits": torch.randn(16, 5, requires_grad=True)}, ens(x)
+    (kd,) = _terms(("kd", {}))
+    per_teacher = _term_value(kd, s_out, t_out, y, ens.shares())
+    expected = 0.75 * kd.loss(s_out, {"logits": t_out["logits@0"]}, y) + 0.25 * kd.loss(s_out, {"logits": t_out["logits@1"]}, y)
+    torch.testing.assert_close(per_teacher, expected)
+    mixed_logits = _term_value(kd, s_out, t_out, y, None)  # KD is not linear in the teacher's logits
+    assert abs(per_teacher.item() - mixed_logits.item()) > 1e-4
+    per_teacher.backward()
+    assert s_out["logits"].grad is not None and s_out["logits"].grad.abs().sum() > 0
+
+    student = _cnn()
+    w0 = student.features[0].weight.detach().clone()
+    res = fit(student, _data(), FitConfig(**CFG), _terms(("kd", {})), tmp_path / "a", teacher=ens)
+    assert np.isfinite(res.history[0]["loss_kd0"]) and not torch.equal(w0, student.features[0].weight)
+    with pytest.raises(ConfigError, match=r"distill.losses\[0\]: loss 'crd0' keeps state between steps"):
+        fit(_cnn(), _data(), FitConfig(**CFG), _terms(("crd", {"student_layer": "logits", "teacher_layer": "logits"})),
+            tmp_path / "b", teacher=ens)
+    cache = build_cache(ens, _data().x, key="ens", temperature=4.0, k=5)
+    with pytest.raises(ConfigError, match="'losses' needs each teacher's own outputs, but the teacher cache"):
+        fit(_cnn(), _data(), FitConfig(**CFG), _terms(("kd", {})), tmp_path / "c", teacher=ens, teacher_cache=cache)
+    with pytest.raises(ConfigError, match="teacher mix: 'mean' is not one of logits, losses"):
+        EnsembleTeacher([TorchTeacher(a), TorchTeacher(b)], mix="mean")
 
 
 def test_self_distillation_heads_are_not_part_of_the_model(tmp_path):
@@ -222,6 +250,9 @@ def test_recipe_teachers_main_onnx_torch_and_ensemble(tmp_path):
     with torch.no_grad():
         expected = (2 * main(x) + OnnxTeacher(onnx_path)(x)["logits"] + extra(x)) / 4
     torch.testing.assert_close(ens(x)["logits"], expected)
+    assert ens.mix == "logits" and ens.shares() == [0.5, 0.25, 0.25]
+    cfg.teacher_mix = "losses"
+    assert recipe_teacher(cfg, main, (1, 8, 8), 5).mix == "losses"
     with pytest.raises(ConfigError, match=r"distill.teachers\[0\].path: .*missing.onnx does not exist"):
         recipe_teacher(_recipe(teachers=[{"path": str(tmp_path / "missing.onnx")}]).distill, main, (1, 8, 8), 5)
 

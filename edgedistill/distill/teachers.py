@@ -3,7 +3,9 @@
 * :class:`TorchTeacher` wraps an ``nn.Module`` (white box: the loop may tap its layers).
 * :class:`OnnxTeacher` runs an ONNX file through ONNX Runtime (black box: outputs only).
 * :class:`CallableTeacher` wraps any Python function of a batch (black box).
-* :class:`EnsembleTeacher` averages several teachers' logits with weights (multi-teacher KD).
+* :class:`EnsembleTeacher` holds several teachers with weights (multi-teacher KD): their logits are
+  averaged (``mix = "logits"``), or each output loss is computed once per teacher and the losses are
+  averaged (``mix = "losses"``, done by the training loop).
 
 Black-box teachers supply outputs only; ``train.check_term_paths`` refuses the losses that would
 need their internals. ``fingerprint()`` identifies a teacher for the soft-label cache key.
@@ -125,12 +127,22 @@ class CallableTeacher(Teacher):
 
 
 class EnsembleTeacher(Teacher):
-    """Multi-teacher KD: ``logits = sum_i w_i * logits_i / sum_i w_i``; outputs only (features of several
-    teachers do not line up), so feature losses are refused as for a black box."""
+    """Multi-teacher KD; outputs only (features of several teachers do not line up), so feature losses
+    are refused as for a black box.
+
+    The call returns ``logits = sum_i w_i * logits_i / sum_i w_i`` and each teacher's own ``logits@i``.
+    With ``mix = "logits"`` the losses read the averaged logits (an ensemble teacher, as in Hinton et al.
+    2015); with ``mix = "losses"`` the loop computes each output loss against every teacher and averages
+    the losses with the same weights, ``sum_i w_i * L(s, t_i) / sum_i w_i`` (You et al., KDD 2017,
+    "Learning from Multiple Teacher Networks"). The two differ as soon as the loss is not linear in the
+    teacher's logits, which KD at any temperature is not.
+    """
 
     kind = "teacher ensemble"
+    MIXES = ("logits", "losses")
 
-    def __init__(self, teachers: Sequence[Teacher], weights: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, teachers: Sequence[Teacher], weights: Optional[Sequence[float]] = None,
+                 mix: str = "logits") -> None:
         if len(teachers) < 1:
             raise ConfigError("teachers: give at least one teacher.")
         weights = [1.0] * len(teachers) if weights is None else [float(w) for w in weights]
@@ -138,7 +150,14 @@ class EnsembleTeacher(Teacher):
             raise ConfigError(
                 f"teacher weights: {weights} must be {len(teachers)} non-negative numbers with a positive sum."
             )
-        self.teachers, self.weights = list(teachers), weights
+        if mix not in self.MIXES:
+            raise ConfigError(f"teacher mix: {mix!r} is not one of {', '.join(self.MIXES)}.")
+        self.teachers, self.weights, self.mix = list(teachers), weights, mix
+
+    def shares(self) -> list[float]:
+        """Each teacher's weight over the weights' sum: the coefficients of ``mix = "losses"``."""
+        total = sum(self.weights)
+        return [w / total for w in self.weights]
 
     def __call__(self, x):
         total = sum(self.weights)
@@ -155,8 +174,8 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
     """The teacher a recipe's ``[distill]`` section asks for.
 
     No ``[[distill.teachers]]``: the ``[teacher]`` model itself (a white box whose layers can be tapped).
-    Otherwise an :class:`EnsembleTeacher` of ``main`` (weight ``distill.teacher_weight``, left out at 0) and
-    each extra teacher (ONNX through ONNX Runtime, a Python callable, or a PyTorch checkpoint); a single remaining teacher
+    Otherwise an :class:`EnsembleTeacher` (``distill.teacher_mix``) of ``main`` (weight
+    ``distill.teacher_weight``, left out at 0) and each extra teacher (ONNX through ONNX Runtime, a Python callable, or a PyTorch checkpoint); a single remaining teacher
     is used alone, so one ONNX teacher with ``teacher_weight = 0`` is a plain black-box teacher.
     """
     from ..models import build_model, load_checkpoint
@@ -184,4 +203,4 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
     if len(members) == 1:
         only = members[0]
         return only.model if isinstance(only, TorchTeacher) else only
-    return EnsembleTeacher(members, weights)
+    return EnsembleTeacher(members, weights, mix=cfg.teacher_mix)

@@ -29,7 +29,7 @@ from ..errors import ConfigError, StageError
 from ..models._augment import TrainAugment
 from .cache import SoftLabelCache, refuse_if_augmented
 from .losses import DistillLoss
-from .teachers import CallableTeacher, Teacher, TorchTeacher
+from .teachers import CallableTeacher, EnsembleTeacher, Teacher, TorchTeacher
 from .taps import Taps, check_paths, dry_run_shapes
 
 
@@ -107,6 +107,7 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     t_paths = sorted({p for t in terms for p in t.loss.teacher_layers()})
     if teacher_cache is not None and cfg.augment:
         refuse_if_augmented(True)
+    shares = _per_teacher_shares(terms, teacher, teacher_cache)
     if teacher_cache is not None and len(teacher_cache) != len(train):
         raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
                          f"{len(train)}; rebuild the cache for this data.")
@@ -188,7 +189,7 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
                 total = student_out["logits"].new_zeros(())
                 values = {}
                 for t in terms:
-                    value = t.loss(student_out, teacher_out, yb)
+                    value = _term_value(t, student_out, teacher_out, yb, shares)
                     if not torch.isfinite(value):
                         raise StageError(f"distill: loss {t.name!r} became {value.item()} at epoch {epoch + 1}, step "
                                          f"{step + 1}; lower the learning rate or this term's weight.")
@@ -259,6 +260,30 @@ def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool 
             f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(t.loss.teacher_layers())}, but "
             f"there is {what}; use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
         )
+
+
+def _per_teacher_shares(terms: list[Term], teacher, teacher_cache) -> Optional[list[float]]:
+    """The teachers' shares when an ensemble mixes losses (``teacher_mix = "losses"``), else None."""
+    if not (isinstance(teacher, EnsembleTeacher) and teacher.mix == "losses"):
+        return None
+    if teacher_cache is not None:
+        raise ConfigError("distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache "
+                          "stores the averaged ones; set cache = false or teacher_mix = \"logits\".")
+    for i, t in enumerate(terms):
+        if t.loss.needs_teacher and next(t.loss.buffers(), None) is not None:
+            raise ConfigError(f"distill.losses[{i}]: loss {t.name!r} keeps state between steps (e.g. CRD's queue), "
+                              "so it cannot run once per teacher; set distill.teacher_mix = \"logits\".")
+    return teacher.shares()
+
+
+def _term_value(term: Term, student_out: dict, teacher_out: dict, labels: torch.Tensor,
+                shares: Optional[list[float]]) -> torch.Tensor:
+    """One term's loss; with per-teacher ``shares`` a loss that reads the teacher is computed against each
+    teacher's own logits and the results are averaged, ``sum_i share_i * L(s, t_i)``."""
+    if shares is None or not term.loss.needs_teacher:
+        return term.loss(student_out, teacher_out, labels)
+    return sum(w * term.loss(student_out, {"logits": teacher_out[f"logits@{i}"]}, labels)
+               for i, w in enumerate(shares))
 
 
 def _teacher_forward(teacher, t_paths: list[str], xb: torch.Tensor) -> dict[str, torch.Tensor]:
