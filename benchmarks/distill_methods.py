@@ -138,10 +138,15 @@ def _run_student(job: tuple[str, list, int]) -> dict:
     args, s = _DATA["args"], _DATA["splits"]
     student = _model(STUDENT, seed)
     ctx = LossContext(alpha=args.alpha, temperature=args.temperature, num_classes=10, batch_size=args.batch_size)
+    train, epochs, cache, built = s["train"], args.epochs, _DATA.get("cache"), _terms(terms, ctx)
+    if args.labelled and not any(t.loss.needs_teacher for t in built):
+        # Trained alone, a student has only the labelled images: it trains on them for as many optimizer
+        # steps as a distilled student takes over all the images.
+        train, epochs, cache = ArraySplit(train.x[:args.labelled], train.y[:args.labelled]), \
+            round(args.epochs * len(train) / args.labelled), None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        cache = _DATA.get("cache")
-        res = fit(student, s["train"], _fit_cfg(args, args.epochs, seed, name), _terms(terms, ctx), d,
+        res = fit(student, train, _fit_cfg(args, epochs, seed, name), built, d,
                   teacher=None if cache is not None else _DATA.get("teacher"), teacher_cache=cache)
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     student.to(dev)
@@ -192,11 +197,16 @@ def accuracy(args, splits, teacher_path: Path, result: dict) -> None:
     chosen = ["scratch"] + [m for m in args.methods.split(",") if m]
     specs = {"scratch": [("ce", 1.0, {})], **{m: table[m] for m in chosen[1:]}}
     key = json.dumps([STUDENT, args.epochs, args.lr, args.weight_decay, args.batch_size, args.alpha,
-                      args.temperature, args.augment] + ([args.cache_k] if args.cache else []), sort_keys=True)
+                      args.temperature, args.augment] + ([args.cache_k] if args.cache else [])
+                     + ([{"labelled": args.labelled}] if args.labelled else []), sort_keys=True)
     log = teacher_path.with_name(teacher_path.stem + f"_{hashlib.sha256(key.encode()).hexdigest()[:10]}.runs.jsonl")
     done = _done_runs(log)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = str(Path(tmp) / "data.npz")
+        if args.labelled:  # the teacher labels the rest: their hard labels are hidden (-1) from every run
+            y = splits["train"].y.copy()
+            y[args.labelled:] = -1
+            splits = {**splits, "train": ArraySplit(splits["train"].x, y)}
         np.savez(data_path, **{f"{k}_{a}": getattr(v, a) for k, v in splits.items() for a in ("x", "y")})
         cache_path = None
         if args.cache:  # output losses only (kd, dkd): the cache stores the teacher's outputs, not its features
@@ -341,6 +351,10 @@ def main() -> None:
     ap.add_argument("--cache-k", type=int, default=5, help="top-k of the teacher cache (speed part, and --cache)")
     ap.add_argument("--cache", action="store_true", help="accuracy runs read the teacher's top-k soft labels from a "
                     "cache built once (needs --no-augment; output losses only)")
+    ap.add_argument("--labelled", type=int, default=0,
+                    help="keep the labels of only the first N training images (the unlabelled-data scenario): the "
+                         "distilled student sees every image, the teacher labelling the rest; scratch trains on the "
+                         "N labelled images for the same number of steps")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--teacher-dir", default=".cache", help="where the trained teacher is kept between runs")
     ap.add_argument("--student", default=json.dumps(STUDENT[1]), help="the cnn student's params (JSON)")
@@ -371,7 +385,9 @@ def main() -> None:
                   "optimizer": "adamw + cosine", "augment": "random 2-px shifts + horizontal flips, one view for both"
                   if args.augment else "none", "alpha": args.alpha, "temperature": args.temperature,
                   "seeds": args.seeds, "training_device": args.device,
-                  "teacher_cache": f"top-{args.cache_k}" if args.cache else "none"},
+                  "teacher_cache": f"top-{args.cache_k}" if args.cache else "none",
+                  "labelled_samples": args.labelled or len(train),
+                  "scratch_epochs": round(args.epochs * len(train) / args.labelled) if args.labelled else args.epochs},
         "teacher_accuracy": teacher_acc,
     }
     # The accuracy runs (on whatever device) own the setup; a later speed-only run adds its own machine.
