@@ -233,8 +233,8 @@ def accuracy(args, splits, teacher_path: Path, result: dict) -> None:
     for m in found.values():
         m["gap_closed"] = (m["mean"] - scratch["mean"]) / gap if gap > 0 else float("nan")
     result.update({"scratch_accuracy": scratch, "methods": found,
-                   "best_method": max(found, key=lambda m: found[m]["mean"]),
-                   "best_method_by_val": max(found, key=lambda m: found[m]["val_mean"])})
+                   "best_method": max(found, key=lambda m: found[m]["mean"], default=None),
+                   "best_method_by_val": max(found, key=lambda m: found[m]["val_mean"], default=None)})
 
 
 def train_teacher(args, splits, path: Path) -> float:
