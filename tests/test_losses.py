@@ -71,11 +71,11 @@ def test_dkd_equals_reference_decomposition():
         ps, pt = torch.softmax(s["logits"][i] / T, 0), torch.softmax(t["logits"][i] / T, 0)
         g = int(y[i])
         bs, bt = torch.stack([ps[g], 1 - ps[g]]), torch.stack([pt[g], 1 - pt[g]])
-        tckd += float((bt * (bt / bs).log()).sum())
+        tckd += (bt * (bt / bs).log()).sum().item()
         keep = [c for c in range(10) if c != g]
         qs, qt = ps[keep] / ps[keep].sum(), pt[keep] / pt[keep].sum()
-        nckd += float((qt * (qt / qs).log()).sum())
-    ref = a * float(F.cross_entropy(s["logits"], y)) + (1 - a) * T * T * (tckd + 8.0 * nckd) / 16
+        nckd += (qt * (qt / qs).log()).sum().item()
+    ref = a * F.cross_entropy(s["logits"], y).item() + (1 - a) * T * T * (tckd + 8.0 * nckd) / 16
     assert fx.compute("dkd") == pytest.approx(ref, rel=1e-4)
 
 
@@ -84,7 +84,7 @@ def test_simmat_is_mean_squared_cosine_matrix_difference():
     cs = F.cosine_similarity(s["s_emb"][:, None], s["s_emb"][None], dim=2)
     ct = F.cosine_similarity(t["t_emb"][:, None], t["t_emb"][None], dim=2)
     ref = torch.linalg.matrix_norm(cs - ct, "fro") ** 2 / 16**2
-    assert fx.compute("simmat") == pytest.approx(float(ref), rel=1e-4)
+    assert fx.compute("simmat") == pytest.approx(ref.item(), rel=1e-4)
 
 
 def test_sp_matches_paper_formula():
@@ -93,7 +93,7 @@ def test_sp_matches_paper_formula():
     gs, gt = qs @ qs.T, qt @ qt.T
     gs, gt = gs / gs.norm(dim=1, keepdim=True), gt / gt.norm(dim=1, keepdim=True)
     ref = ((gs - gt) ** 2).sum() / 16**2
-    assert fx.compute("sp") == pytest.approx(float(ref), rel=1e-4)
+    assert fx.compute("sp") == pytest.approx(ref.item(), rel=1e-4)
 
 
 def test_attention_transfer_matches_paper_formula():
@@ -101,16 +101,16 @@ def test_attention_transfer_matches_paper_formula():
     a_s = F.adaptive_avg_pool2d(s["s_map"], 4).pow(2).sum(1).flatten(1)  # student map pooled to teacher's 4x4
     a_t = t["t_map"].pow(2).sum(1).flatten(1)
     a_s, a_t = a_s / a_s.norm(dim=1, keepdim=True), a_t / a_t.norm(dim=1, keepdim=True)
-    assert fx.compute("at") == pytest.approx(float(((a_s - a_t) ** 2).sum(1).mean()), rel=1e-4)
+    assert fx.compute("at") == pytest.approx(((a_s - a_t) ** 2).sum(1).mean().item(), rel=1e-4)
 
 
 def test_rkd_is_invariant_to_scaling_the_student_space():
     s, t, y = fx.inputs()
     loss = _built("rkd", {"student_layer": "s_emb", "teacher_layer": "t_emb"}, s, t)
-    a = float(loss(s, t, y))
+    a = loss(s, t, y).item()
     s2 = dict(s, s_emb=s["s_emb"] * 7.5)
-    assert float(loss(s2, t, y)) == pytest.approx(a, rel=1e-4)
-    assert float(loss({"s_emb": t["t_emb"]}, t, y)) == pytest.approx(0.0, abs=1e-6)
+    assert loss(s2, t, y).item() == pytest.approx(a, rel=1e-4)
+    assert loss({"s_emb": t["t_emb"]}, t, y).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["pkt", "simmat", "sp", "nst", "at"])
@@ -118,7 +118,7 @@ def test_relation_losses_are_zero_when_student_equals_teacher(name):
     s, t, y = fx.inputs()
     key = "t_map" if name in ("nst", "at", "sp") else "t_emb"
     loss = _built(name, {"student_layer": key, "teacher_layer": key}, t, t)
-    assert float(loss({key: t[key]}, t, y)) == pytest.approx(0.0, abs=1e-5)
+    assert loss({key: t[key]}, t, y).item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_crd_queue_is_bounded_and_first_call_uses_in_batch_negatives():
@@ -128,7 +128,7 @@ def test_crd_queue_is_bounded_and_first_call_uses_in_batch_negatives():
     zt = F.normalize(loss.embed_t(t["t_emb"]), dim=1)
     tgt = torch.arange(16)
     ref = 0.5 * (F.cross_entropy(zs @ zt.T / 0.07, tgt) + F.cross_entropy(zt @ zs.T / 0.07, tgt))
-    assert float(loss(s, t, y)) == pytest.approx(float(ref), rel=1e-4)
+    assert loss(s, t, y).item() == pytest.approx(ref.item(), rel=1e-4)
     for _ in range(5):
         loss(s, t, y)
     assert int(loss.queue_len) == 40 and loss.queue_s.shape == (40, 16)
@@ -141,9 +141,9 @@ def test_unlabelled_samples_drop_the_hard_term():
     kd = build_loss("kd", {"alpha": 0.5}, LossContext(), "t")
     only_soft = build_loss("kd", {"alpha": 0.0}, LossContext(), "t")
     none = torch.full_like(y, -1)
-    assert float(kd(s, t, none)) == pytest.approx(float(only_soft(s, t, None)), rel=1e-6)
+    assert kd(s, t, none).item() == pytest.approx(only_soft(s, t, None).item(), rel=1e-6)
     dkd = build_loss("dkd", {}, LossContext(), "t")
-    assert math.isfinite(float(dkd(s, t, none)))
+    assert math.isfinite(dkd(s, t, none).item())
 
 
 def test_relation_loss_warns_on_small_batch():
@@ -183,7 +183,7 @@ def test_embedding_losses_work_on_any_BD_output(name):
     assert not loss.needs_teacher_features
     value = loss(s, t, None)
     value.backward()
-    assert math.isfinite(float(value)) and s["logits"].grad is not None
+    assert math.isfinite(value.item()) and s["logits"].grad is not None
 
 
 def test_feature_flags():
