@@ -175,8 +175,9 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
 
     No ``[[distill.teachers]]``: the ``[teacher]`` model itself (a white box whose layers can be tapped).
     Otherwise an :class:`EnsembleTeacher` (``distill.teacher_mix``) of ``main`` (weight
-    ``distill.teacher_weight``, left out at 0) and each extra teacher (ONNX through ONNX Runtime, a Python callable, or a PyTorch checkpoint); a single remaining teacher
-    is used alone, so one ONNX teacher with ``teacher_weight = 0`` is a plain black-box teacher.
+    ``distill.teacher_weight``, left out at 0) and each extra teacher (ONNX through ONNX Runtime, a
+    Python callable, or a PyTorch checkpoint); a single remaining teacher is used alone, so one ONNX
+    teacher with ``teacher_weight = 0`` is a plain black-box teacher.
     """
     from ..models import build_model, load_checkpoint
 
