@@ -18,9 +18,13 @@ cuda`` for a GPU); the speed part always runs on the CPU at 1 thread.
 
 Data: the Debian package ``dataset-fashion-mnist`` (IDX files read with numpy). Run:
 
-    PYTHONPATH=$PWD python benchmarks/distill_methods.py --device cuda --workers 12   # the table
+    PYTHONPATH=$PWD python benchmarks/distill_methods.py --device cuda --workers 13 --student '{"width": 32}'  # the table
     PYTHONPATH=$PWD python benchmarks/distill_methods.py --part speed                # throughput + cache
     PYTHONPATH=$PWD python benchmarks/distill_methods.py --part table                # print the README table
+
+``--labelled N`` measures the unlabelled-data scenario instead: only N training images keep their
+labels, the distilled student reads the teacher's soft labels on all of them, and scratch trains on
+the N labelled images alone (``benchmarks/results/distill_unlabelled.json``).
 """
 
 from __future__ import annotations
@@ -142,8 +146,8 @@ def _run_student(job: tuple[str, list, int]) -> dict:
     if args.labelled and not any(t.loss.needs_teacher for t in built):
         # Trained alone, a student has only the labelled images: it trains on them for as many optimizer
         # steps as a distilled student takes over all the images.
-        train, epochs, cache = ArraySplit(train.x[:args.labelled], train.y[:args.labelled]), \
-            round(args.epochs * len(train) / args.labelled), None
+        epochs = round(args.epochs * len(train) / args.labelled)
+        train = ArraySplit(train.x[:args.labelled], train.y[:args.labelled])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         res = fit(student, train, _fit_cfg(args, epochs, seed, name), built, d,

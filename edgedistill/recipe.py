@@ -156,9 +156,6 @@ class Recipe:
             raise ConfigError("name: must be a non-empty string without slashes; it names the run folder.")
         if not self.distill.losses:
             raise ConfigError("distill.losses: the list is empty; add at least one loss, e.g. { name = \"kd\" }.")
-        if self.distill.teacher_mix == "losses" and self.distill.cache:
-            raise ConfigError("distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache "
-                              "stores the averaged ones; set cache = false or teacher_mix = \"logits\".")
         if self.distill.teacher_weight == 0 and not self.distill.teachers:
             raise ConfigError("distill.teacher_weight: 0 leaves no teacher; add [[distill.teachers]] or set it > 0.")
 

@@ -285,6 +285,12 @@ def test_check_taps_rejects_bad_paths_before_any_stage(tmp_path):
     cached = _recipe(cache=True, losses=[{"name": "at", "params": {"student_layer": "features", "teacher_layer": "features"}}])
     with pytest.raises(ConfigError, match="but there is the teacher cache, which stores outputs only"):
         check_taps(cached, (1, 8, 8), 5)
+    onnx_path = onnx_conv(tmp_path / "t.onnx", classes=5)
+    per_teacher = dict(teachers=[{"path": str(onnx_path)}], teacher_mix="losses", losses=[{"name": "kd"}])
+    check_taps(_recipe(**per_teacher), (1, 8, 8), 5)
+    check_taps(_recipe(**{**per_teacher, "teachers": []}, cache=True), (1, 8, 8), 5)  # one teacher: nothing to mix
+    with pytest.raises(ConfigError, match=r"distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache"):
+        check_taps(_recipe(**per_teacher, cache=True), (1, 8, 8), 5)
 
 
 def test_teacher_does_not_run_when_no_term_reads_it(tmp_path):

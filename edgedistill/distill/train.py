@@ -105,9 +105,10 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     check_term_paths(terms, model, teacher, cached=teacher_cache is not None)
     s_paths = sorted({p for t in terms for p in t.loss.student_layers()})
     t_paths = sorted({p for t in terms for p in t.loss.teacher_layers()})
-    if teacher_cache is not None and cfg.augment:
-        refuse_if_augmented(True)
-    shares = _per_teacher_shares(terms, teacher, teacher_cache)
+    if teacher_cache is not None:
+        refuse_if_augmented(cfg.augment)
+    # teacher_mix = "losses": each loss that reads the teacher runs once per teacher (see _term_value)
+    shares = teacher.shares() if isinstance(teacher, EnsembleTeacher) and teacher.mix == "losses" else None
     if teacher_cache is not None and len(teacher_cache) != len(train):
         raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
                          f"{len(train)}; rebuild the cache for this data.")
@@ -240,7 +241,16 @@ def as_teacher(teacher) -> Optional[nn.Module | Teacher]:
 
 
 def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool = False) -> None:
-    """Reject, before any training, module paths that do not exist and teacher taps nobody can supply."""
+    """Reject, before any training, module paths that do not exist, teacher taps nobody can supply, and
+    per-teacher losses (``teacher_mix = "losses"``) that cannot be had."""
+    if isinstance(teacher, EnsembleTeacher) and teacher.mix == "losses":
+        if cached:
+            raise ConfigError("distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache "
+                              "stores the averaged ones; set cache = false or teacher_mix = \"logits\".")
+        for i, t in enumerate(terms):
+            if t.loss.needs_teacher and next(t.loss.buffers(), None) is not None:
+                raise ConfigError(f"distill.losses[{i}]: loss {t.name!r} keeps state between steps (e.g. CRD's "
+                                  "queue), so it cannot run once per teacher; set distill.teacher_mix = \"logits\".")
     for i, t in enumerate(terms):
         check_paths(model, t.loss.student_layers(), f"distill.losses[{i}].params.student_layer")
     if isinstance(teacher, nn.Module) and not cached:
@@ -260,20 +270,6 @@ def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool 
             f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(t.loss.teacher_layers())}, but "
             f"there is {what}; use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
         )
-
-
-def _per_teacher_shares(terms: list[Term], teacher, teacher_cache) -> Optional[list[float]]:
-    """The teachers' shares when an ensemble mixes losses (``teacher_mix = "losses"``), else None."""
-    if not (isinstance(teacher, EnsembleTeacher) and teacher.mix == "losses"):
-        return None
-    if teacher_cache is not None:
-        raise ConfigError("distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache "
-                          "stores the averaged ones; set cache = false or teacher_mix = \"logits\".")
-    for i, t in enumerate(terms):
-        if t.loss.needs_teacher and next(t.loss.buffers(), None) is not None:
-            raise ConfigError(f"distill.losses[{i}]: loss {t.name!r} keeps state between steps (e.g. CRD's queue), "
-                              "so it cannot run once per teacher; set distill.teacher_mix = \"logits\".")
-    return teacher.shares()
 
 
 def _term_value(term: Term, student_out: dict, teacher_out: dict, labels: torch.Tensor,
