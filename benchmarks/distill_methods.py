@@ -61,16 +61,27 @@ RESULTS = Path(__file__).parent / "results" / "distill_methods.json"
 
 # (arch, params); taps per arch: the 14 x 14 stage output, and the pooled penultimate vector
 TEACHER = ("resnet", {"width": 32, "depth": 3})
-STUDENT = ("cnn", {"width": 8, "depth": 3})
-TAPS = {"cnn": ("features.5", "pool"), "resnet": ("stages.1", "pool"), "mobilenet": ("features.1", "pool")}
+STUDENT_DEFAULTS = {"cnn": {"width": 8, "depth": 3}, "mlp": {"hidden": [128, 64]}}
+STUDENT = ("cnn", dict(STUDENT_DEFAULTS["cnn"]))
+# An mlp has no maps: hint and sp read its last hidden vector, at and nst (maps only) are left out.
+TAPS = {"cnn": ("features.5", "pool"), "resnet": ("stages.1", "pool"), "mobilenet": ("features.1", "pool"),
+        "mlp": (None, "body.3")}
+SHALLOW = {"cnn": ["features.2", "features.5"], "mlp": ["body.1"]}  # self_distill's auxiliary heads
+
+
+def set_student(arch: str, params_json: str) -> None:
+    """The student the runs train: ``arch``'s defaults updated by ``--student`` (in the parent and each worker)."""
+    global STUDENT
+    STUDENT = (arch, {**STUDENT_DEFAULTS[arch], **json.loads(params_json)})
 
 
 def methods(student_arch: str, teacher_arch: str) -> dict[str, list[tuple[str, float, dict]]]:
     """method -> its loss terms. Feature and relation methods keep the hard-label term, as their papers do."""
     (s_map, s_vec), (t_map, t_vec) = TAPS[student_arch], TAPS[teacher_arch]
-    fmap, fvec = {"student_layer": s_map, "teacher_layer": t_map}, {"student_layer": s_vec, "teacher_layer": t_vec}
+    fvec = {"student_layer": s_vec, "teacher_layer": t_vec}
+    fmap = {"student_layer": s_map, "teacher_layer": t_map} if s_map else fvec
     ce = ("ce", 1.0, {})
-    return {
+    table = {
         "kd": [("kd", 1.0, {})],
         "dkd": [("dkd", 1.0, {"alpha": 0.5})],  # CE + TCKD + 8 NCKD, the paper's ratio
         "hint": [ce, ("hint", 1.0, fmap)],
@@ -81,8 +92,9 @@ def methods(student_arch: str, teacher_arch: str) -> dict[str, list[tuple[str, f
         "sp": [ce, ("sp", 3000.0, fmap)],
         "simmat": [ce, ("simmat", 10.0, fvec)],
         "crd": [ce, ("crd", 0.8, {**fvec, "queue_size": 4096})],
-        "self_distill": [ce, ("self_distill", 1.0, {"student_layer": ["features.2", "features.5"]})],
+        "self_distill": [ce, ("self_distill", 1.0, {"student_layer": SHALLOW[student_arch]})],
     }
+    return {m: t for m, t in table.items() if s_map or m not in ("at", "nst")}
 
 
 def load_fmnist(n_train: int, n_val: int) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
@@ -125,7 +137,7 @@ _DATA: dict = {}
 
 def _worker_init(data_path: str, teacher_path: str | None, args: argparse.Namespace, cache_path: str | None = None) -> None:
     torch.set_num_threads(1)
-    STUDENT[1].update(json.loads(args.student))  # a spawned worker starts from the module's defaults
+    set_student(args.student_arch, args.student)  # a spawned worker starts from the module's defaults
     with np.load(data_path) as f:
         _DATA["splits"] = {k: ArraySplit(f[f"{k}_x"], f[f"{k}_y"]) for k in ("train", "val", "test")}
     _DATA["args"] = args
@@ -198,7 +210,9 @@ def accuracy(args, splits, teacher_path: Path, result: dict) -> None:
     Each finished run is appended to ``<teacher>.runs.jsonl`` (keyed by the student's setup), so a run
     cut off by a time limit is continued, not restarted, by the same command."""
     table = methods(STUDENT[0], TEACHER[0])
-    chosen = ["scratch"] + [m for m in args.methods.split(",") if m]
+    chosen = ["scratch"] + [m for m in (args.methods or ",".join(table)).split(",") if m]
+    if unknown := [m for m in chosen[1:] if m not in table]:
+        sys.exit(f"--methods: {', '.join(unknown)} not available for a {STUDENT[0]} student; choose from {', '.join(table)}.")
     specs = {"scratch": [("ce", 1.0, {})], **{m: table[m] for m in chosen[1:]}}
     key = json.dumps([STUDENT, args.epochs, args.lr, args.weight_decay, args.batch_size, args.alpha,
                       args.temperature, args.augment] + ([args.cache_k] if args.cache else [])
@@ -332,7 +346,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["all", "accuracy", "speed", "table"], default="all",
                     help="table: print the markdown table of an existing results file and exit")
-    ap.add_argument("--methods", default=",".join(methods("cnn", "resnet")), help="comma-separated subset of the methods")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all the "
+                    f"student's; cnn: {','.join(methods('cnn', 'resnet'))})")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--train-samples", type=int, default=55000)
     ap.add_argument("--val-samples", type=int, default=5000)
@@ -361,9 +376,11 @@ def main() -> None:
                          "N labelled images for the same number of steps")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--teacher-dir", default=".cache", help="where the trained teacher is kept between runs")
-    ap.add_argument("--student", default=json.dumps(STUDENT[1]), help="the cnn student's params (JSON)")
+    ap.add_argument("--student-arch", choices=sorted(STUDENT_DEFAULTS), default="cnn")
+    ap.add_argument("--student", default="{}", help="the student's params (JSON) over the arch's defaults "
+                    f"{STUDENT_DEFAULTS}")
     args = ap.parse_args()
-    STUDENT[1].update(json.loads(args.student))
+    set_student(args.student_arch, args.student)
     out_path = Path(args.out)
     if args.part == "table":
         print(markdown_table(json.loads(out_path.read_text())))

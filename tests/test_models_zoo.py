@@ -196,3 +196,17 @@ def test_families_learn_fashion_mnist_sample(arch, params):
     with torch.no_grad():
         acc = float((m(torch.from_numpy(s.test.x)).argmax(1).numpy() == s.test.y).mean())
     assert acc > 0.3, acc  # chance is 0.10; 3 epochs on 500 images reach ~0.45-0.55 (BN stats still settling)
+
+
+def test_mlp_flattens_any_input_and_its_knobs_size_it():
+    m = build_model("mlp", {"hidden": [32, 16]}, (1, 8, 8), 10, "student").eval()
+    assert m(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    assert build_model("mlp", {}, (20,), 4, "student")(torch.randn(5, 20)).shape == (5, 4)
+    assert count_params(m) == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+    assert count_params(build_model("mlp", {"hidden": [64, 16]}, (1, 8, 8), 10, "s")) > count_params(m)
+    # The hidden layers' outputs are where feature losses tap it.
+    assert isinstance(dict(m.named_modules())["body.3"], nn.ReLU)
+    with pytest.raises(ConfigError, match=r"student\.params: 'mlp' cannot be built"):
+        build_model("mlp", {"hidden": []}, (1, 8, 8), 10, "student")
+    with pytest.raises(ConfigError, match=r"student\.params: 'mlp' cannot be built"):
+        build_model("mlp", {"dropout": 1.0}, (1, 8, 8), 10, "student")

@@ -179,14 +179,19 @@ def test_ort_fuses_the_qat_graph_into_quantized_kernels(exported, tmp_path):
     assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "QGemm" in ops
 
 
-def test_ort_int8_agrees_with_torch_fake_quant(exported):
-    c, _, tmp, x = exported
-    sess = ort.InferenceSession(str(tmp / "qat.onnx"), providers=["CPUExecutionProvider"])
+def _assert_ort_matches_torch(path, converted, x, agreement: float) -> None:
+    """The INT8 ONNX file's outputs against the converted fake-quant model's, on ``x``."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
-        ref = c(x).numpy()
-    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.995
+        ref = converted(x).numpy()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= agreement
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_ort_int8_agrees_with_torch_fake_quant(exported):
+    c, _, tmp, x = exported
+    _assert_ort_matches_torch(tmp / "qat.onnx", c, x, 0.995)
 
 
 @pytest.mark.slow
@@ -217,3 +222,16 @@ def test_run_qat_trains_with_kd_exports_int8_and_checks_parity(tmp_path):
     assert meta["export"]["int8_weights"] == 3
     with pytest.raises(StageError, match="qat.teacher is 'teacher' but no teacher"):
         run_qat(student, None, splits, QATConfig(teacher="teacher"), tmp_path / "b")
+
+
+def test_mlp_student_exports_int8_gemms_that_agree_with_torch(tmp_path):
+    torch.manual_seed(0)
+    m = build_model("mlp", {"hidden": [32, 16]}, (1, 8, 8), 10, "student")
+    q = prepare_qat(m)
+    x = torch.randn(128, 1, 8, 8)
+    with torch.no_grad():
+        q(x)
+    c = convert_qat(q)
+    meta = export_qat_onnx(c, tmp_path / "qat.onnx", x[:2])
+    assert meta["int8_weights"] == 3 and meta["int32_biases"] == 3
+    _assert_ort_matches_torch(tmp_path / "qat.onnx", c, x, 0.99)
