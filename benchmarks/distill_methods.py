@@ -25,6 +25,10 @@ Data: the Debian package ``dataset-fashion-mnist`` (IDX files read with numpy). 
 ``--labelled N`` measures the unlabelled-data scenario instead: only N training images keep their
 labels, the distilled student reads the teacher's soft labels on all of them, and scratch trains on
 the N labelled images alone (``benchmarks/results/distill_unlabelled.json``).
+
+``--student-arch mlp`` trains an MLP student (the registry's ``mlp``, hidden layers 128 and 64 unless
+``--student`` says otherwise); it has no feature maps, so ``at`` and ``nst`` are left out and ``hint``
+and ``sp`` read its last hidden vector (``benchmarks/results/distill_methods_mlp.json``).
 """
 
 from __future__ import annotations
