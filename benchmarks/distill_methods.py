@@ -58,6 +58,7 @@ from edgedistill.distill.cache import SoftLabelCache, build_cache, storage_repor
 from edgedistill.distill.losses import LossContext, build_loss  # noqa: E402
 from edgedistill.distill.teachers import TorchTeacher  # noqa: E402
 from edgedistill.distill.train import FitConfig, Term, evaluate_accuracy, fit  # noqa: E402
+from edgedistill.errors import ConfigError  # noqa: E402
 from edgedistill.models import build_model, count_params  # noqa: E402
 
 FMNIST = Path(os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -77,6 +78,22 @@ def set_student(arch: str, params_json: str) -> None:
     """The student the runs train: ``arch``'s defaults updated by ``--student`` (in the parent and each worker)."""
     global STUDENT
     STUDENT = (arch, {**STUDENT_DEFAULTS[arch], **json.loads(params_json)})
+
+
+def check_student_args(args: argparse.Namespace) -> None:
+    """Set the student from ``--student-arch`` / ``--student`` and check them and ``--methods`` before the
+    teacher is loaded or trained: a bad value exits with one line."""
+    try:
+        set_student(args.student_arch, args.student)
+    except json.JSONDecodeError as e:
+        sys.exit(f"--student: {args.student!r} is not JSON ({e.msg}); pass an object, e.g. '{{\"width\": 32}}'.")
+    try:
+        _model(STUDENT, 0)
+    except ConfigError as e:
+        sys.exit(f"--student: {e}")
+    table = methods(STUDENT[0], TEACHER[0])
+    if unknown := [m for m in (args.methods or "").split(",") if m and m not in table]:
+        sys.exit(f"--methods: {', '.join(unknown)} not available for a {STUDENT[0]} student; choose from {', '.join(table)}.")
 
 
 def methods(student_arch: str, teacher_arch: str) -> dict[str, list[tuple[str, float, dict]]]:
@@ -215,8 +232,6 @@ def accuracy(args, splits, teacher_path: Path, result: dict) -> None:
     cut off by a time limit is continued, not restarted, by the same command."""
     table = methods(STUDENT[0], TEACHER[0])
     chosen = ["scratch"] + [m for m in (args.methods or ",".join(table)).split(",") if m]
-    if unknown := [m for m in chosen[1:] if m not in table]:
-        sys.exit(f"--methods: {', '.join(unknown)} not available for a {STUDENT[0]} student; choose from {', '.join(table)}.")
     specs = {"scratch": [("ce", 1.0, {})], **{m: table[m] for m in chosen[1:]}}
     key = json.dumps([STUDENT, args.epochs, args.lr, args.weight_decay, args.batch_size, args.alpha,
                       args.temperature, args.augment] + ([args.cache_k] if args.cache else [])
@@ -384,7 +399,7 @@ def main() -> None:
     ap.add_argument("--student", default="{}", help="the student's params (JSON) over the arch's defaults "
                     f"{STUDENT_DEFAULTS}")
     args = ap.parse_args()
-    set_student(args.student_arch, args.student)
+    check_student_args(args)
     out_path = Path(args.out)
     if args.part == "table":
         print(markdown_table(json.loads(out_path.read_text())))
