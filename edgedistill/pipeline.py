@@ -44,13 +44,22 @@ class RunContext:
     trust_checkpoint: bool = False  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
     _splits: object = None
+    _task: object = None
+
+    @property
+    def task(self):
+        """The recipe's task (see :mod:`edgedistill.tasks`): every stage asks it how, never "which kind"."""
+        if self._task is None:
+            from .tasks import get_task
+
+            self._task = get_task(self.recipe.task, self.run_dir)
+        return self._task
 
     @property
     def splits(self):
+        """The recipe's data: file listings and labels only; samples are read a batch at a time by the stages."""
         if self._splits is None:
-            from .data import load_data
-
-            self._splits = load_data(self.recipe.data, self.recipe.seed)
+            self._splits = self.task.load_data(self.recipe.data, self.recipe.seed)
         return self._splits
 
     def path(self, stage: str, *parts: str) -> Path:
@@ -133,7 +142,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     ctx = RunContext(recipe=recipe, target=tgt, run_dir=run_dir, resume=resume, trust_checkpoint=trust_checkpoint)
     if log is not None:
         ctx.log = log
-    preflight(recipe, ctx.splits)  # names, params and layer paths, before the run folder is touched
+    preflight(recipe, ctx.task, ctx.splits)  # names, params and layer paths, before the run folder is touched
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -152,7 +161,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
         for s in STAGES:
             forced = forced or (from_stage == s.name)
             inputs = {sec: recipe_dict.get(sec) for sec in s.sections}
-            inputs["seed"] = recipe.seed
+            inputs["seed"], inputs["task"] = recipe.seed, recipe.task
             inputs["deps"] = {d: stages_m.get(d, {}).get("outputs") for d in s.deps}
             if s.uses_target:
                 inputs["target"] = tgt.to_dict()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from . import _schema
 from ._schema import field
@@ -17,15 +17,37 @@ from .errors import ConfigError
 from .quant.config import QATConfig
 
 Optimizer = Literal["adamw", "sgd"]
-Scheduler = Literal["cosine", "none"]
+Scheduler = Literal["cosine", "linear", "none"]
 Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class PreprocessConfig:
+    """What is done to a raw sample before the model sees it, in order: decode to ``channels``, resize to
+    ``size``, multiply by ``scale``, subtract ``mean`` and divide by ``std`` per channel. Applied a
+    batch at a time and recorded in the bundle, so an app preprocesses exactly the same way."""
+
+    size: Optional[list[int]] = field(None, help="[H, W] images are resized to (default: the first image's size)")
+    channels: Optional[Literal["L", "RGB", "BGR"]] = field(None, help="image channel order (default RGB)")
+    scale: Optional[float] = field(None, gt=0.0, help="multiply raw values first (default: 1/255 for images, 1 for arrays)")
+    mean: Union[list[float], Literal["auto", "none"]] = field(
+        "auto", help="per-channel mean to subtract; 'auto': the dataset's own constants, or measured on the training split")
+    std: Union[list[float], Literal["auto", "none"]] = field("auto", help="per-channel std to divide by; as mean")
+    stats_samples: int = field(10000, ge=1, help="training samples read (streaming) to measure an 'auto' mean/std")
+
+    def _check(self, where: str) -> None:
+        if self.size is not None and (len(self.size) != 2 or any(v < 1 for v in self.size)):
+            raise ConfigError(f"{where}.size: {self.size} must be [height, width] with both >= 1.")
 
 
 @dataclass
 class DataConfig:
     dataset: str = "digits"
     path: Optional[str] = None
-    options: dict = field(default_factory=dict, help="extra keyword arguments for the dataset factory")
+    options: dict = field(default_factory=dict, help="what is particular to the dataset (labels, factory, limit)")
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    workers: Optional[int] = field(None, ge=0, le=64, help="DataLoader worker processes (default: 0 for arrays, "
+                                                           "up to 4 for sources that decode, like image folders)")
     val_fraction: float = field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = field(0.2, gt=0.0, lt=0.9)
     batch_size: int = field(64, ge=1, le=65536)
@@ -43,12 +65,16 @@ class TeacherConfig:
     weight_decay: float = field(1e-4, ge=0.0)
     optimizer: Optimizer = "adamw"
     scheduler: Scheduler = "cosine"
+    train: Literal["all", "head"] = field("all", help="'head': train only the classification head on the frozen "
+                                                      "encoder (a linear probe of a pretrained text teacher)")
 
 
 @dataclass
 class StudentConfig:
     arch: str = "cnn"
     params: dict = field(default_factory=lambda: {"width": 8, "depth": 2})
+    prune_vocab: bool = field(False, help="text students: keep only the tokens the run's texts use (a smaller "
+                                          "embedding table); the pruned tokenizer travels with the model")
 
 
 @dataclass
@@ -99,11 +125,14 @@ class DistillConfig:
     amp: bool = False
     augment: bool = field(False, help="random 2-pixel shifts and horizontal flips of image batches, the same view "
                                       "for teacher and student (refused with the cache)")
+    warmup: float = field(0.0, ge=0.0, le=1.0, help="share of the steps over which the learning rate ramps up from 0")
+    clip_grad_norm: Optional[float] = field(None, gt=0.0, help="clip the gradients to this total norm")
 
 
 @dataclass
 class ExportConfig:
-    opset: int = field(18, ge=13, le=23)
+    opset: Optional[int] = field(None, ge=13, le=23, help="ONNX opset (default: the task's; 18, or 17 for transformer "
+                                                         "text models, whose graphs ONNX Runtime fuses fully at 17)")
     parity_atol: float = field(1e-4, gt=0.0)
     parity_rtol: float = field(1e-3, ge=0.0)
     parity_samples: int = field(256, ge=1)
@@ -112,6 +141,9 @@ class ExportConfig:
 @dataclass
 class PTQConfig:
     enabled: bool = True
+    mode: Literal["auto", "static", "dynamic"] = field(
+        "auto", help="static QDQ (calibrated) or dynamic INT8; auto: the task's choice (static for "
+                     "classification, dynamic for transformer text models)")
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = field(99.999, gt=50.0, le=100.0)
     samples: int = field(256, ge=1, le=100000)
@@ -124,6 +156,7 @@ class PTQConfig:
 
 @dataclass
 class BenchConfig:
+    seq_len: int = field(32, ge=1, le=4096, help="sequence length of token inputs (text models)")
     runs: int = field(100, ge=1)
     warmup: int = field(10, ge=0)
     min_seconds: float = field(1.0, ge=0.0)
@@ -141,6 +174,7 @@ class Recipe:
     name: str = "run"
     seed: int = field(0, ge=0)
     target: str = "laptop-x86"
+    task: str = field("classification", help="how the model meets every stage (see `edgedistill tasks`)")
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)

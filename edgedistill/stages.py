@@ -26,31 +26,31 @@ def _read_json(p: Path) -> dict:
         return json.load(f)
 
 
+def _files(ctx: RunContext, stage_name: str) -> list[str]:
+    """Every file a stage wrote into its folder (checkpoints for resuming left out)."""
+    folder = ctx.path(stage_name)
+    return sorted(_rel(ctx, p) for p in folder.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+
+
 @stage("teacher", "01_teacher", sections=("data", "teacher"))
 def _teacher(ctx: RunContext) -> list[str]:
-    from .teacher import prepare_teacher
-
-    prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"), trust_checkpoint=ctx.trust_checkpoint, log=ctx.log)
-    return [_rel(ctx, ctx.path("teacher", f)) for f in ("model.pt", "meta.json")]
+    ctx.task.prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"), ctx.trust_checkpoint, ctx.log)
+    return _files(ctx, "teacher")
 
 
 @stage("student", "02_student", sections=("data", "student"))
 def _student(ctx: RunContext) -> list[str]:
-    from .student import build_student
-
-    build_student(ctx.recipe, ctx.splits, ctx.path("student"))
-    return [_rel(ctx, ctx.path("student", f)) for f in ("model.pt", "meta.json")]
+    ctx.task.build_student(ctx.recipe, ctx.splits, ctx.path("student"))
+    return _files(ctx, "student")
 
 
 @stage("distill", "03_distill", sections=("data", "distill"), deps=("teacher", "student"))
 def _distill(ctx: RunContext) -> list[str]:
     from .distill.stage import distill
-    from .student import load_student
-    from .teacher import load_teacher
 
-    teacher = load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
-    student = load_student(ctx.recipe, ctx.splits, ctx.path("student", "model.pt"))
-    distill(student, teacher, ctx.splits, ctx.recipe, ctx.path("distill"))
+    teacher = ctx.task.load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
+    student = ctx.task.load_student(ctx.recipe, ctx.splits, ctx.path("student", "model.pt"))
+    distill(student, teacher, ctx.splits, ctx.recipe, ctx.path("distill"), task=ctx.task, log=ctx.log)
     return [_rel(ctx, ctx.path("distill", f)) for f in ("model.pt", "curves.csv", "meta.json")]
 
 
@@ -65,32 +65,30 @@ def _qat(ctx: RunContext) -> list[str]:
     if not cfg.enabled:
         return _disabled(ctx, "qat", "qat.enabled is false: no QAT model (set it true to train one)")
     from .quant.stage import ONNX_NAME, run_qat
-    from .student import load_student
-    from .teacher import load_teacher
 
-    student = load_student(ctx.recipe, ctx.splits, ctx.path("distill", "model.pt"))
-    teacher = load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher")) if cfg.teacher == "teacher" else None
+    student = ctx.task.load_student(ctx.recipe, ctx.splits, ctx.path("distill", "model.pt"))
+    teacher = ctx.task.load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher")) if cfg.teacher == "teacher" else None
     run_qat(student, teacher, ctx.splits, cfg, ctx.path("qat"), batch_size=ctx.recipe.data.batch_size,
-            seed=ctx.recipe.seed, device=ctx.recipe.distill.device, opset=ctx.recipe.export.opset)
+            seed=ctx.recipe.seed, device=ctx.recipe.distill.device, opset=ctx.recipe.export.opset or ctx.task.opset,
+            workers=ctx.recipe.data.workers)
     return [_rel(ctx, ctx.path("qat", f)) for f in ("model.pt", ONNX_NAME, "meta.json")]
 
 
 @stage("export", "05_export", sections=("export",), deps=("teacher", "distill"))
 def _export(ctx: RunContext) -> list[str]:
     from .export import export_onnx
-    from .student import load_student
-    from .teacher import load_teacher
 
-    cfg, splits = ctx.recipe.export, ctx.splits
+    cfg, splits, task = ctx.recipe.export, ctx.splits, ctx.task
     meta = {"normalization": json.dumps(splits.normalization), "labels": json.dumps(splits.labels),
-            "dataset": splits.name, "producer": "edgedistill"}
-    teacher = load_teacher(ctx.recipe, splits, ctx.path("teacher"))
-    student = load_student(ctx.recipe, splits, ctx.path("distill", "model.pt"))
-    x = splits.test.x
-    out = {
-        "teacher_fp32": export_onnx(teacher, ctx.path("export", "teacher_fp32.onnx"), x, cfg, {**meta, "role": "teacher"}),
-        "student_fp32": export_onnx(student, ctx.path("export", "student_fp32.onnx"), x, cfg, {**meta, "role": "student"}),
-    }
+            "dataset": splits.name, "task": task.name, "producer": "edgedistill"}
+    out = {}
+    for role, load, ckpt in (("teacher", task.load_teacher, ctx.path("teacher")),
+                             ("student", task.load_student, ctx.path("distill", "model.pt"))):
+        model = load(ctx.recipe, splits, ckpt)
+        x = task.export_inputs(model, splits.test, cfg.parity_samples)  # a bounded sample, not the split
+        out[f"{role}_fp32"] = export_onnx(model, ctx.path("export", f"{role}_fp32.onnx"), x, cfg,
+                                          {**meta, "role": role}, exporter=task.exporter, opset=task.opset)
+        del model
     _io.write_json(ctx.path("export", "meta.json"), out)
     return [_rel(ctx, ctx.path("export", f)) for f in ("teacher_fp32.onnx", "student_fp32.onnx", "meta.json")]
 
@@ -101,14 +99,17 @@ def _ptq(ctx: RunContext) -> list[str]:
     if not cfg.enabled:
         return _disabled(ctx, "ptq", "ptq.enabled is false: no PTQ model (set it true to quantize the student)")
     from .quant.ptq import calibration_sample, quantize_int8
-    from .verify import accuracy
 
-    calib = calibration_sample(ctx.splits.train.x, cfg.samples, ctx.recipe.seed)
-    # The fallback judges accuracy on the validation split, never on the test split it is reported on.
+    calib = calibration_sample(ctx.splits.train, cfg.samples, ctx.recipe.seed)  # read batch by batch by the calibrator
+    # The fallback judges the metric on the validation split, never on the test split it is reported on.
     held_out = ctx.splits.val if len(ctx.splits.val.y) and (ctx.splits.val.y >= 0).any() else ctx.splits.test
-    meta = quantize_int8(ctx.path("export", "student_fp32.onnx"), ctx.path("ptq", "student_ptq_int8.onnx"), calib, cfg,
-                         evaluate=(lambda path: accuracy(path, held_out)) if cfg.max_drop is not None else None)
-    _io.write_json(ctx.path("ptq", "calibration.json"), {"samples": len(calib), "method": cfg.calibration,
+    task = ctx.task
+    mode = task.ptq_mode if cfg.mode == "auto" else cfg.mode
+    meta = quantize_int8(ctx.path("export", "student_fp32.onnx"), ctx.path("ptq", "student_ptq_int8.onnx"),
+                         calib if mode == "static" else None, cfg, mode=mode, fusion=task.fusion_args(),
+                         evaluate=(lambda path: task.metric(path, held_out)["value"]) if cfg.max_drop is not None else None)
+    _io.write_json(ctx.path("ptq", "calibration.json"), {"samples": len(calib) if mode == "static" else 0,
+                                                        "method": cfg.calibration if mode == "static" else "dynamic",
                                                         "source": "train split", "seed": ctx.recipe.seed})
     _io.write_json(ctx.path("ptq", "meta.json"), meta)
     return [_rel(ctx, ctx.path("ptq", f)) for f in ("student_ptq_int8.onnx", "calibration.json", "meta.json")]
@@ -122,7 +123,8 @@ def _artifacts(ctx: RunContext) -> dict[str, Path]:
 def _verify(ctx: RunContext) -> list[str]:
     from .verify import verify
 
-    metrics = verify({k: str(v) for k, v in _artifacts(ctx).items()}, ctx.splits.test)
+    roles = {name: role for name, (_, _, role, _) in MODEL_FILES.items()}
+    metrics = verify({k: str(v) for k, v in _artifacts(ctx).items()}, ctx.splits.test, ctx.task, roles)
     _io.write_json(ctx.path("verify", "metrics.json"), {"split": "test", "models": metrics})
     return [_rel(ctx, ctx.path("verify", "metrics.json"))]
 
@@ -134,7 +136,7 @@ def _bench(ctx: RunContext) -> list[str]:
     cfg = ctx.recipe.bench
     arts = _artifacts(ctx)
     result = benchmark([str(p) for p in arts.values()], target=ctx.target, runs=cfg.runs, warmup=cfg.warmup,
-                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size,
+                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                        deliverable=str(arts.get("student_qat_int8") or arts.get("student_int8") or arts["student_fp32"]))
     result["names"] = list(arts)
     _io.write_json(ctx.path("bench", "bench.json"), result)
@@ -152,7 +154,7 @@ def _report(ctx: RunContext) -> list[str]:
     return [_rel(ctx, p) for p in files]
 
 
-@stage("bundle", "bundle", sections=("data", "student"), deps=("report",), uses_target=True)
+@stage("bundle", "bundle", sections=("data", "teacher", "student"), deps=("report",), uses_target=True)
 def _bundle(ctx: RunContext) -> list[str]:
     from .bundle import write_bundle
     from .report import deliverable_entry
@@ -161,8 +163,7 @@ def _bundle(ctx: RunContext) -> list[str]:
     best = deliverable_entry(report)
     splits, teacher_m = ctx.splits, next(m for m in report["models"] if m["role"] == "teacher")
     metadata = {
-        "name": f"{ctx.recipe.name}-{best['name']}", "task": "classification", "labels": splits.labels,
-        "preprocessing": {"input_shape": list(splits.input_shape), **splits.normalization, "dataset": splits.name},
+        "name": f"{ctx.recipe.name}-{best['name']}", **ctx.task.bundle_metadata(splits),
         "metric": best["metric"], "precision": best["precision"], "target": ctx.target.name,
         "teacher": f"{ctx.recipe.teacher.arch} {ctx.recipe.teacher.params}",
         "execution_provider": ctx.target.execution_provider,
@@ -176,6 +177,7 @@ def _bundle(ctx: RunContext) -> list[str]:
         "target": ctx.target.name, "dataset": splits.name, "precision": best["precision"],
     }
     result = write_bundle(ctx.run_dir / best["path"], ctx.path("bundle"), metadata=metadata, model_card=card,
+                          extra_files=[str(p) for p in ctx.task.bundle_files(best["role"])],
                           execution_provider=ctx.target.execution_provider,
                           target_platform="arm" if ctx.target.architecture != "x86_64" else "amd64")
     return [_rel(ctx, ctx.path("bundle", f)) for f in sorted(result["files"])] + [_rel(ctx, ctx.path("bundle", "metadata.json"))]

@@ -33,7 +33,8 @@ def prepare_teacher(recipe: Recipe, splits: Splits, out_dir: str | os.PathLike, 
         ce = build_loss("ce", {}, LossContext(num_classes=splits.num_classes), "teacher")
         fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                             scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                            device=recipe.distill.device, amp=recipe.distill.amp, desc="teacher")
+                            device=recipe.distill.device, amp=recipe.distill.amp, desc="teacher",
+                            workers=recipe.data.workers)
         result = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val)
         source, history = "trained from scratch", result.history
     model.eval()

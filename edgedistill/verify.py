@@ -1,18 +1,19 @@
-"""Verify stage: the metric of every artifact on the held-out split, through ONNX Runtime."""
+"""Verify stage: the metric of every artifact on the held-out split, through ONNX Runtime, a batch at a time."""
 
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import numpy as np
 
 from ._checks import check_onnx
-from .data import ArraySplit
+from .data.core import SampleSet, as_samples
 from .errors import EdgeDistillError
 
 
-def onnx_predict(path: str | os.PathLike, x: np.ndarray, batch_size: int = 256, threads: int = 0) -> np.ndarray:
-    """Outputs of the ONNX model at ``path`` on ``x`` (run in batches through ONNX Runtime)."""
+def onnx_session(path: str | os.PathLike, threads: int = 0):
+    """A checked ONNX Runtime CPU session for ``path``; a file ORT cannot load is one sentence."""
     import onnxruntime as ort
 
     check_onnx(path)
@@ -20,27 +21,49 @@ def onnx_predict(path: str | os.PathLike, x: np.ndarray, batch_size: int = 256, 
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise EdgeDistillError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]}); re-export the model.") from None
+
+
+def onnx_batches(path: str | os.PathLike, split: SampleSet | np.ndarray, batch_size: int = 256,
+                 threads: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(outputs, labels)`` of the ONNX model at ``path`` for each batch of ``split``, read as it goes."""
+    split = as_samples(split)
+    sess = onnx_session(path, threads)
     inp = sess.get_inputs()[0]
     shape = inp.shape[1:]
-    if len(shape) != x.ndim - 1 or any(isinstance(d, int) and d != s for d, s in zip(shape, x.shape[1:])):
+    want = tuple(split.input_shape)
+    if len(shape) != len(want) or any(isinstance(d, int) and d != s for d, s in zip(shape, want)):
         raise EdgeDistillError(f"{path}: expects input of shape {inp.shape}, but the data has samples of shape "
-                               f"{list(x.shape[1:])}; export the model for this data.")
-    outs = [sess.run(None, {inp.name: np.ascontiguousarray(x[i:i + batch_size].astype(np.float32))})[0]
-            for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs)
+                               f"{list(want)}; export the model for this data.")
+    for start in range(0, len(split), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(split)))
+        yield sess.run(None, {inp.name: split.read(idx)})[0], split.y[idx]
 
 
-def accuracy(path: str | os.PathLike, split: ArraySplit) -> float:
-    """Top-1 accuracy of the ONNX model at ``path`` on ``split`` (unlabelled samples ignored)."""
-    mask = split.y >= 0
-    pred = onnx_predict(path, split.x[mask]).argmax(1)
-    return float(np.mean(pred == split.y[mask]))
+def onnx_predict(path: str | os.PathLike, x: SampleSet | np.ndarray, batch_size: int = 256, threads: int = 0) -> np.ndarray:
+    """Outputs of the ONNX model at ``path`` on ``x`` (for a bounded number of samples: parity checks)."""
+    outs = [out for out, _ in onnx_batches(path, x, batch_size, threads)]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
-def verify(models: dict[str, str], split: ArraySplit) -> dict:
-    """``{name: {"metric": {"name": "accuracy", "value": v}, "samples": n}}`` for every ONNX file."""
-    return {name: {"metric": {"name": "accuracy", "value": accuracy(path, split)}, "samples": int((split.y >= 0).sum())}
+def accuracy(path: str | os.PathLike, split: SampleSet) -> float:
+    """Top-1 accuracy of the ONNX model at ``path`` on ``split`` (unlabelled samples ignored), streamed."""
+    correct = count = 0
+    for out, y in onnx_batches(path, split):
+        mask = y >= 0
+        correct += int((out.argmax(1)[mask] == y[mask]).sum())
+        count += int(mask.sum())
+    return correct / count if count else float("nan")
+
+
+def verify(models: dict[str, str], split: SampleSet, task=None, roles: dict[str, str] | None = None) -> dict:
+    """``{name: {"metric": {"name": ..., "value": v}, "samples": n}}`` for every ONNX file: the task's metric,
+    measured with what the file's role (teacher or student) needs (its tokenizer)."""
+    from .tasks import get_task
+
+    task = task or get_task("classification")
+    roles = roles or {}
+    return {name: {"metric": task.metric(path, split, roles.get(name, "student")), "samples": task.metric_samples(split)}
             for name, path in models.items()}

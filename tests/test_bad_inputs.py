@@ -105,7 +105,7 @@ TEACHER_CKPT = 'checkpoint = "{d}/teacher.pt"'
 CASES = {
     # recipe
     "recipe-unknown-key": (_text("r.toml", _recipe("epochz = 3")), ["run", "{d}/r.toml"], 1,
-                           r"r\.toml: epochz: unknown key; valid keys here are: name, seed, target, data"),
+                           r"r\.toml: epochz: unknown key; valid keys here are: name, seed, target, task, data"),
     "recipe-unknown-nested-key": (_text("r.toml", _recipe("[distill]\nepoch = 3")), ["run", "{d}/r.toml"], 1,
                                   r"r\.toml: distill\.epoch: unknown key; valid keys here are: epochs, lr"),
     "recipe-wrong-type": (_text("r.toml", _recipe('[distill]\ntemperature = "hot"')), ["run", "{d}/r.toml"], 1,
@@ -296,7 +296,7 @@ def test_bad_layer_path_is_refused_before_the_run_folder(feature_loss, tiny_reci
     assert not (tmp_path / "out").exists()
 
 
-# ---- data: registered datasets with one defect each, through the pipeline's preflight ----
+# ---- data: registered datasets with one defect each, through the pipeline ----
 
 def _digits_like(defect: str):
     def factory(cfg, seed):
@@ -304,11 +304,14 @@ def _digits_like(defect: str):
 
         rng = np.random.default_rng(0)
         x, y = rng.standard_normal((60, 1, 8, 8)).astype(np.float32), np.arange(60) % 10
-        parts = {"train": ArraySplit(x[:40], y[:40]), "val": ArraySplit(x[40:45], y[40:45]), "test": ArraySplit(x[45:], y[45:])}
+        parts = {"train": ArraySplit(x[:40], y[:40], source="train.npy"), "val": ArraySplit(x[40:45], y[40:45], source="val.npy"),
+                 "test": ArraySplit(x[45:], y[45:], source="test.npy")}
         if defect == "nan":
             parts["train"].x[3, 0, 2, 2] = np.nan
         elif defect == "inf":
             parts["test"].x[0, 0, 0, 0] = np.inf
+        elif defect == "inf-val":
+            parts["val"].x[2, 0, 7, 7] = -np.inf
         elif defect == "shape":
             parts["test"] = ArraySplit(rng.standard_normal((15, 1, 9, 9)).astype(np.float32), y[45:])
         elif defect == "label-high":
@@ -324,31 +327,75 @@ def _digits_like(defect: str):
     return factory
 
 
-DATA_CASES = {
-    "nan": r"dataset 'bad-nan': train inputs contain NaN or inf; clean or drop those samples\.",
-    "inf": r"dataset 'bad-inf': test inputs contain NaN or inf; clean or drop those samples\.",
+@pytest.fixture
+def bad_dataset():
+    """Registers the defective dataset ``bad-<defect>`` for one test."""
+    from edgedistill.data import DATASETS
+
+    names = []
+
+    def register(defect: str) -> str:
+        names.append(f"bad-{defect}")
+        DATASETS.register(names[-1])(_digits_like(defect))
+        return names[-1]
+
+    yield register
+    for name in names:
+        del DATASETS._items[name], DATASETS._help[name]
+
+
+# Defects found from the labels and array shapes alone: refused before the run folder is made.
+DATA_CASES_AT_LOAD = {
     "shape": r"dataset 'bad-shape': test inputs have shape \(1, 9, 9\), expected \(1, 8, 8\); make every sample the same shape\.",
-    "label-high": r"dataset 'bad-label-high': train has label 10, outside 0\.\.9; fix the labels or num_classes\.",
-    "label-negative": r"dataset 'bad-label-negative': val has label -5, outside 0\.\.9",
+    "label-high": r"train\.npy sample 5: has label 10, outside 0\.\.9; fix the labels or the class names\.",
+    "label-negative": r"val\.npy sample 1: has label -5, outside 0\.\.9",
     "empty-train": r"dataset 'bad-empty-train': the train split is empty; provide more samples or change the split fractions\.",
     "length": r"dataset 'bad-length': train has 40 inputs but 39 labels; they must match\.",
 }
 
 
-@pytest.mark.parametrize("defect", list(DATA_CASES))
-def test_bad_data_is_refused_before_the_run_folder(defect, tiny_recipe, tmp_path):
-    from edgedistill.data import DATASETS
+@pytest.mark.parametrize("defect", list(DATA_CASES_AT_LOAD))
+def test_bad_data_is_refused_before_the_run_folder(defect, bad_dataset, tiny_recipe, tmp_path):
     from edgedistill.pipeline import run
 
-    name = f"bad-{defect}"
-    DATASETS.register(name)(_digits_like(defect))
-    try:
-        tiny_recipe.data.dataset = name
-        with pytest.raises(DataError, match=DATA_CASES[defect]):
-            run(tiny_recipe, run_dir=tmp_path / "out")
-    finally:
-        del DATASETS._items[name], DATASETS._help[name]
+    tiny_recipe.data.dataset = bad_dataset(defect)
+    with pytest.raises(DataError, match=DATA_CASES_AT_LOAD[defect]):
+        run(tiny_recipe, run_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# NaN/inf are found when the batch holding the sample is read (checking up front would read every
+# sample): the stage reading it fails with one sentence naming the file and sample, and leaves nothing.
+DATA_CASES_AT_READ = {
+    "nan": ("teacher", r"train\.npy sample 3: contains NaN or inf; clean or drop that sample\."),  # read by the training
+    "inf-val": ("teacher", r"val\.npy sample 2: contains NaN or inf; clean or drop that sample\."),  # by the epoch's validation
+    "inf": ("teacher", r"test\.npy sample 0: contains NaN or inf; clean or drop that sample\."),  # by the teacher's test accuracy
+}
+class _ArtifactLeft(AssertionError):
+    """The failed stage left its model file behind."""
+
+
+_TEACHER_SAVES_FIRST = pytest.mark.xfail(strict=True, raises=_ArtifactLeft, reason=(
+    "edgedistill/teacher.py prepare_teacher writes 01_teacher/model.pt before evaluate_accuracy(model, splits.test), "
+    "so a test sample with NaN/inf fails the stage after its model.pt is written"))
+
+
+@pytest.mark.parametrize("defect", [pytest.param(d, marks=_TEACHER_SAVES_FIRST) if d == "inf" else d
+                                    for d in DATA_CASES_AT_READ])
+def test_nan_or_inf_fails_the_stage_that_reads_it(defect, bad_dataset, tmp_path):
+    stage, pattern = DATA_CASES_AT_READ[defect]
+    (tmp_path / "r.toml").write_text(_recipe().replace('dataset = "digits"', f'dataset = "{bad_dataset(defect)}"'))
+    out = tmp_path / "out"
+    proc = cli_here("run", tmp_path / "r.toml", "--run-dir", out)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert re.fullmatch(f"Error: {pattern}", _sentence(proc.stderr)), proc.stderr[-3000:]
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages[stage]["status"] == "failed" and "outputs" not in stages[stage], stages
+    assert list(stages)[-1] == stage  # no later stage ran
+    assert_nothing_half_written(out)
+    if (out / "01_teacher" / "model.pt").exists():
+        raise _ArtifactLeft(sorted(str(p.relative_to(out)) for p in out.rglob("*")))
 
 
 def test_missing_fashion_mnist_files(tmp_path):

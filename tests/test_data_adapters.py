@@ -1,6 +1,7 @@
 """Fashion-MNIST IDX loading and the npz / image-folder / factory adapters, on tiny data."""
 
 import gzip
+import re
 import struct
 import sys
 import textwrap
@@ -12,7 +13,13 @@ import pytest
 from edgedistill.data import DATASETS, load_data
 from edgedistill.data import fashion_mnist as fm
 from edgedistill.errors import ConfigError, DataError
-from edgedistill.recipe import DataConfig
+from edgedistill.recipe import DataConfig, PreprocessConfig, recipe_from_dict
+
+RAW = PreprocessConfig(mean="none", std="none")  # no standardisation: read() gives the scaled raw values
+
+
+def _read_all(split) -> np.ndarray:
+    return split.read(np.arange(len(split)))
 
 FM_INSTALLED = any(Path(d, "train-images-idx3-ubyte.gz").is_file() for d in fm.DEFAULT_DIRS)
 needs_fm = pytest.mark.skipif(not FM_INSTALLED, reason="Debian package dataset-fashion-mnist is not installed "
@@ -41,10 +48,15 @@ def test_fashion_mnist_reads_idx_from_a_folder(tmp_path, gz):
     s = load_data(DataConfig(dataset="fashion-mnist", path=str(tmp_path), val_fraction=0.2), seed=0)
     assert s.input_shape == (1, 28, 28) and s.num_classes == 10 and len(s.labels) == 10
     assert (len(s.train), len(s.val), len(s.test)) == (48, 12, 20)
-    # The official test split is kept in order and normalised with the recorded constants.
+    # The images stay raw uint8; the official test split is kept in order and read normalised with the
+    # recorded constants.
+    assert s.test.x.dtype == np.uint8
+    np.testing.assert_array_equal(s.test.x[:, 0], xs["t10k"])
     expected = (xs["t10k"].astype(np.float32) / 255.0 - fm.MEAN) / fm.STD
-    np.testing.assert_allclose(s.test.x[:, 0], expected, rtol=1e-6)
+    np.testing.assert_allclose(_read_all(s.test)[:, 0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(s.test.y, ys["t10k"])
+    # Train and val are disjoint parts of the official training set.
+    assert sorted(np.concatenate([s.train.indices, s.val.indices]).tolist()) == list(range(60))
     assert s.normalization == {"scale": 1 / 255.0, "mean": [fm.MEAN], "std": [fm.STD]}
 
 
@@ -78,7 +90,8 @@ def test_real_fashion_mnist_sample():
     assert (len(s.train) + len(s.val), len(s.test)) == (600, 100)
     assert s.labels[0] == "T-shirt/top" and s.labels[9] == "Ankle boot"
     # Official statistics: the normalised training images have mean ~0 and std ~1.
-    assert abs(float(s.train.x.mean())) < 0.1 and abs(float(s.train.x.std()) - 1.0) < 0.1
+    x = _read_all(s.train)
+    assert x.dtype == np.float32 and abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1.0) < 0.1
     assert set(np.unique(s.train.y)) == set(range(10))
 
 
@@ -98,27 +111,60 @@ def test_npz_x_y_is_split_and_standardised(tmp_path):
     assert (len(s.train), len(s.val), len(s.test)) == (63, 9, 18)
     assert s.input_shape == (2, 4, 4) and s.num_classes == 3
     assert len(s.normalization["mean"]) == 2 and abs(s.normalization["mean"][0] - 5.0) < 0.5
-    np.testing.assert_allclose(s.train.x.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    # The mean/std were measured on the training split: read through them it is standardised per channel.
+    x_train = _read_all(s.train)
+    np.testing.assert_allclose(x_train.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x_train.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
+    # The samples are the file's, untouched in memory, at the split's positions.
+    np.testing.assert_array_equal(s.test.base.x[s.test.indices], x[s.test.indices])
 
 
 def test_npz_predefined_splits_and_labels(tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     path = _npz(tmp_path, x_train=x[:12], y_train=np.arange(12) % 2, x_test=x[12:], y_test=np.arange(8) % 2)
-    cfg = DataConfig(dataset="npz", path=path, options={"normalize": "none", "scale": 0.5, "labels": ["cat", "dog"]})
+    cfg = DataConfig(dataset="npz", path=path, options={"labels": ["cat", "dog"]},
+                     preprocess=PreprocessConfig(scale=0.5, mean="none", std="none"))
     s = load_data(cfg, 0)
     assert s.labels == ["cat", "dog"] and len(s.val) == 0
-    np.testing.assert_allclose(s.test.x, x[12:] * 0.5)
+    np.testing.assert_array_equal(s.test.x, x[12:])  # raw
+    np.testing.assert_allclose(_read_all(s.test), x[12:] * 0.5)
+    assert s.normalization == {"scale": 0.5}
+
+
+def test_old_preprocessing_options_are_refused(tmp_path):
+    """normalize / scale / size / mode moved to [data.preprocess]: data.options refuses them."""
+    path = _npz(tmp_path, x=np.zeros((30, 2)), y=np.arange(30) % 2)
+    for key in ("normalize", "scale", "size", "mode"):
+        with pytest.raises(ConfigError, match=rf"data\.options: unknown option\(s\) \['{key}'\] for 'npz'; valid: labels\."):
+            load_data(DataConfig(dataset="npz", path=path, options={key: 1}), 0)
+
+
+def test_preprocess_mean_std_errors(tmp_path):
+    path = _npz(tmp_path, x=np.zeros((30, 2, 3, 3)), y=np.arange(30) % 2)
+    with pytest.raises(ConfigError, match=r"data\.preprocess\.mean: 3 values for 2 channels; give 1 or 2\."):
+        load_data(DataConfig(dataset="npz", path=path, preprocess=PreprocessConfig(mean=[0, 0, 0], std=[1, 1, 1])), 0)
+    with pytest.raises(ConfigError, match=r"give both mean and std as lists"):
+        load_data(DataConfig(dataset="npz", path=path, preprocess=PreprocessConfig(mean=[0.5], std="auto")), 0)
+    with pytest.raises(ConfigError, match=r"data\.preprocess\.std: every value must be > 0\."):
+        load_data(DataConfig(dataset="npz", path=path, preprocess=PreprocessConfig(mean=[0.5], std=[0.0])), 0)
+    with pytest.raises(ConfigError, match=r"data\.preprocess\.std: given without a mean"):
+        load_data(DataConfig(dataset="npz", path=path, preprocess=PreprocessConfig(mean="none", std=[1.0])), 0)
+    # One value applies to every channel.
+    s = load_data(DataConfig(dataset="npz", path=path, preprocess=PreprocessConfig(mean=[0.5], std=[2.0])), 0)
+    np.testing.assert_allclose(_read_all(s.train), -0.25)
 
 
 @pytest.mark.parametrize("arrays, match", [
-    ({"x_train": np.full((4, 2), np.nan), "y_train": np.zeros(4), "x_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
-     r"train inputs contain NaN or inf"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_test": np.zeros((2, 3)), "y_test": np.zeros(2)},
-     r"test inputs have shape \(3,\), expected \(2,\)"),
+     r"dataset 'npz': test inputs have shape \(3,\), expected \(2,\)"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_test": np.zeros((0, 2)), "y_test": np.zeros(0)},
      r"the test split is empty"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, -3, 1]), "x_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
-     r"train has label -3, outside 0\.\.1"),
+     r"d\.npz \(x_train\) sample 2: has label -3, outside 0\.\.1"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_test": np.zeros((2, 2), dtype="U1"), "y_test": np.zeros(2)},
+     r"d\.npz \(x_test\): inputs have dtype <U1; provide numeric arrays"),
+    ({"x_train": np.zeros(4), "y_train": np.zeros(4), "x_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
+     r"d\.npz \(x_train\): inputs have shape \(4,\); expected N x features"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.array([0.5, 1, 0, 1]), "x_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
      r"labels must be a 1-D array of integers"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(3), "x_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
@@ -126,15 +172,29 @@ def test_npz_predefined_splits_and_labels(tmp_path):
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4)}, r"has x_train but lacks x_test, y_test"),
     ({"a": np.zeros(3)}, r"holds arrays \['a'\]; expected x and y"),
 ])
-def test_npz_bad_data_is_refused(tmp_path, arrays, match):
+def test_npz_bad_data_is_refused_at_load(tmp_path, arrays, match):
     with pytest.raises(DataError, match=match):
-        load_data(DataConfig(dataset="npz", path=_npz(tmp_path, **arrays), options={"normalize": "none"}), 0)
+        load_data(DataConfig(dataset="npz", path=_npz(tmp_path, **arrays), preprocess=RAW), 0)
+
+
+def test_npz_nan_is_found_when_its_batch_is_read(tmp_path):
+    x_train = np.zeros((6, 2), np.float32)
+    x_train[4, 1] = np.nan
+    path = _npz(tmp_path, x_train=x_train, y_train=np.arange(6) % 2, x_test=np.zeros((2, 2)), y_test=np.zeros(2))
+    s = load_data(DataConfig(dataset="npz", path=path, preprocess=RAW), 0)  # nothing read yet: loads
+    np.testing.assert_array_equal(s.train.read([0, 1, 2, 3, 5]), 0.0)  # batches without it read fine
+    with pytest.raises(DataError, match=rf"^{re.escape(path)} \(x_train\) sample 4: contains NaN or inf; clean or drop "
+                                        r"that sample\.$"):
+        s.train.read([5, 4, 0])
+    # Measuring the mean/std ("auto", the default) reads the training split: it is found there.
+    with pytest.raises(DataError, match=r"\(x_train\) sample 4: contains NaN or inf"):
+        load_data(DataConfig(dataset="npz", path=path), 0)
 
 
 def test_npz_labels_beyond_the_named_classes_are_refused(tmp_path):
     path = _npz(tmp_path, x_train=np.zeros((4, 2)), y_train=np.array([0, 1, 2, 1]), x_test=np.zeros((2, 2)),
                 y_test=np.zeros(2))
-    with pytest.raises(DataError, match=r"train has label 2, outside 0\.\.1"):
+    with pytest.raises(DataError, match=r"d\.npz \(x_train\) sample 2: has label 2, outside 0\.\.1"):
         load_data(DataConfig(dataset="npz", path=path, options={"labels": ["a", "b"]}), 0)
 
 
@@ -143,9 +203,8 @@ def test_npz_path_and_option_errors(tmp_path):
         load_data(DataConfig(dataset="npz"), 0)
     with pytest.raises(DataError, match=r"data\.path: .*missing\.npz does not exist"):
         load_data(DataConfig(dataset="npz", path=str(tmp_path / "missing.npz")), 0)
-    path = _npz(tmp_path, x=np.zeros((30, 2)), y=np.arange(30) % 2)
-    with pytest.raises(ConfigError, match=r"data\.options\.normalize: 'minmax' is not one of: standard, none"):
-        load_data(DataConfig(dataset="npz", path=path, options={"normalize": "minmax"}), 0)
+    with pytest.raises(ConfigError, match=r"data\.preprocess\.mean: .*'minmax'"):
+        recipe_from_dict({"data": {"dataset": "npz", "preprocess": {"mean": "minmax"}}})
     (tmp_path / "obj.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"is not a readable \.npz"):
         load_data(DataConfig(dataset="npz", path=str(tmp_path / "obj.npz")), 0)
@@ -169,13 +228,18 @@ def test_image_folder_reads_classes_and_resizes(tmp_path):
     pytest.importorskip("PIL")
     _image_tree(tmp_path)
     cfg = DataConfig(dataset="image-folder", path=str(tmp_path), test_fraction=0.25, val_fraction=0.0,
-                     options={"size": 8, "mode": "L"})
+                     preprocess=PreprocessConfig(size=[8, 7], channels="L"))
     s = load_data(cfg, 0)
-    assert s.labels == ["cats", "dogs"] and s.input_shape == (1, 8, 8)
+    assert s.labels == ["cats", "dogs"] and s.input_shape == (1, 8, 7)
     assert len(s.train) + len(s.test) == 12
     assert s.normalization["scale"] == pytest.approx(1 / 255.0) and len(s.normalization["mean"]) == 1
+    assert s.normalization["size"] == [8, 7] and s.normalization["channels"] == "L"
     # Dogs are brighter than cats in the raw pixels, and still after standardisation.
-    assert s.train.x[s.train.y == 1].mean() > s.train.x[s.train.y == 0].mean()
+    x = _read_all(s.train)
+    assert x.shape == (len(s.train), 1, 8, 7)
+    assert x[s.train.y == 1].mean() > x[s.train.y == 0].mean()
+    # The mean/std were measured on the training images: through them they are standardised.
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-3
 
 
 def test_image_folder_errors(tmp_path):
@@ -184,10 +248,12 @@ def test_image_folder_errors(tmp_path):
         load_data(DataConfig(dataset="image-folder", path=str(tmp_path)), 0)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=r"x\.png: cannot be read as an image"):
+    with pytest.raises(DataError, match=r"x\.png: cannot be read as an image"):  # its header gives the size
         load_data(DataConfig(dataset="image-folder", path=str(tmp_path)), 0)
-    with pytest.raises(ConfigError, match=r"data\.options\.mode: 'CMYK' is not one of: L, RGB"):
-        load_data(DataConfig(dataset="image-folder", path=str(tmp_path), options={"mode": "CMYK"}), 0)
+    with pytest.raises(ConfigError, match=r"data\.preprocess\.channels: 'CMYK' is not valid; choose one of: L, RGB, BGR\."):
+        recipe_from_dict({"data": {"dataset": "image-folder", "preprocess": {"channels": "CMYK"}}})
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['mode'\] for 'image-folder'"):
+        load_data(DataConfig(dataset="image-folder", path=str(tmp_path), options={"mode": "L"}), 0)
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['sise'\] for 'image-folder'"):
         load_data(DataConfig(dataset="image-folder", path=str(tmp_path), options={"sise": 3}), 0)
 
@@ -242,7 +308,9 @@ def test_factory_returning_arrays_or_splits(user_module):
     ({"factory": "my_data:nope"}, ConfigError, r"'my_data' has no callable 'nope'"),
     ({"factory": "my_data:pairs", "colour": 1}, ConfigError, r"cannot be called with \['colour'\]"),
     ({"factory": "my_data:wrong"}, DataError, r"returned list; return Splits"),
-    ({"factory": "my_data:nan_splits"}, DataError, r"inputs contain NaN or inf"),
+    # The mean/std ("auto") are measured on the training split, which reads the sample with NaN.
+    ({"factory": "my_data:nan_splits"}, DataError,
+     r"^data\.options\.factory my_data:nan_splits \(x\) sample 0: contains NaN or inf; clean or drop that sample\.$"),
 ])
 def test_factory_errors(user_module, options, error, match):
     with pytest.raises(error, match=match):

@@ -62,7 +62,16 @@ def test_histogram_calibration_sample_count_is_capped(conv_model, tmp_path, monk
 
 
 def test_calibration_sample_is_deterministic_and_without_replacement():
-    x = np.arange(100)[:, None]
-    a, b = calibration_sample(x, 30, seed=3), calibration_sample(x, 30, seed=3)
-    assert np.array_equal(a, b) and len(np.unique(a)) == 30
-    assert len(calibration_sample(x, 500, seed=0)) == 100
+    from edgedistill.data import ArraySplit
+
+    x = np.arange(100, dtype=np.uint8)[:, None]
+    split = ArraySplit(x, np.zeros(100, np.int64), source="x.npy")
+    a, b = calibration_sample(split, 30, seed=3), calibration_sample(split, 30, seed=3)
+    assert len(a) == 30 and np.array_equal(a.indices, b.indices)  # the same samples, chosen without reading any
+    xa = a.read(np.arange(len(a)))
+    assert xa.dtype == np.float32 and np.array_equal(xa, b.read(np.arange(len(b))))
+    assert len(np.unique(xa)) == 30 and np.array_equal(xa[:, 0], np.sort(xa[:, 0]))  # no repeats, in file order
+    np.testing.assert_array_equal(xa[:, 0], a.indices)  # sample i holds the value i
+    assert not np.array_equal(calibration_sample(split, 30, seed=4).indices, a.indices)  # the seed decides
+    assert len(calibration_sample(split, 500, seed=0)) == 100
+    assert len(calibration_sample(x.astype(np.float32), 30, seed=3)) == 30  # a plain array of inputs too

@@ -1,23 +1,29 @@
-"""Users' own data: arrays from ``.npz``, an image folder, or a Python factory ``module:function``.
+"""Users' own data, read lazily: an image folder, arrays on disk (``.npy``, memory-mapped), an ``.npz``
+(small data), or a Python factory ``module:function``.
 
-All three are registered datasets configured through ``data.path`` and ``data.options``:
+All are registered datasets configured through ``data.path``, ``data.options`` (what is particular
+to the source) and ``[data.preprocess]`` (resize, channels, scale, mean/std: the one place
+preprocessing is said, recorded in the bundle):
 
-- ``npz``: ``data.path`` is an ``.npz`` holding ``x``/``y`` (split by the recipe's fractions) or
-  ``x_train``/``y_train``/``x_test``/``y_test`` (optionally ``x_val``/``y_val``). Options:
-  ``normalize`` (``"standard"``: per-channel mean/std of the training split, ``"none"``),
-  ``scale`` (multiply first, e.g. ``1/255`` for uint8 images), ``labels`` (class names).
-- ``image-folder``: ``data.path`` holds one sub-folder per class (sorted names are the labels).
-  Options: ``size`` ([H, W] or an int, default: the first image's size), ``mode`` (``"L"``
-  grayscale or ``"RGB"``, default ``"RGB"``), ``normalize``. Needs Pillow.
-- ``factory``: ``data.options.factory = "pkg.mod:fn"``; ``fn(cfg, seed)`` returns ``Splits``, or a
-  tuple ``(x, y)`` / ``(x_train, y_train, x_test, y_test)`` of arrays; other options are passed on as
-  keyword arguments.
+- ``image-folder``: ``data.path`` holds one sub-folder per class (sorted names are the labels), or
+  ``train/``, ``test/`` (and optionally ``val/``) folders that each hold them. Files are listed up
+  front and decoded one sample at a time when a batch is read (Pillow), resized to
+  ``preprocess.size`` (default: the first image's size).
+- ``npy``: ``data.path`` is a folder with ``x.npy`` + ``y.npy`` (split by the recipe's fractions)
+  or ``x_train.npy``/``y_train.npy``/``x_test.npy``/``y_test.npy`` (optionally ``x_val``/``y_val``);
+  inputs are opened memory-mapped, so only the batches read come into memory.
+- ``npz``: the same arrays in one ``.npz`` (loaded whole: keep it for small data). Option ``labels``.
+- ``factory``: ``data.options.factory = "pkg.mod:fn"``; ``fn(cfg, seed, **other options)`` returns
+  ``Splits``, arrays ``(x, y)`` / ``(x_train, y_train, x_test, y_test)``, or map-style datasets
+  (``dataset[i] -> (x, y)``; one, or ``(train, test)``) read a sample at a time.
 
-The normalisation applied is recorded in ``Splits.normalization`` so the bundle can carry it.
+``preprocess.mean``/``std`` = ``"auto"`` are measured on up to ``preprocess.stats_samples`` training
+samples in one streaming pass (:func:`edgedistill.data.core.channel_stats`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 from pathlib import Path
@@ -25,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .core import DATASETS, ArraySplit, Splits, check_options, split_arrays
+from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, channel_stats, check_options, split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLIT_DIRS = ("train", "val", "test")
 
 
 def _need_path(cfg, dataset: str, what: str) -> Path:
@@ -39,138 +46,237 @@ def _need_path(cfg, dataset: str, what: str) -> Path:
     return path
 
 
-def _as_arrays(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x), np.asarray(y)
+def _check_labels(y, where: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
+        raise DataError(f"{where}: labels must be a 1-D array of integers (-1 = unlabelled), got {y.dtype} {y.shape}.")
+    return y.astype(np.int64)
+
+
+def _check_inputs(x, n: int, where: str):
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{where}: inputs have dtype {x.dtype}; provide numeric arrays.")
     if x.ndim < 2:
         raise DataError(f"{where}: inputs have shape {x.shape}; expected N x features or N x C x H x W.")
-    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
-        raise DataError(f"{where}: labels must be a 1-D array of integers (-1 = unlabelled), got {y.dtype} {y.shape}.")
-    if len(x) != len(y):
-        raise DataError(f"{where}: {len(x)} inputs but {len(y)} labels; they must match.")
-    return x.astype(np.float32), y.astype(np.int64)
+    if len(x) != n:
+        raise DataError(f"{where}: {len(x)} inputs but {n} labels; they must match.")
+    return x
 
 
-def _normalise(parts: list[np.ndarray], mode: str, scale: float, where: str) -> tuple[list[np.ndarray], dict]:
-    """Scale, then standardise per channel with the first (training) part's statistics."""
-    if mode not in ("standard", "none"):
-        raise ConfigError(f"data.options.normalize: {mode!r} is not one of: standard, none.")
-    parts = [p * np.float32(scale) for p in parts]
-    record: dict = {"scale": float(scale)}
-    if mode == "none" or len(parts[0]) == 0:
-        return parts, record
-    train = parts[0]
-    axes = (0,) + tuple(range(2, train.ndim)) if train.ndim > 2 else (0,)
-    mean = train.mean(axis=axes, dtype=np.float64)
-    std = train.std(axis=axes, dtype=np.float64)
-    std = np.where(std < 1e-8, 1.0, std)
-    shape = (1, -1) + (1,) * (train.ndim - 2)
-    m32, s32 = mean.astype(np.float32).reshape(shape), std.astype(np.float32).reshape(shape)
-    record.update(mean=[float(v) for v in np.ravel(mean)], std=[float(v) for v in np.ravel(std)])
-    return [(p - m32) / s32 for p in parts], record
+def resolve_preprocess(cfg, train: SampleSet, pre: Preprocess, seed: int, fixed: tuple | None = None) -> None:
+    """Fill ``pre`` (shared by every split of a source) from ``[data.preprocess]``: a given scale, and
+    mean/std given, measured on the training split (``"auto"``), or ``fixed`` (a dataset's own constants)."""
+    p = cfg.preprocess
+    if p.scale is not None:
+        pre.scale = p.scale
+    if p.mean == "none":
+        if p.std not in ("none", "auto"):
+            raise ConfigError("data.preprocess.std: given without a mean; set data.preprocess.mean too.")
+        return
+    if isinstance(p.mean, list) or isinstance(p.std, list):
+        if not (isinstance(p.mean, list) and isinstance(p.std, list)):
+            raise ConfigError("data.preprocess: give both mean and std as lists, or set both to \"auto\".")
+        channels = train.input_shape[0]  # per channel (C x H x W) or per feature (D)
+        for key, v in (("mean", p.mean), ("std", p.std)):
+            if len(v) not in (1, channels):
+                raise ConfigError(f"data.preprocess.{key}: {len(v)} values for {channels} channels; give 1 or {channels}.")
+        if any(s <= 0 for s in p.std):
+            raise ConfigError("data.preprocess.std: every value must be > 0.")
+        pre.mean, pre.std = list(p.mean), list(p.std)
+        return
+    if fixed is not None and p.scale is None:
+        pre.mean, pre.std = list(fixed[0]), list(fixed[1])
+        return
+    pre.mean, pre.std = None, None
+    pre.mean, pre.std = channel_stats(train, p.stats_samples, seed)
 
 
-def _num_classes(labels: list[str] | None, *ys: np.ndarray) -> int:
-    """Given class names fix the count (labels beyond it are then refused); else the largest label + 1."""
-    if labels:
-        return len(labels)
-    top = max((int(y.max()) for y in ys if len(y)), default=-1)
-    return max(top + 1, 1)
-
-
-def _build(name, cfg, seed, train, test, val=None, labels=None, normalize="standard", scale=1.0) -> Splits:
-    """Split (when no test arrays are given), normalise and wrap arrays as ``Splits``."""
-    if test is None:
-        try:
-            tr, va, te = split_arrays(*train, cfg, seed)
-        except ValueError:  # too few samples per class to stratify
-            tr, va, te = _plain_split(*train, cfg, seed)
-    else:
-        tr, te = ArraySplit(*train), ArraySplit(*test)
-        va = ArraySplit(*val) if val is not None else ArraySplit(tr.x[:0], tr.y[:0])
-    (xtr, xva, xte), record = _normalise([tr.x, va.x, te.x], normalize, scale, name)
+def _splits(cfg, seed, name: str, parts: dict[str, SampleSet], pre: Preprocess, labels: list[str] | None,
+            fixed: tuple | None = None) -> Splits:
+    """Split one set by the recipe's fractions (or take the given train/val/test), resolve the
+    preprocessing on the training split, and wrap it as ``Splits``."""
+    if "test" not in parts:
+        tr, va, te = split_indices(parts["all"].y, cfg, seed)
+        base = parts.pop("all")
+        parts = {"train": base.subset(tr), "val": base.subset(va), "test": base.subset(te)}
+    if "val" not in parts:
+        parts["val"] = parts["train"].subset(np.zeros(0, dtype=np.int64))
+    resolve_preprocess(cfg, parts["train"], pre, seed, fixed)
     if labels is not None and not all(isinstance(v, str) for v in labels):
         raise ConfigError("data.options.labels: must be a list of class names (strings).")
-    k = _num_classes(labels, tr.y, va.y, te.y)
-    return Splits(
-        train=ArraySplit(xtr, tr.y), val=ArraySplit(xva, va.y), test=ArraySplit(xte, te.y), num_classes=k,
-        input_shape=tuple(int(d) for d in xtr.shape[1:]), labels=list(labels) if labels else [str(i) for i in range(k)],
-        normalization=record, name=name,
-    )
+    top = max((int(p.y.max()) for p in parts.values() if len(p)), default=-1)
+    k = len(labels) if labels else max(top + 1, 1)
+    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], num_classes=k,
+                  input_shape=tuple(parts["train"].input_shape),
+                  labels=list(labels) if labels else [str(i) for i in range(k)], normalization=pre.record(), name=name)
 
 
-def _plain_split(x, y, cfg, seed):
-    """Shuffled split for data too small (or too unbalanced) to stratify."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_te = max(1, int(round(len(x) * cfg.test_fraction)))
-    n_va = int(round(len(x) * cfg.val_fraction))
-    te, va, tr = order[:n_te], order[n_te:n_te + n_va], order[n_te + n_va:]
-    return ArraySplit(x[tr], y[tr]), ArraySplit(x[va], y[va]), ArraySplit(x[te], y[te])
+def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None) -> dict[str, SampleSet]:
+    """``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test`` (+ ``x_val``/``y_val``) as SampleSets."""
+    if "x_train" in arrays:
+        need = ["x_train", "y_train", "x_test", "y_test"]
+        missing = [k for k in need if k not in arrays]
+        if missing:
+            raise DataError(f"{where}: has x_train but lacks {', '.join(missing)}; save all four arrays.")
+        names = [s for s in SPLIT_DIRS if f"x_{s}" in arrays]
+    elif "x" in arrays and "y" in arrays:
+        names = ["all"]
+    else:
+        raise DataError(f"{where}: holds arrays {sorted(arrays)}; expected x and y, or x_train/y_train/x_test/y_test.")
+    parts = {}
+    for s in names:
+        xk, yk = ("x", "y") if s == "all" else (f"x_{s}", f"y_{s}")
+        if yk not in arrays:
+            raise DataError(f"{where}: has {xk} but lacks {yk}; save the labels beside the inputs.")
+        label = f"{where} ({xk})"
+        y = _check_labels(arrays[yk], label)
+        x = _check_inputs(arrays[xk], len(y), label)
+        parts[s] = ArraySplit(x, y, pre, source=label, fingerprint=None if fp is None else f"{fp}|{s}")
+    return parts
 
 
-@DATASETS.register("npz", help="arrays from an .npz file: x/y, or x_train/y_train/x_test/y_test (data.path)")
+@DATASETS.register("npz", help="arrays from an .npz file: x/y, or x_train/y_train/x_test/y_test (data.path); loaded whole")
 def npz(cfg, seed: int) -> Splits:
-    opts = check_options(cfg, "npz", {"normalize", "scale", "labels"})
+    opts = check_options(cfg, "npz", {"labels"})
     path = _need_path(cfg, "npz", "an .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
         raise DataError(f"data.path: {path} is not a readable .npz without pickled objects ({e}); save it with np.savez.") from None
-    where = str(path)
-    if "x_train" in arrays:
-        need = ["x_train", "y_train", "x_test", "y_test"]
-        missing = [k for k in need if k not in arrays]
-        if missing:
-            raise DataError(f"{where}: has x_train but lacks {', '.join(missing)}; save all four arrays.")
-        val = _as_arrays(arrays["x_val"], arrays["y_val"], f"{where} (val)") if "x_val" in arrays else None
-        train = _as_arrays(arrays["x_train"], arrays["y_train"], f"{where} (train)")
-        test = _as_arrays(arrays["x_test"], arrays["y_test"], f"{where} (test)")
-    elif "x" in arrays and "y" in arrays:
-        train, test, val = _as_arrays(arrays["x"], arrays["y"], where), None, None
+    pre = Preprocess()
+    parts = _array_parts(arrays, str(path), pre, _file_fingerprint([path]))
+    return _splits(cfg, seed, "npz", parts, pre, opts.get("labels"))
+
+
+@DATASETS.register("npy", help="a folder of .npy arrays (x.npy + y.npy, or x_train.npy ... y_test.npy), memory-mapped")
+def npy(cfg, seed: int) -> Splits:
+    opts = check_options(cfg, "npy", {"labels"})
+    root = _need_path(cfg, "npy", "a folder holding x.npy and y.npy (or x_train.npy, y_train.npy, x_test.npy, y_test.npy)")
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} is a file; pass the folder that holds x.npy and y.npy.")
+    files = sorted(root.glob("*.npy"))
+    arrays = {}
+    for f in files:
+        try:
+            arrays[f.stem] = np.load(f, mmap_mode="r", allow_pickle=False)  # inputs stay on disk
+        except (OSError, ValueError) as e:
+            raise DataError(f"{f}: not a readable .npy array ({str(e).splitlines()[0][:120]}); save it with np.save.") from None
+    pre = Preprocess()
+    parts = _array_parts(arrays, str(root), pre, _file_fingerprint(files))
+    return _splits(cfg, seed, "npy", parts, pre, opts.get("labels"))
+
+
+def _file_fingerprint(files: list[Path], root: Path | None = None) -> str:
+    """Paths, sizes and modification times: a replaced file changes it, without reading the bytes."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root) if root else f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def decode_image(im, size: tuple[int, int], channels: str) -> np.ndarray:
+    """A PIL image as uint8 C x H x W: converted to ``channels`` (L, RGB or BGR), resized to ``size`` (H, W)."""
+    from PIL import Image
+
+    im = im.convert("L" if channels == "L" else "RGB")
+    if (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return arr[::-1] if channels == "BGR" else arr
+
+
+class ImageFiles(SampleSet):
+    """Image files decoded one at a time when read: converted to ``channels``, resized to ``size``
+    (H, W), as uint8 C x H x W."""
+
+    decodes = True
+
+    def __init__(self, files: list[Path], y: np.ndarray, size: tuple[int, int], channels: str, pre: Preprocess,
+                 fingerprint: str) -> None:
+        self.files, self.y = files, y
+        self.size, self.channels, self.preprocess, self._fp = size, channels, pre, fingerprint
+        self.input_shape = (1 if channels == "L" else 3, *size)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        out = np.empty((len(idx), *self.input_shape), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            file = self.files[i]
+            try:
+                with Image.open(file) as im:
+                    out[j] = decode_image(im, self.size, self.channels)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DataError(f"{file}: cannot be read as an image ({e}); remove or replace it.") from None
+        return out
+
+    def where(self, i: int) -> str:
+        return f"{self.files[i]} (sample {i})"
+
+    def _fingerprint(self) -> str:
+        return f"{self._fp}|{self.size}|{self.channels}"
+
+
+def _class_files(folder: Path, classes: list[str] | None) -> tuple[list[Path], np.ndarray, list[str]]:
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
     else:
-        raise DataError(f"{where}: holds arrays {sorted(arrays)}; expected x and y, or x_train/y_train/x_test/y_test.")
-    return _build("npz", cfg, seed, train, test, val, opts.get("labels"), opts.get("normalize", "standard"),
-                  float(opts.get("scale", 1.0)))
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(f"{folder}: class folder(s) {extra} are not in train/; every split must use the "
+                            "training classes.")
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        d = folder / cls
+        if not d.is_dir():
+            continue
+        for f in sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            files.append(f)
+            labels.append(label)
+    return files, np.asarray(labels, dtype=np.int64), classes
 
 
-@DATASETS.register("image-folder", help="images in one sub-folder per class (data.path); needs Pillow")
+@DATASETS.register("image-folder", help="images in one sub-folder per class, or train/ val/ test/ folders of them (data.path); needs Pillow")
 def image_folder(cfg, seed: int) -> Splits:
-    opts = check_options(cfg, "image-folder", {"size", "mode", "normalize"})
+    check_options(cfg, "image-folder", set())
     root = _need_path(cfg, "image-folder", "a folder with one sub-folder per class")
     try:
         from PIL import Image
     except ImportError:
         raise DataError("dataset 'image-folder' needs Pillow; run `pip install pillow`.") from None
-    mode = opts.get("mode", "RGB")
-    if mode not in ("L", "RGB"):
-        raise ConfigError(f"data.options.mode: {mode!r} is not one of: L, RGB.")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    p = cfg.preprocess
+    channels = p.channels or "RGB"
+    split_dirs = [s for s in SPLIT_DIRS if (root / s).is_dir()]
+    if split_dirs and not {"train", "test"} <= set(split_dirs):
+        raise DataError(f"data.path: {root} has {', '.join(split_dirs)}/ but not both train/ and test/; add the "
+                        "missing one or put the class folders directly under data.path.")
+    listed: dict[str, tuple] = {}
+    classes = None
+    for s in split_dirs or ["all"]:
+        files, y, classes = _class_files(root if s == "all" else root / s, classes)
+        listed[s] = (files, y)
     if not classes:
         raise DataError(f"data.path: {root} has no sub-folders; put each class's images in its own sub-folder.")
-    size = opts.get("size")
-    if isinstance(size, int):
-        size = (size, size)
-    xs, ys = [], []
-    for label, cls in enumerate(classes):
-        for file in sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(file) as im:
-                    im = im.convert(mode)
-                    if size is None:
-                        size = (im.height, im.width)
-                    if (im.height, im.width) != tuple(size):
-                        im = im.resize((size[1], size[0]), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32)
-            except OSError as e:
-                raise DataError(f"{file}: cannot be read as an image ({e}); remove or replace it.") from None
-            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
+    every = [f for files, _ in listed.values() for f in files]
+    if not every:
         raise DataError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}'s class folders.")
-    x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
-    return _build("image-folder", cfg, seed, (x, y), None, None, classes, opts.get("normalize", "standard"), 1 / 255.0)
+    size = tuple(p.size) if p.size else None
+    if size is None:
+        try:
+            with Image.open(every[0]) as im:  # the header only: nothing is decoded
+                size = (im.height, im.width)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{every[0]}: cannot be read as an image ({e}); remove or replace it.") from None
+    pre = Preprocess(scale=1 / 255.0, extra={"size": list(size), "channels": channels, "layout": "NCHW"})
+    fp = _file_fingerprint(every, root)
+    parts = {s: ImageFiles(files, y, size, channels, pre, f"{fp}|{s}") for s, (files, y) in listed.items()}
+    return _splits(cfg, seed, "image-folder", parts, pre, classes)
 
 
 def import_object(spec: str, key: str):
@@ -188,7 +294,68 @@ def import_object(spec: str, key: str):
     return obj
 
 
-@DATASETS.register("factory", help="a Python function 'module:function' (data.options.factory) returning Splits or arrays")
+class DatasetSamples(SampleSet):
+    """A user's map-style dataset (``dataset[i] -> (x, y)``, e.g. a ``torch.utils.data.Dataset``) read a
+    sample at a time. Labels come from its ``targets`` or ``labels`` attribute when it has one, else
+    from one pass over the samples (keeping only the labels)."""
+
+    decodes = True
+
+    def __init__(self, dataset, where: str, pre: Preprocess) -> None:
+        self.dataset, self.source, self.preprocess = dataset, where, pre
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise DataError(f"{where}: the dataset has no len(); return a map-style dataset (with __len__ and "
+                            "__getitem__).") from None
+        if n == 0:
+            raise DataError(f"{where}: the dataset is empty; return one with samples.")
+        first = self._sample(0)
+        self.input_shape = tuple(int(d) for d in first.shape)
+        known = getattr(dataset, "targets", None)
+        if known is None:
+            known = getattr(dataset, "labels", None)
+        if known is not None and len(known) == n:
+            self.y = _check_labels(np.asarray(known), f"{where} (targets)")
+        else:
+            self.y = _check_labels(np.asarray([self._label(i) for i in range(n)]), f"{where} (labels)")
+
+    def _item(self, i: int):
+        item = self.dataset[int(i)]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DataError(f"{self.source}: item {i} is {type(item).__name__}; dataset[i] must return (x, y).")
+        return item
+
+    def _sample(self, i: int) -> np.ndarray:
+        x = self._item(i)[0]
+        x = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise DataError(f"{self.source}: item {i} has inputs of dtype {x.dtype}; return numeric inputs.")
+        return x
+
+    def _label(self, i: int) -> int:
+        y = self._item(i)[1]
+        return int(y.item() if hasattr(y, "item") else y)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        return np.stack([self._sample(i) for i in idx]) if len(idx) else np.zeros((0, *self.input_shape), np.float32)
+
+    def where(self, i: int) -> str:
+        return f"{self.source} item {i}"
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(f"{type(self.dataset).__qualname__}|{len(self)}".encode())
+        h.update(self.y.tobytes())
+        for i in np.linspace(0, len(self) - 1, num=min(len(self), 16)).astype(int):  # a sample of the contents
+            h.update(np.ascontiguousarray(self._sample(i)).tobytes())
+        return h.hexdigest()
+
+
+def _is_dataset(obj) -> bool:
+    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and not isinstance(obj, (np.ndarray, list, tuple))
+
+
+@DATASETS.register("factory", help="a Python function 'module:function' (data.options.factory) returning Splits, arrays or datasets")
 def factory(cfg, seed: int) -> Splits:
     opts = dict(cfg.options)
     spec = opts.pop("factory", None)
@@ -207,8 +374,16 @@ def factory(cfg, seed: int) -> Splits:
     where = f"data.options.factory {spec}"
     if isinstance(result, Splits):
         return result
-    if isinstance(result, tuple) and len(result) == 2:
-        return _build("factory", cfg, seed, _as_arrays(*result, where), None, normalize="none")
-    if isinstance(result, tuple) and len(result) == 4:
-        return _build("factory", cfg, seed, _as_arrays(*result[:2], where), _as_arrays(*result[2:], where), normalize="none")
-    raise DataError(f"{where}: returned {type(result).__name__}; return Splits, (x, y) or (x_train, y_train, x_test, y_test).")
+    pre = Preprocess()
+    if _is_dataset(result):
+        return _splits(cfg, seed, "factory", {"all": DatasetSamples(result, where, pre)}, pre, None)
+    if isinstance(result, tuple) and len(result) in (2, 3) and all(_is_dataset(r) for r in result):
+        names = ("train", "test") if len(result) == 2 else SPLIT_DIRS
+        parts = {s: DatasetSamples(r, f"{where} ({s})", pre) for s, r in zip(names, result)}
+        return _splits(cfg, seed, "factory", parts, pre, None)
+    if isinstance(result, tuple) and len(result) in (2, 4):
+        keys = ("x", "y") if len(result) == 2 else ("x_train", "y_train", "x_test", "y_test")
+        arrays = dict(zip(keys, result))  # in memory already: fingerprinted by content when needed
+        return _splits(cfg, seed, "factory", _array_parts(arrays, where, pre, None), pre, None)
+    raise DataError(f"{where}: returned {type(result).__name__}; return Splits, (x, y), "
+                    "(x_train, y_train, x_test, y_test), or map-style datasets.")

@@ -1,9 +1,22 @@
-"""The data contract every dataset factory returns, and the checks applied to it."""
+"""The data contract: splits whose samples stay where they are and are read a batch at a time.
+
+A :class:`SampleSet` knows every label up front (``y``, int64, -1 = unlabelled: labels are small)
+and reads inputs on demand with ``read(indices)``: the source's raw samples, then the recipe's
+:class:`Preprocess` (scale, then per-channel mean/std) applied to that batch alone, then checks
+(shape, NaN/inf) that name the file and sample that fail. Nothing holds the whole data set: an
+array source may be memory-mapped, an image folder is decoded per sample. ``__getitems__`` makes
+a SampleSet a map-style dataset that ``torch.utils.data.DataLoader`` reads batch-wise
+(:mod:`edgedistill.data.loader`).
+
+Every dataset is a registered factory ``(cfg: DataConfig, seed: int) -> Splits``; built-ins load
+exactly like users' own.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -12,25 +25,164 @@ from ..registry import Registry
 
 
 @dataclass
-class ArraySplit:
-    """Inputs ``x`` (float32, N x C x H x W or N x D) and integer labels ``y`` (N,), -1 = unlabelled."""
+class Preprocess:
+    """``(x * scale - mean) / std`` per channel (axis 1), applied to each batch as it is read."""
 
-    x: np.ndarray
+    scale: float = 1.0
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    extra: dict = field(default_factory=dict)  # what the source did before (resize, channel order), for the bundle
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32, copy=False)
+        if self.scale != 1.0:
+            x = x * np.float32(self.scale)
+        if self.mean is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = (x - np.asarray(self.mean, np.float32).reshape(shape)) / np.asarray(self.std, np.float32).reshape(shape)
+        return x
+
+    def record(self) -> dict:
+        """What an app must do to a raw sample, as plain data (bundle metadata and model card)."""
+        out = {**self.extra, "scale": float(self.scale)}
+        if self.mean is not None:
+            out.update(mean=[float(v) for v in self.mean], std=[float(v) for v in self.std])
+        return out
+
+
+class SampleSet:
+    """One split: labels ``y`` known up front, inputs read a batch at a time (see the module docstring).
+
+    Sources implement ``_read(sorted_indices) -> raw batch`` and ``where(i)``; ``decodes`` says that
+    reading costs CPU (image decoding), so the loader uses worker processes by default.
+    """
+
     y: np.ndarray
+    input_shape: tuple[int, ...]
+    preprocess: Preprocess
+    decodes: bool = False
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def where(self, i: int) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fingerprint(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Identity of the samples and their preprocessing (the teacher cache's key), without reading them all."""
+        return hashlib.sha256(f"{self._fingerprint()}|{self.preprocess.record()}".encode()).hexdigest()
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Inputs at ``indices`` (in that order), preprocessed float32 ``[B, *input_shape]``, checked."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range 0..{len(self) - 1}")
+        order = np.argsort(idx, kind="stable")  # sources read in file order; the caller's order is restored
+        raw = self._read(idx[order])
+        x = self.preprocess.apply(raw)
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise DataError(f"{self.where(int(idx[order[0]]))}: samples have shape {tuple(x.shape[1:])}, expected "
+                            f"{tuple(self.input_shape)}; make every sample the same shape.")
+        bad = ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))  # per sample; an empty batch has none
+        if bad.any():
+            raise DataError(f"{self.where(int(idx[order[int(np.argmax(bad))]]))}: contains NaN or inf; "
+                            "clean or drop that sample.")
+        out = np.empty_like(x)
+        out[order] = x
+        return out
+
+    def __getitems__(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(indices, dtype=np.int64)
+        return self.read(idx), self.y[idx], idx
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([int(i)])
+
+    def subset(self, indices: np.ndarray) -> "SampleSet":
+        return Subset(self, np.asarray(indices, dtype=np.int64))
+
+
+class ArraySplit(SampleSet):
+    """Inputs ``x`` (an array in memory or memory-mapped, N x C x H x W or N x D, any numeric dtype)
+    and integer labels ``y`` (N,), -1 = unlabelled. ``source`` names the file in errors."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, preprocess: Preprocess | None = None, source: str = "arrays",
+                 fingerprint: str | None = None) -> None:
+        self.x, self.y = x, np.asarray(y, dtype=np.int64)
+        self.preprocess = preprocess or Preprocess()
+        self.input_shape = tuple(int(d) for d in x.shape[1:])
+        self.source, self._fp = source, fingerprint
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        # A contiguous run (sorted, no repeated index): a slice, no gather.
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all():
+            return np.asarray(self.x[idx[0]:idx[-1] + 1])
+        return np.asarray(self.x[idx])
+
+    def where(self, i: int) -> str:
+        return f"{self.source} sample {i}"
+
+    def _fingerprint(self) -> str:
+        if self._fp is not None:
+            return self._fp
+        h = hashlib.sha256(f"{self.x.shape}|{self.x.dtype}".encode())
+        for start in range(0, len(self.x), 4096):  # bounded memory even for a memory-mapped array
+            h.update(np.ascontiguousarray(self.x[start:start + 4096]).tobytes())
+        h.update(self.y.tobytes())
+        self._fp = h.hexdigest()
+        return self._fp
+
+
+class Subset(SampleSet):
+    """The samples of ``base`` at ``indices`` (a split, or the first ``max_train_samples``): the
+    others are never read."""
+
+    def __init__(self, base: SampleSet, indices: np.ndarray) -> None:
+        self.base, self.indices = base, indices
+        self.y = base.y[indices]
+        self.input_shape, self.preprocess, self.decodes = base.input_shape, base.preprocess, base.decodes
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        inner = self.indices[idx]
+        order = np.argsort(inner, kind="stable")
+        raw = self.base._read(inner[order])
+        out = np.empty_like(raw)
+        out[order] = raw
+        return out
+
+    def where(self, i: int) -> str:
+        return self.base.where(int(self.indices[i]))
+
+    def _fingerprint(self) -> str:
+        return hashlib.sha256(self.base._fingerprint().encode() + self.indices.tobytes()).hexdigest()
+
+    def subset(self, indices: np.ndarray) -> SampleSet:
+        return Subset(self.base, self.indices[np.asarray(indices, dtype=np.int64)])
+
+
+def as_samples(x: SampleSet | np.ndarray) -> SampleSet:
+    """A SampleSet as it is; an array of inputs (already preprocessed) as an unlabelled one."""
+    if isinstance(x, SampleSet):
+        return x
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    return ArraySplit(x, np.full(len(x), -1, dtype=np.int64))
 
 
 @dataclass
 class Splits:
-    train: ArraySplit
-    val: ArraySplit
-    test: ArraySplit
+    train: SampleSet
+    val: SampleSet
+    test: SampleSet
     num_classes: int
     input_shape: tuple[int, ...]
     labels: list[str] = field(default_factory=list)
-    normalization: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} applied already
+    normalization: dict = field(default_factory=dict)  # the preprocessing applied (Preprocess.record())
     name: str = ""
 
 
@@ -38,65 +190,93 @@ DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
 
 
 def check_splits(s: Splits, source: str) -> Splits:
-    """Refuse data a run would silently mis-train on: NaN/inf, wrong shapes, bad labels, empty splits."""
+    """Refuse, before any sample is decoded, data a run would mis-train on: empty splits, arrays with
+    more or fewer inputs than labels, shapes that differ between splits, labels out of range. NaN/inf
+    and per-sample shapes are checked as batches are read (:meth:`SampleSet.read`), naming the file
+    and sample."""
     for split_name in ("train", "val", "test"):
-        part: ArraySplit = getattr(s, split_name)
+        part: SampleSet = getattr(s, split_name)
         if split_name != "val" and len(part) == 0:
             raise DataError(f"{source}: the {split_name} split is empty; provide more samples or change the split fractions.")
-        if len(part.x) != len(part.y):
-            raise DataError(f"{source}: {split_name} has {len(part.x)} inputs but {len(part.y)} labels; they must match.")
+        arrays = part.base if isinstance(part, Subset) else part
+        if isinstance(arrays, ArraySplit) and len(arrays.x) != len(arrays.y):
+            raise DataError(f"{source}: {split_name} has {len(arrays.x)} inputs but {len(arrays.y)} labels; they must match.")
         if len(part) == 0:
             continue
-        if tuple(part.x.shape[1:]) != tuple(s.input_shape):
-            raise DataError(
-                f"{source}: {split_name} inputs have shape {tuple(part.x.shape[1:])}, expected {tuple(s.input_shape)}; "
-                "make every sample the same shape."
-            )
-        if np.issubdtype(part.x.dtype, np.floating) and not np.isfinite(part.x).all():
-            raise DataError(f"{source}: {split_name} inputs contain NaN or inf; clean or drop those samples.")
+        if tuple(part.input_shape) != tuple(s.input_shape):
+            raise DataError(f"{source}: {split_name} inputs have shape {tuple(part.input_shape)}, expected "
+                            f"{tuple(s.input_shape)}; make every sample the same shape.")
         y = part.y
-        labelled = y[y >= 0]
-        if (y < -1).any() or (labelled >= s.num_classes).any():
-            bad = int(y[(y < -1) | (y >= s.num_classes)][0])
-            raise DataError(
-                f"{source}: {split_name} has label {bad}, outside 0..{s.num_classes - 1}; fix the labels or num_classes."
-            )
+        bad = (y < -1) | (y >= s.num_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{part.where(i)}: has label {int(y[i])}, outside 0..{s.num_classes - 1}; fix the labels "
+                            "or the class names.")
     return s
 
 
 def load_data(cfg, seed: int) -> Splits:
-    """Build the recipe's dataset through the registry and check it."""
+    """Build the recipe's dataset through the registry, cap it, and check it (without reading the samples)."""
     factory = DATASETS.get(cfg.dataset, "data.dataset")
     splits = factory(cfg, seed)
-    splits = _cap(splits, cfg)
+    if cfg.max_train_samples and cfg.max_train_samples < len(splits.train):
+        splits.train = splits.train.subset(np.arange(cfg.max_train_samples))
+    if cfg.max_test_samples and cfg.max_test_samples < len(splits.test):
+        splits.test = splits.test.subset(np.arange(cfg.max_test_samples))
     return check_splits(splits, f"dataset {cfg.dataset!r}")
-
-
-def _cap(s: Splits, cfg) -> Splits:
-    if cfg.max_train_samples:
-        s.train = ArraySplit(s.train.x[: cfg.max_train_samples], s.train.y[: cfg.max_train_samples])
-    if cfg.max_test_samples:
-        s.test = ArraySplit(s.test.x[: cfg.max_test_samples], s.test.y[: cfg.max_test_samples])
-    return s
 
 
 def check_options(cfg, dataset: str, allowed: set[str]) -> dict:
     """``data.options`` as a dict, refusing keys the dataset does not take."""
     unknown = set(cfg.options) - allowed
     if unknown:
-        raise ConfigError(f"data.options: unknown option(s) {sorted(unknown)} for {dataset!r}; valid: {', '.join(sorted(allowed))}.")
+        raise ConfigError(f"data.options: unknown option(s) {sorted(unknown)} for {dataset!r}; valid: "
+                          f"{', '.join(sorted(allowed)) or 'none'}.")
     return dict(cfg.options)
 
 
-def split_arrays(x: np.ndarray, y: np.ndarray, cfg, seed: int) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
-    """Stratified train / val / test split by the recipe's fractions (deterministic in ``seed``)."""
+def split_indices(y: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / val / test positions by the recipe's fractions, stratified by label when every class has
+    enough samples (a seeded shuffle otherwise); deterministic in ``seed``. Only labels are read."""
     from sklearn.model_selection import train_test_split
 
-    x_trv, x_te, y_trv, y_te = train_test_split(x, y, test_size=cfg.test_fraction, random_state=seed, stratify=y)
-    if cfg.val_fraction > 0:
-        frac = cfg.val_fraction / (1.0 - cfg.test_fraction)
-        x_tr, x_va, y_tr, y_va = train_test_split(x_trv, y_trv, test_size=frac, random_state=seed, stratify=y_trv)
-    else:
-        x_tr, y_tr = x_trv, y_trv
-        x_va, y_va = x[:0], y[:0]
-    return ArraySplit(x_tr, y_tr), ArraySplit(x_va, y_va), ArraySplit(x_te, y_te)
+    pos = np.arange(len(y))
+    try:
+        trv, te = train_test_split(pos, test_size=cfg.test_fraction, random_state=seed, stratify=y)
+        if cfg.val_fraction > 0:
+            frac = cfg.val_fraction / (1.0 - cfg.test_fraction)
+            tr, va = train_test_split(trv, test_size=frac, random_state=seed, stratify=y[trv])
+        else:
+            tr, va = trv, pos[:0]
+    except ValueError:  # too few samples per class to stratify
+        order = np.random.default_rng(seed).permutation(len(y))
+        n_te = max(1, int(round(len(y) * cfg.test_fraction)))
+        n_va = int(round(len(y) * cfg.val_fraction))
+        te, va, tr = order[:n_te], order[n_te:n_te + n_va], order[n_te + n_va:]
+    return tr, va, te
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, cfg, seed: int) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
+    """Stratified train / val / test split of in-memory arrays (deterministic in ``seed``)."""
+    tr, va, te = split_indices(y, cfg, seed)
+    return ArraySplit(x[tr], y[tr]), ArraySplit(x[va], y[va]), ArraySplit(x[te], y[te])
+
+
+def channel_stats(split: SampleSet, max_samples: int, seed: int, batch_size: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (axis 1) of up to ``max_samples`` seeded samples of ``split`` after its
+    scale, in one streaming pass: memory is one batch plus two running sums."""
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:max_samples])
+    total = sq = None
+    count = 0
+    for start in range(0, len(idx), batch_size):
+        x = split.read(idx[start:start + batch_size]).astype(np.float64)
+        axes = (0,) + tuple(range(2, x.ndim))
+        s, q = x.sum(axis=axes), (x * x).sum(axis=axes)
+        total, sq = (s, q) if total is None else (total + s, sq + q)
+        count += x.size // x.shape[1]
+    if not count:
+        raise DataError("data: no samples to compute the normalisation statistics from; add training samples.")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+    std = np.where(std < 1e-8, 1.0, std)
+    return [float(v) for v in mean], [float(v) for v in std]

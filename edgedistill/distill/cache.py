@@ -18,6 +18,7 @@ import functools
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,6 +27,9 @@ import numpy as np
 import torch
 
 from .. import _io
+from ..data import SampleSet
+from ..data.core import as_samples
+from ..data.loader import batches
 from ..errors import ConfigError, StageError
 
 
@@ -46,13 +50,6 @@ def refuse_if_augmented(augmented: bool, where: str = "distill.cache") -> None:
             f"{where}: the teacher cache is refused because data augmentation changes the inputs between "
             "epochs; turn augmentation off or set the cache off."
         )
-
-
-def array_fingerprint(x: np.ndarray) -> str:
-    """A content hash of an input array (shape, dtype and bytes)."""
-    h = hashlib.sha256(f"{x.shape}|{x.dtype}".encode())
-    h.update(np.ascontiguousarray(x).tobytes())
-    return h.hexdigest()
 
 
 def cache_key(teacher_fingerprint: str, data_fingerprint: str, preprocessing: dict, temperature: float, k: int) -> str:
@@ -82,6 +79,7 @@ class SoftLabelCache:
     probs: np.ndarray         # [N, k] float16: the teacher's top-k probabilities at T
     indices: np.ndarray       # [N, k] int16 / int32: their classes
     fingerprints: np.ndarray  # [N] float32
+    dense: bool = False       # probs holds the teacher's whole output per sample (embeddings), fp32
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -91,16 +89,21 @@ class SoftLabelCache:
         return int(self.probs.nbytes + self.indices.nbytes + self.fingerprints.nbytes)
 
     def report(self) -> dict:
+        if self.dense:
+            return {"num_samples": len(self), "dim": int(self.probs.shape[1]), "dense": True, "cache_bytes": self.nbytes}
         return storage_report(len(self), self.num_classes, self.probs.shape[1])
 
-    def teacher_outputs(self, index: torch.Tensor, x: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def teacher_outputs(self, index: torch.Tensor, x=None, device=None) -> dict[str, torch.Tensor]:
         """The teacher's ``{"logits": ...}`` for the samples at dataset positions ``index``.
 
-        When ``x`` is given, its fingerprints must match the cached ones, else the run stops (the inputs
-        changed since the teacher saw them).
+        When ``x`` is a tensor batch, its fingerprints must match the cached ones, else the run stops (the
+        inputs changed since the teacher saw them).
         """
         idx = index.detach().cpu().numpy()
-        if x is not None:
+        device = device or (x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
+        if self.dense:  # the teacher's outputs as they were (embeddings): nothing to rebuild
+            return {"logits": torch.from_numpy(self.probs[idx].astype(np.float32)).to(device)}
+        if isinstance(x, torch.Tensor):
             now = _sample_fingerprints(x).numpy()
             then = self.fingerprints[idx]
             if not np.allclose(now, then, rtol=1e-4, atol=1e-3 * (1.0 + np.abs(then).max())):
@@ -108,7 +111,6 @@ class SoftLabelCache:
                     "teacher cache: these inputs differ from the ones the teacher labelled (augmentation or "
                     "changed preprocessing?); turn the cache off or the augmentation off."
                 )
-        device = x.device if x is not None else torch.device("cpu")
         p_top = torch.from_numpy(self.probs[idx].astype(np.float32))
         cls = torch.from_numpy(self.indices[idx].astype(np.int64))
         k = p_top.shape[1]
@@ -123,7 +125,7 @@ class SoftLabelCache:
         buf = io.BytesIO()
         np.savez(buf, probs=self.probs, indices=self.indices, fingerprints=self.fingerprints,
                  meta=np.array(json.dumps({"key": self.key, "temperature": self.temperature,
-                                           "num_classes": self.num_classes})))
+                                           "num_classes": self.num_classes, "dense": self.dense})))
         return _io.write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -131,21 +133,30 @@ class SoftLabelCache:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return cls(meta["key"], float(meta["temperature"]), int(meta["num_classes"]),
-                       z["probs"], z["indices"], z["fingerprints"])
+                       z["probs"], z["indices"], z["fingerprints"], bool(meta.get("dense", False)))
 
 
 @torch.no_grad()
-def build_cache(teacher: Callable[[torch.Tensor], dict], x: np.ndarray, *, key: str, temperature: float,
-                k: int, batch_size: int = 256, device: str | torch.device = "cpu") -> SoftLabelCache:
-    """Run ``teacher`` (``x -> {"logits": ...}``, already in eval mode) once over ``x`` in order."""
+def build_cache(teacher: Callable[[torch.Tensor], dict], split: SampleSet, *, key: str, temperature: float,
+                k: int, batch_size: int = 256, device: str | torch.device = "cpu", dense: bool = False,
+                log: Callable[[str], None] | None = None) -> SoftLabelCache:
+    """Run ``teacher`` (``x -> {"logits": ...}``, already in eval mode) once over ``split`` in order.
+
+    ``dense`` keeps each sample's whole output in fp32 (embeddings, where top-k means nothing)."""
     if k < 1:
         raise ConfigError(f"distill.cache_top_k: {k} must be >= 1.")
     probs, indices, fps = [], [], []
-    num_classes = None
-    for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+    num_classes, done, t0 = None, 0, time.perf_counter()
+    for xb, _, _ in batches(as_samples(split), batch_size):
+        xb = xb.to(device) if isinstance(xb, torch.Tensor) else xb
         logits = teacher(xb)["logits"].float()
         num_classes = logits.shape[1]
+        done += len(logits)
+        if log is not None:
+            log(f"teacher cache: {done}/{len(split)} samples, {time.perf_counter() - t0:.0f}s")
+        if dense:
+            probs.append(logits.cpu().numpy())
+            continue
         p = torch.softmax(logits / temperature, dim=1)
         top_p, top_i = p.topk(min(k, num_classes), dim=1)
         probs.append(top_p.cpu().numpy().astype(np.float16))
@@ -153,25 +164,32 @@ def build_cache(teacher: Callable[[torch.Tensor], dict], x: np.ndarray, *, key: 
         fps.append(_sample_fingerprints(xb).numpy())
     if num_classes is None:
         raise StageError("teacher cache: the training split is empty; nothing to cache.")
+    if dense:
+        n = sum(len(p) for p in probs)
+        return SoftLabelCache(key, float(temperature), int(num_classes), np.concatenate(probs),
+                              np.zeros((n, 0), np.int16), np.zeros(n, np.float32), dense=True)
     idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
     return SoftLabelCache(key, float(temperature), int(num_classes), np.concatenate(probs),
                           np.concatenate(indices).astype(idx_dtype), np.concatenate(fps).astype(np.float32))
 
 
 def load_or_build(cache_dir: str | Path, teacher: Callable[[torch.Tensor], dict], teacher_fingerprint: str,
-                  x: np.ndarray, preprocessing: dict, *, temperature: float, k: int, augmented: bool = False,
-                  batch_size: int = 256, device: str | torch.device = "cpu") -> tuple[SoftLabelCache, bool]:
+                  split: SampleSet, preprocessing: dict, *, temperature: float, k: int, augmented: bool = False,
+                  batch_size: int = 256, device: str | torch.device = "cpu", dense: bool = False,
+                  log: Callable[[str], None] | None = None) -> tuple[SoftLabelCache, bool]:
     """The cache for this teacher + data + preprocessing, read from ``cache_dir`` or built and saved there.
 
     Returns ``(cache, hit)``; ``hit`` is True when the teacher did not run.
     """
     refuse_if_augmented(augmented)
-    key = cache_key(teacher_fingerprint, array_fingerprint(x), preprocessing, temperature, k)
+    split = as_samples(split)
+    key = cache_key(teacher_fingerprint, split.fingerprint(), preprocessing, temperature, 0 if dense else k)
     path = Path(cache_dir) / f"teacher_{key}.npz"
     if path.exists():
         cache = SoftLabelCache.load(path)
-        if cache.key == key and len(cache) == len(x):
+        if cache.key == key and len(cache) == len(split):
             return cache, True
-    cache = build_cache(teacher, x, key=key, temperature=temperature, k=k, batch_size=batch_size, device=device)
+    cache = build_cache(teacher, split, key=key, temperature=temperature, k=k, batch_size=batch_size, device=device,
+                        dense=dense, log=log)
     cache.save(path)
     return cache, False

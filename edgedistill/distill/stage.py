@@ -14,7 +14,7 @@ from ..recipe import Recipe
 from .cache import load_or_build
 from .losses import LossContext, build_loss
 from .teachers import TorchTeacher, recipe_teacher
-from .train import FitConfig, Term, as_teacher, check_term_paths, evaluate_accuracy, fit
+from .train import FitConfig, Term, as_teacher, check_term_paths, fit
 
 
 def build_terms(recipe: Recipe, num_classes: int) -> list[Term]:
@@ -42,12 +42,17 @@ def check_taps(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -
 
 
 def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Recipe,
-            out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
+            out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, task=None, log=None) -> dict:
     """Distill ``teacher`` into ``student`` in place; write ``model.pt``, ``curves.csv``, ``meta.json``.
 
     With ``distill.cache`` the teacher's soft labels are kept in ``cache_dir`` (default: ``teacher_cache``
-    next to ``out_dir``, so a re-run of this stage or another student finds them).
+    next to ``out_dir``, so a re-run of this stage or another student finds them); a teacher without
+    classes (a sentence encoder) has its whole outputs kept. ``task`` (default: classification) gives
+    the validation metric of the curves.
     """
+    from ..tasks import get_task
+
+    task = task or get_task("classification")
     cfg = recipe.distill
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / "teacher_cache"
@@ -55,21 +60,22 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                         scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
                         device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill",
-                        augment=cfg.augment)
+                        augment=cfg.augment, workers=recipe.data.workers, warmup=cfg.warmup,
+                        clip_grad_norm=cfg.clip_grad_norm)
     teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
     cache, cache_hit = None, None
     if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students
         wrapped = TorchTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
-        cache, cache_hit = load_or_build(cache_dir, wrapped, wrapped.fingerprint(), splits.train.x,
+        cache, cache_hit = load_or_build(cache_dir, wrapped, wrapped.fingerprint(), splits.train,
                                          _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
-                                         augmented=cfg.augment)
+                                         augmented=cfg.augment, dense=splits.num_classes == 0, log=log)
     result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,
-                 teacher_cache=cache)
+                 teacher_cache=cache, evaluate=task.val_metric)
     save_checkpoint(out_dir / "model.pt", student)
     meta = {
         "losses": [{"name": t.name, "weight": t.weight, "warmup_epochs": t.warmup_epochs} for t in terms],
         "epochs": cfg.epochs, "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 1),
-        "parameters": count_params(student), "test_accuracy_torch": evaluate_accuracy(student, splits.test),
+        "parameters": count_params(student), "test_metric_torch": dict(zip(("name", "value"), task.val_metric(student, splits.test))),
         "resumed_from": result.resumed_from, "final": result.history[-1] if result.history else {},
         "teacher_cache": None if cache is None else {**cache.report(), "hit": cache_hit},
     }

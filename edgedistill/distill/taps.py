@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.core import model_forward
 
 
 def module_names(model: nn.Module) -> list[str]:
@@ -68,17 +69,17 @@ class Taps:
         return out
 
 
-def dry_run_shapes(model: nn.Module, paths: Iterable[str], example: torch.Tensor) -> dict[str, torch.Size]:
+def dry_run_shapes(model: nn.Module, paths: Iterable[str], example) -> dict[str, torch.Size]:
     """One forward on a real input to read the feature shapes (for projection heads).
 
     The input goes to the model's device, so a model already on a GPU (a teacher shared between runs) works."""
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
-    if param is not None:
+    if param is not None and isinstance(example, torch.Tensor):
         example = example.to(param.device)
     with torch.no_grad(), Taps(model, paths) as taps:
-        logits = model(example)
+        logits = model_forward(model, example)
         shapes = {k: v.shape for k, v in taps.collect(logits).items()}
     model.train(was_training)
     return shapes

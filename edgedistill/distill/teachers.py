@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._io import sha256_file
+from ..models.core import model_forward
 from ..errors import ConfigError
 
 
@@ -51,7 +52,7 @@ class TorchTeacher(Teacher):
     @torch.no_grad()
     def __call__(self, x):
         self.model.eval()  # stays in eval even if someone called .train() on a parent
-        return {"logits": self.model(x)}
+        return {"logits": model_forward(self.model, x)}
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(type(self.model).__name__.encode())

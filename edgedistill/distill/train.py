@@ -24,13 +24,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import _io, _signals
-from ..data import ArraySplit
+from ..data import SampleSet
+from ..data.loader import batches
 from ..errors import ConfigError, StageError
 from ..models._augment import TrainAugment
 from .cache import SoftLabelCache, refuse_if_augmented
 from .losses import DistillLoss
 from .teachers import CallableTeacher, EnsembleTeacher, Teacher, TorchTeacher
 from .taps import Taps, check_paths, dry_run_shapes
+from ..models.core import model_forward
 
 
 @dataclass
@@ -65,6 +67,12 @@ class FitConfig:
     #: Random shifts and flips applied to each batch before the teacher and the student see it, so both
     #: read the same view (consistent teaching); images [N, C, H, W] only.
     augment: bool = False
+    #: DataLoader worker processes (None: the data source decides, see ``data.loader.auto_workers``).
+    workers: Optional[int] = None
+    #: Share of the steps over which the learning rate ramps up linearly from 0 (transformers need it).
+    warmup: float = 0.0
+    #: Gradients are clipped to this total norm when set.
+    clip_grad_norm: Optional[float] = None
 
 
 @dataclass
@@ -83,15 +91,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], out_dir: str | os.PathLike,
-        teacher: Optional[nn.Module | Teacher | Callable] = None, val: Optional[ArraySplit] = None,
-        teacher_cache: Optional[SoftLabelCache] = None) -> FitResult:
+def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], out_dir: str | os.PathLike,
+        teacher: Optional[nn.Module | Teacher | Callable] = None, val: Optional[SampleSet] = None,
+        teacher_cache: Optional[SoftLabelCache] = None,
+        evaluate: Optional[Callable[..., tuple[str, float]]] = None) -> FitResult:
     """Train ``model`` on ``train`` with the weighted ``terms``; checkpoints and curves go to ``out_dir``.
 
     ``teacher`` is an ``nn.Module`` (white box: its layers can be tapped), a :class:`Teacher` wrapper
     (ONNX, callable, ensemble: outputs only) or any callable ``x -> logits``; None for a scratch run or
     for self-distillation. ``teacher_cache`` (see :mod:`.cache`), when given, replaces the teacher's
     forward by a lookup of its stored top-k soft labels, indexed by the sample's position in ``train``.
+    ``evaluate(model, val, workers) -> (name, value)`` gives the curves' ``val_<name>`` column (default:
+    top-1 accuracy, ``val_acc``).
     """
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
@@ -113,9 +124,7 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
         raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
                          f"{len(train)}; rebuild the cache for this data.")
 
-    x_all = torch.from_numpy(np.ascontiguousarray(train.x))
-    y_all = torch.from_numpy(np.ascontiguousarray(train.y)).long()
-    example = x_all[: min(len(x_all), 2)]
+    example = _as_batch(train.read(np.arange(min(len(train), 2))))
     s_shapes = dry_run_shapes(model, s_paths, example)
     if teacher_cache is not None:
         t_shapes = {k: v.shape for k, v in teacher_cache.teacher_outputs(torch.arange(len(example))).items()}
@@ -138,12 +147,9 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(x_all) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total_steps = max(1, steps_per_epoch * cfg.epochs)
-    if cfg.scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.scheduler, total_steps, cfg.warmup))
 
     result = FitResult()
     start_epoch, start_step, partial = 0, 0, None
@@ -167,26 +173,29 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
-        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)).numpy()
         sums: dict[str, float] = {t.name: 0.0 for t in terms}
         sums["total"], correct, count = 0.0, 0, 0
         skipped = start_step * cfg.batch_size
         if start_step and partial:
             sums, correct, count, skipped = dict(partial["sums"]), int(partial["correct"]), int(partial["count"]), 0
-        bar = tqdm(range(start_step, steps_per_epoch), desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
-                   file=sys.stderr, leave=False, disable=None)
-        for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            xb, yb = x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
+        # Batches are read from the source as the epoch goes (worker processes decode ahead of the step).
+        loader = batches(train, cfg.batch_size, order, start_step, cfg.workers, pin_memory=device.type == "cuda")
+        bar = tqdm(zip(range(start_step, steps_per_epoch), loader), total=steps_per_epoch - start_step,
+                   desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False, disable=None)
+        for step, (xb, yb, idx) in bar:
+            yb = yb.to(device, non_blocking=True)
+            if isinstance(xb, torch.Tensor):  # texts stay texts: each model tokenises them its own way
+                xb = xb.to(device, non_blocking=True)
             if augment is not None:  # one view, read by the teacher and the student alike
                 xb = augment(xb)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 if teacher_cache is not None:  # stored soft labels: the teacher does not run
-                    teacher_out = teacher_cache.teacher_outputs(idx, xb)
+                    teacher_out = teacher_cache.teacher_outputs(idx, xb, device)
                 else:
                     teacher_out = _teacher_forward(teacher, t_paths, xb)
                 with Taps(model, s_paths) as taps:
-                    student_out = taps.collect(model(xb))
+                    student_out = taps.collect(model_forward(model, xb))
                 total = student_out["logits"].new_zeros(())
                 values = {}
                 for t in terms:
@@ -198,6 +207,9 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
                     total = total + t.scale(epoch, step / steps_per_epoch) * value
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            if cfg.clip_grad_norm is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
             scaler.step(opt)
             scaler.update()
             sched.step()
@@ -214,11 +226,15 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
             if _signals.stop_requested():  # Ctrl-C: a clean point, after a whole step
                 _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1, (sums, correct, count))
                 raise _signals.Interrupted(f"epoch {epoch + 1}, step {step + 1}", str(ckpt_path))
-        n_epoch = max(1, len(x_all) - skipped)
+        n_epoch = max(1, len(train) - skipped)
         row = {"epoch": epoch + 1, **{f"loss_{k}": v / n_epoch for k, v in sums.items()},
                "train_acc": correct / count if count else float("nan"), "lr": opt.param_groups[0]["lr"]}
         if val is not None and len(val) > 0:
-            row["val_acc"] = evaluate_accuracy(model, val, cfg.batch_size * 4, device)
+            if evaluate is None:
+                row["val_acc"] = evaluate_accuracy(model, val, cfg.batch_size * 4, device, cfg.workers)
+            else:
+                name, value = evaluate(model, val, cfg.workers)
+                row[f"val_{name}"] = value
         result.history.append(row)
         start_step = 0
         _write_curves(out_dir / "curves.csv", result.history)
@@ -227,6 +243,27 @@ def fit(model: nn.Module, train: ArraySplit, cfg: FitConfig, terms: list[Term], 
     result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
     model.to("cpu").eval()
     return result
+
+
+def lr_schedule(kind: str, total_steps: int, warmup: float = 0.0) -> Callable[[int], float]:
+    """The learning-rate factor at step ``s``: a linear warm-up over ``warmup`` of the steps, then
+    cosine or linear decay to 0, or constant."""
+    warm = int(round(warmup * total_steps))
+
+    def factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        done = min(max(s - warm, 0), total_steps - warm) / max(1, total_steps - warm)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * done))
+        return 1.0 - done if kind == "linear" else 1.0
+
+    return factor
+
+
+def _as_batch(x):
+    """A batch read from a SampleSet as the loader gives it: arrays as tensors, texts as they are."""
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
 
 
 def as_teacher(teacher) -> Optional[nn.Module | Teacher]:
@@ -288,19 +325,20 @@ def _teacher_forward(teacher, t_paths: list[str], xb: torch.Tensor) -> dict[str,
     with torch.no_grad():
         if isinstance(teacher, nn.Module):
             with Taps(teacher, t_paths) as taps:
-                return taps.collect(teacher(xb))
+                return taps.collect(model_forward(teacher, xb))
         return teacher(xb)
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, split: ArraySplit, batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+def evaluate_accuracy(model: nn.Module, split: SampleSet, batch_size: int = 256, device: torch.device | str = "cpu",
+                      workers: Optional[int] = None) -> float:
     """Top-1 accuracy in PyTorch (for curves; the verify stage measures artifacts through ONNX Runtime)."""
     was_training = model.training
     model.eval()
     correct = 0
-    for i in range(0, len(split), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(split.x[i:i + batch_size])).to(device)
-        correct += int((model(xb).argmax(1).cpu().numpy() == split.y[i:i + batch_size]).sum())
+    for xb, yb, _ in batches(split, batch_size, workers=workers):
+        xb = xb.to(device) if isinstance(xb, torch.Tensor) else xb
+        correct += int((model_forward(model, xb).argmax(1).cpu() == yb).sum())
     model.train(was_training)
     return correct / max(1, len(split))
 

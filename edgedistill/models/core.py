@@ -19,8 +19,8 @@ from ..registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 
-def build_model(arch: str, params: dict, input_shape: tuple[int, ...], num_classes: int, key: str) -> nn.Module:
-    """Build ``arch`` with ``params``; unknown or wrong parameters are rejected naming ``key``."""
+def check_params(arch: str, params: dict, key: str) -> Callable[..., nn.Module]:
+    """The registered factory of ``arch``, after refusing parameters it does not take (naming ``key``)."""
     factory = MODELS.get(arch, f"{key}.arch")
     sig = inspect.signature(factory)
     accepted = [n for n, p in sig.parameters.items() if n not in ("input_shape", "num_classes")
@@ -28,10 +28,24 @@ def build_model(arch: str, params: dict, input_shape: tuple[int, ...], num_class
     for name in params:
         if name not in accepted:
             raise ConfigError(f"{key}.params.{name}: unknown parameter of {arch!r}; valid ones are: {', '.join(accepted)}.")
+    return factory
+
+
+def build_model(arch: str, params: dict, input_shape: tuple[int, ...], num_classes: int, key: str) -> nn.Module:
+    """Build ``arch`` with ``params``; unknown or wrong parameters are rejected naming ``key``."""
+    factory = check_params(arch, params, key)
     try:
         return factory(input_shape=tuple(input_shape), num_classes=num_classes, **params)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}.params: {arch!r} cannot be built with {params} ({e}).") from None
+
+
+def model_forward(model: nn.Module, x):
+    """The model's output on a batch: a tensor goes in as it is; texts go through the model's own
+    ``encode_inputs`` (its tokenizer, on its device), whose tensors are passed by name."""
+    if isinstance(x, torch.Tensor):
+        return model(x)
+    return model(**model.encode_inputs(x))
 
 
 def save_checkpoint(path, model: nn.Module, **extra) -> None:

@@ -22,6 +22,7 @@ from onnxruntime.quantization import qdq_loss_debug as qdbg
 
 from .. import _io
 from ..errors import StageError
+from ..data.core import as_samples
 from .ptq import ArrayReader
 
 _PASS_THROUGH = ("Relu", "Clip")
@@ -39,7 +40,9 @@ def rank_nodes(float_model: str | Path, qdq_model: str | Path, x: np.ndarray, ma
     with tempfile.TemporaryDirectory(prefix="edgedistill-sqnr-") as tmp:
         aug = str(Path(tmp) / "float_augmented.onnx")
         qdbg.modify_model_output_intermediate_tensors(float_model, aug)
-        acts = qdbg.collect_activations(aug, ArrayReader(input_name, x[:max_samples], batch=max_samples))
+        samples = as_samples(x)
+        samples = samples.subset(np.arange(min(max_samples, len(samples))))
+        acts = qdbg.collect_activations(aug, ArrayReader(input_name, samples, batch=max_samples))
     act_err = {t: qdbg.compute_signal_to_quantization_noice_ratio(acts[t], [_qdq(a, s, z) for a in acts[t]])
                for t, (s, z) in _activation_qparams(qdq_model).items() if t in acts}
     w_err = qdbg.compute_weight_error(qdbg.create_weight_matching(float_model, qdq_model))

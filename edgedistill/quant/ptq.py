@@ -22,6 +22,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from .. import _io
+from ..data.core import SampleSet, as_samples
 from ..errors import StageError
 from ..recipe import PTQConfig
 
@@ -30,15 +31,16 @@ _HIST_BUDGET_FLOATS = 256 * 2**20  # 1 GiB of float32 activations held by the hi
 
 
 class ArrayReader(CalibrationDataReader):
-    """A CalibrationDataReader over an array, fed in small batches so memory stays bounded."""
+    """A CalibrationDataReader over samples (a SampleSet or an array), read in small batches so memory
+    stays bounded by the batch, not by the calibration set."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = _CALIB_BATCH) -> None:
-        self.input_name, self.x, self.batch, self.i = input_name, x, batch, 0
+    def __init__(self, input_name: str, x: SampleSet | np.ndarray, batch: int = _CALIB_BATCH) -> None:
+        self.input_name, self.x, self.batch, self.i = input_name, as_samples(x), batch, 0
 
     def get_next(self):
         if self.i >= len(self.x):
             return None
-        chunk = np.ascontiguousarray(self.x[self.i:self.i + self.batch].astype(np.float32))
+        chunk = self.x.read(np.arange(self.i, min(self.i + self.batch, len(self.x))))
         self.i += self.batch
         return {self.input_name: chunk}
 
@@ -46,24 +48,33 @@ class ArrayReader(CalibrationDataReader):
         self.i = 0
 
 
-def calibration_sample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` samples drawn without replacement from the training inputs (deterministic in ``seed``)."""
-    idx = np.random.default_rng(seed).permutation(len(x))[: min(n, len(x))]
-    return x[np.sort(idx)]
+def calibration_sample(split: SampleSet | np.ndarray, n: int, seed: int) -> SampleSet:
+    """``n`` samples drawn without replacement from the training split (deterministic in ``seed``),
+    read only when the calibrator asks for them."""
+    split = as_samples(split)
+    idx = np.random.default_rng(seed).permutation(len(split))[: min(n, len(split))]
+    return split.subset(np.sort(idx))
 
 
-def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_x: np.ndarray, cfg: PTQConfig,
-                  nodes_to_exclude: list[str] | None = None,
-                  evaluate: Callable[[str], float] | None = None) -> dict:
-    """Quantize ``onnx_in`` to INT8 QDQ at ``onnx_out``; returns what was done (for ``meta.json``).
+def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_x: SampleSet | np.ndarray | None,
+                  cfg: PTQConfig, nodes_to_exclude: list[str] | None = None,
+                  evaluate: Callable[[str], float] | None = None, mode: str = "static",
+                  fusion: dict | None = None) -> dict:
+    """Quantize ``onnx_in`` to INT8 at ``onnx_out``; returns what was done (for ``meta.json``).
 
-    With ``cfg.max_drop`` set, ``evaluate(onnx_path) -> accuracy`` (a fraction, on held-out data)
-    drives the accuracy-aware fallback and the result carries its ``fallback`` record.
+    ``mode`` "static": QDQ calibrated on ``calib_x`` (convolutional and small models); "dynamic":
+    MatMul / Gemm / Attention / Gather weights in INT8, activations quantized at run time (transformers),
+    after ONNX Runtime's transformer fusion when ``fusion`` gives its arguments (``model_type``, ``num_heads``,
+    ``hidden_size``).
+    With ``cfg.max_drop`` set (static only), ``evaluate(onnx_path) -> metric`` (a fraction, on held-out
+    data) drives the accuracy-aware fallback and the result carries its ``fallback`` record.
     """
     import onnx
 
     logging.getLogger("root").setLevel(logging.ERROR)  # ORT's calibrator logs every tensor at INFO
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    if mode == "dynamic":
+        return _quantize_dynamic(onnx_in, onnx_out, cfg, fusion)
     if cfg.max_drop is not None and evaluate is None:
         raise StageError("ptq.max_drop is set but no evaluate(onnx_path) -> accuracy callback was given; pass one "
                          "(the pipeline's verify accuracy) or unset ptq.max_drop.")
@@ -73,9 +84,10 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     with tempfile.TemporaryDirectory(dir=onnx_out.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         _preprocess(onnx_in, pre)
+        calib_x = as_samples(calib_x)
         requested = len(calib_x)
         if cfg.calibration != "minmax":
-            calib_x = calib_x[:max(1, _HIST_BUDGET_FLOATS // _activation_floats_per_sample(pre))]
+            calib_x = calib_x.subset(np.arange(min(requested, max(1, _HIST_BUDGET_FLOATS // _activation_floats_per_sample(pre)))))
 
         def quantize(exclude: list[str], out: str) -> None:
             _quantize_static(pre, Path(out), input_name, calib_x, cfg, list(nodes_to_exclude or []) + list(exclude))
@@ -122,7 +134,7 @@ def _activation_floats_per_sample(model_path: Path) -> int:
     return max(total, 1)
 
 
-def _quantize_static(pre: Path, out: Path, input_name: str, calib_x: np.ndarray, cfg: PTQConfig,
+def _quantize_static(pre: Path, out: Path, input_name: str, calib_x: SampleSet, cfg: PTQConfig,
                      exclude: list[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -138,3 +150,38 @@ def _quantize_static(pre: Path, out: Path, input_name: str, calib_x: np.ndarray,
         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, activation_type=act,
         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra,
     )
+
+
+def _quantize_dynamic(onnx_in: Path, onnx_out: Path, cfg: PTQConfig, fusion: dict | None) -> dict:
+    """Dynamic INT8 (never for convolutions: ConvInteger runs slower than FP32). Embedding tables (Gather)
+    are stored in INT8 too, dequantized on lookup."""
+    import onnx
+    import warnings
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if cfg.max_drop is not None:
+        raise StageError("ptq.max_drop: the accuracy-aware fallback needs static quantization; unset max_drop or set "
+                         "ptq.mode = \"static\".")
+    onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    ops = ["MatMul", "Gemm", "Attention", "Gather"]
+    with tempfile.TemporaryDirectory(dir=onnx_out.parent) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, fused = onnx_in, {}
+        if fusion:
+            from onnxruntime.transformers import optimizer
+            from onnxruntime.transformers.fusion_options import FusionOptions
+
+            options = FusionOptions(fusion["model_type"])
+            options.enable_embed_layer_norm = False  # a fused EmbedLayerNorm would keep the word embeddings FP32
+            opt = optimizer.optimize_model(str(onnx_in), **fusion, optimization_options=options, opt_level=1,
+                                           use_gpu=False)
+            src = Path(tmp) / "fused.onnx"
+            opt.save_model_to_file(str(src))
+            fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        out_tmp = Path(tmp) / "quantized.onnx"
+        quantize_dynamic(str(src), str(out_tmp), op_types_to_quantize=ops, per_channel=cfg.per_channel,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        _io.write_bytes(onnx_out, out_tmp.read_bytes())
+    return {"path": str(onnx_out), "format": "dynamic", "weight_type": "int8", "per_channel": cfg.per_channel,
+            "ops": ops, "fusion": fusion, "fused_ops": fused, "calibration_samples": 0, "nodes_excluded": [],
+            "size_mb": _io.file_size_mb(onnx_out), "fallback": None}

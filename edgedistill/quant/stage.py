@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .. import _io
-from ..data import Splits
+from ..data import SampleSet, Splits
+from ..data.core import as_samples
 from ..distill.losses import LossContext, build_loss
 from ..distill.train import FitConfig, Term, evaluate_accuracy, fit
 from ..errors import StageError
@@ -32,7 +33,7 @@ ONNX_NAME = "student_qat_int8.onnx"
 
 def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cfg: QATConfig,
             out_dir: str | os.PathLike, *, batch_size: int = 64, seed: int = 0, device: str = "auto",
-            opset: int = 18) -> dict:
+            opset: int = 18, workers: Optional[int] = None) -> dict:
     """Train, convert and export the QAT student; write ``model.pt``, ``student_qat_int8.onnx``, ``meta.json``.
 
     ``teacher`` is used when ``cfg.teacher == "teacher"``; with ``"fp32_student"`` a frozen copy of
@@ -49,7 +50,7 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
         guide = copy.deepcopy(student).eval()
     torch.manual_seed(seed)
     qmodel = prepare_qat(student, cfg)
-    _calibrate(qmodel, splits.train.x, cfg.calibration_batches, batch_size, seed)
+    _calibrate(qmodel, splits.train, cfg.calibration_batches, batch_size, seed)
 
     ctx = LossContext(alpha=cfg.alpha, temperature=cfg.temperature, num_classes=splits.num_classes,
                       batch_size=batch_size)
@@ -63,15 +64,15 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
         if epochs == 0:
             continue
         fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler="cosine",
-                            batch_size=batch_size, seed=seed, device=device, desc=f"qat-{name}")
+                            batch_size=batch_size, seed=seed, device=device, desc=f"qat-{name}", workers=workers)
         result = fit(qmodel, splits.train, fit_cfg, terms, out_dir / name, teacher=guide, val=splits.val)
         history += [{**row, "phase": name} for row in result.history]
 
     final = convert_qat(qmodel)
     save_checkpoint(out_dir / "model.pt", final)
-    example = torch.from_numpy(np.ascontiguousarray(splits.test.x[:2]))
+    example = torch.from_numpy(splits.test.read(np.arange(min(2, len(splits.test)))))
     export = export_qat_onnx(final, out_dir / ONNX_NAME, example, opset=opset)
-    parity = check_int8_parity(final, out_dir / ONNX_NAME, splits.test.x, cfg.min_agreement)
+    parity = check_int8_parity(final, out_dir / ONNX_NAME, splits.test, cfg.min_agreement)
     meta = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "export": export, "parity": parity, "history": history,
@@ -82,15 +83,24 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
     return meta
 
 
-def check_int8_parity(model: nn.Module, onnx_path: str | os.PathLike, x: np.ndarray, min_agreement: float) -> dict:
-    """Top-1 agreement of ORT's INT8 run with the PyTorch fake-quant model; StageError below ``min_agreement``."""
-    from ..verify import onnx_predict
+def check_int8_parity(model: nn.Module, onnx_path: str | os.PathLike, x: SampleSet | np.ndarray,
+                      min_agreement: float) -> dict:
+    """Top-1 agreement of ORT's INT8 run with the PyTorch fake-quant model, a batch at a time;
+    StageError below ``min_agreement``."""
+    from ..verify import onnx_session
 
-    got = onnx_predict(onnx_path, x)
+    x = as_samples(x)
+    sess = onnx_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    same = max_abs = 0.0
     with torch.no_grad():
-        ref = torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + 256]))) for i in range(0, len(x), 256)]).numpy()
-    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
-    record = {"samples": int(len(x)), "top1_agreement": agreement, "max_abs_diff": float(np.max(np.abs(got - ref))),
+        for start in range(0, len(x), 256):
+            xb = x.read(np.arange(start, min(start + 256, len(x))))
+            got, ref = sess.run(None, {name: xb})[0], model(torch.from_numpy(xb)).numpy()
+            same += float((got.argmax(1) == ref.argmax(1)).sum())
+            max_abs = max(max_abs, float(np.max(np.abs(got - ref))))
+    agreement = same / max(1, len(x))
+    record = {"samples": int(len(x)), "top1_agreement": agreement, "max_abs_diff": max_abs,
               "min_agreement": min_agreement}
     if agreement < min_agreement:
         raise StageError(f"qat: ONNX Runtime's INT8 model agrees with the PyTorch fake-quant model on only "
@@ -100,7 +110,7 @@ def check_int8_parity(model: nn.Module, onnx_path: str | os.PathLike, x: np.ndar
 
 
 @torch.no_grad()
-def _calibrate(model: nn.Module, x: np.ndarray, batches: int, batch_size: int, seed: int) -> None:
+def _calibrate(model: nn.Module, x: SampleSet, batches: int, batch_size: int, seed: int) -> None:
     """Forward ``batches`` batches with only the activation observers in training mode (dropout off)."""
     model.eval()
     for mod in model.modules():
@@ -111,5 +121,5 @@ def _calibrate(model: nn.Module, x: np.ndarray, batches: int, batch_size: int, s
         idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
         if len(idx) == 0:
             break
-        model(torch.from_numpy(np.ascontiguousarray(x[idx])))
+        model(torch.from_numpy(x.read(idx)))
     model.train()

