@@ -22,7 +22,9 @@ Measured:
 
 Data (synthetic, learnable: class-dependent hue and grating orientation plus noise, 10 classes,
 3 x 64 x 64 uint8) is generated once under --data-dir (outside the repo) with numpy + Pillow and
-reused when present. Run it on a quiet machine; the load average before and after every run is kept.
+reused when present. Run it on a quiet machine: before each run the script waits (up to --quiet-timeout)
+until other processes use fewer than --quiet-cores cores, and it keeps, per run, the load average before
+and after and the CPU time other processes took meanwhile (machine busy time minus the run's own).
 
     python benchmarks/scale.py [--sizes 4000,16000,64000] [--sources image-folder,npy] \
         [--data-dir /tmp/edgedistill-scale] [--skip-baseline] [--out benchmarks/results/scale.json]
@@ -293,6 +295,31 @@ class TreeMonitor(threading.Thread):
         return out
 
 
+def _cpu_busy_s() -> float:
+    """Seconds of CPU time the whole machine has spent busy (not idle / iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(t) for t in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_cores: float, timeout: float, log) -> dict:
+    """Wait (up to ``timeout`` s) until the machine's CPU use over 5 s is below ``max_cores`` cores: another
+    user's tests would otherwise share the 2 cores with the run. Returns what was seen."""
+    t0 = time.perf_counter()
+    while True:
+        b0 = _cpu_busy_s()
+        time.sleep(5)
+        busy = (_cpu_busy_s() - b0) / 5
+        waited = time.perf_counter() - t0
+        if max_cores <= 0 or busy < max_cores or waited >= timeout:
+            if waited > 10:
+                log(f"  waited {waited:.0f}s for a quiet machine (busy {busy:.2f} cores)")
+            return {"busy_cores_before": round(busy, 2), "waited_s": round(waited), "quiet": busy < max_cores}
+
+
+QUIET = {"max_cores": 0.0, "timeout": 0.0}  # set from the command line
+
+
 def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, pss: bool = True, log=print) -> dict:
     """One `edgedistill run` subprocess, measured; the recipe is written beside the run folder."""
     run_dir = Path(run_dir)
@@ -309,19 +336,27 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
         cmd = [str(Path(sys.executable).parent / "edgedistill"), "run", str(recipe_path), "--run-dir", str(run_dir)]
     shown = (f"PYTHONPATH={old_code} " if old_code else "") + " ".join(shlex.quote(c) for c in cmd)
     log(f"$ {shown}")
+    quiet = wait_quiet(QUIET["max_cores"], QUIET["timeout"], log)
     load_before = [round(v, 2) for v in os.getloadavg()]
     with open(run_dir.with_suffix(".log"), "w") as logf:
+        busy0 = _cpu_busy_s()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=str(run_dir.parent), stdout=logf, stderr=subprocess.STDOUT)
         mon = TreeMonitor(proc.pid, pss_interval=0.5 if pss else None)
         mon.start()
         _, status, rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy = _cpu_busy_s() - busy0
         mon.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
     load_after = [round(v, 2) for v in os.getloadavg()]
+    own = rusage.ru_utime + rusage.ru_stime  # the run and every descendant it reaped (workers, bench children)
     out = {"command": shown, "exit_code": proc.returncode, "wall_s": round(wall, 1),
-           "load_average_before": load_before, "load_average_after": load_after, **mon.result(),
+           "load_average_before": load_before, "load_average_after": load_after, **quiet,
+           "cpu_s_run": round(own, 1),
+           # machine busy time during the run minus the run's own: other users (and this script's poller)
+           "cpu_s_others": round(max(0.0, busy - own), 1),
+           "others_cores_mean": round(max(0.0, busy - own) / wall, 2), **mon.result(),
            # the kernel's own peak: max RSS of the main process and every descendant it reaped
            "kernel_ru_maxrss_mb": round(rusage.ru_maxrss / 1024, 1)}
     if proc.returncode not in (0, 3):  # 3: finished, a target budget missed
@@ -481,7 +516,9 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
                          "teacher_s_per_epoch_median": med("teacher_s_per_epoch"),
                          "teacher_s_per_epoch_all": [r["teacher_s_per_epoch"] for r in ok],
                          "pipeline_seconds_median": med("pipeline_seconds"),
-                         "main_vmhwm_mb_median": med("main_vmhwm_mb"), "tree_peak_rss_sum_mb_median": med("tree_peak_rss_sum_mb")}
+                         "main_vmhwm_mb_median": med("main_vmhwm_mb"), "tree_peak_rss_sum_mb_median": med("tree_peak_rss_sum_mb"),
+                         "load_average_before_all": [r["load_average_before"][0] for r in ok],
+                         "others_cores_all": [r["others_cores_mean"] for r in ok]}
     ratios = {}
     old = summary["old_in_memory_image_folder"]
     for name in ("new_lazy_image_folder", "new_lazy_npy"):
@@ -517,16 +554,16 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
 
 def table(result: dict) -> str:
     lines = ["| source | images | main peak RSS (VmHWM) MB | main RssAnon MB | tree RSS sum MB | tree PSS sum MB | "
-             "pipeline s | distill samples/s | load avg before -> after |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "pipeline s | distill samples/s | load avg before -> after | others' cores |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for sec in ("images", "npy"):
         for n, r in (result.get(sec) or {}).get("runs", {}).items():
             if "error" in r:
-                lines.append(f"| {sec} | {n} | failed (exit {r['exit_code']}) | | | | | | |")
+                lines.append(f"| {sec} | {n} | failed (exit {r['exit_code']}) | | | | | | | |")
                 continue
             lines.append(f"| {sec} | {n} | {r['main_vmhwm_mb']} | {r['main_peak_rss_anon_mb']} | {r['tree_peak_rss_sum_mb']} "
                          f"| {r.get('tree_peak_pss_sum_mb', '')} | {r['pipeline_seconds']} | {r['distill_samples_per_s']} | "
-                         f"{r['load_average_before'][0]} -> {r['load_average_after'][0]} |")
+                         f"{r['load_average_before'][0]} -> {r['load_average_after'][0]} | {r['others_cores_mean']} |")
     for sec in ("images", "npy"):
         for k, v in (result.get(sec) or {}).get("ratios", {}).items():
             lines.append(f"\n{sec} {k}: main VmHWM x{v.get('main_vmhwm_mb')}, RssAnon x{v.get('main_peak_rss_anon_mb')}, "
@@ -534,13 +571,14 @@ def table(result: dict) -> str:
     tp = result.get("throughput")
     if tp:
         lines += ["", "| variant (4k images) | runs | distill samples/s (median; all) | teacher s/epoch (median; all) | "
-                  "main VmHWM MB |", "|---|---:|---:|---:|---:|"]
+                  "main VmHWM MB | load avg (1 min) before each | others' cores each |", "|---|---:|---:|---:|---:|---|---|"]
         for name, s in tp["summary"].items():
             if not s.get("runs_ok"):
-                lines.append(f"| {name} | 0 | failed | | |")
+                lines.append(f"| {name} | 0 | failed | | | | |")
                 continue
             lines.append(f"| {name} | {s['runs_ok']} | {s['distill_samples_per_s_median']} ({s['distill_samples_per_s_all']}) | "
-                         f"{s['teacher_s_per_epoch_median']} ({s['teacher_s_per_epoch_all']}) | {s['main_vmhwm_mb_median']} |")
+                         f"{s['teacher_s_per_epoch_median']} ({s['teacher_s_per_epoch_all']}) | {s['main_vmhwm_mb_median']} | "
+                         f"{s['load_average_before_all']} | {s['others_cores_all']} |")
         for k, v in tp["ratios"].items():
             lines.append(f"\n{k}: distill samples/s x{v['distill_samples_per_s']}, teacher epoch speed "
                          f"x{v['teacher_epoch_speed']}, main VmHWM x{v['main_vmhwm']}")
@@ -556,6 +594,9 @@ def main() -> None:
     ap.add_argument("--baseline-size", type=int, default=4000)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of each throughput variant")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet-cores", type=float, default=0.5,
+                    help="before each run wait until other processes use fewer cores than this (0: do not wait)")
+    ap.add_argument("--quiet-timeout", type=float, default=900, help="longest wait for a quiet machine per run, s")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -563,6 +604,7 @@ def main() -> None:
     bad = [s for s in sources if s not in SOURCES]
     if bad:
         ap.error(f"--sources: unknown {bad}; choose from {', '.join(SOURCES)}")
+    QUIET.update(max_cores=args.quiet_cores, timeout=args.quiet_timeout)
     data_dir = Path(args.data_dir).resolve()
     if data_dir == ROOT or ROOT in data_dir.parents:
         ap.error("--data-dir must be outside the repository")

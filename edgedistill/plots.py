@@ -89,7 +89,7 @@ def read_curves(path) -> list[dict]:
 
 
 def curves_figure(rows: list[dict]):
-    """Left: every loss term (and the total) per epoch. Right: train / val accuracy."""
+    """Left: every loss term (and the total) per epoch. Right: train accuracy and the validation metric."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -105,12 +105,14 @@ def curves_figure(rows: list[dict]):
     ax_loss.set_title("loss per term")
     if loss_keys:
         ax_loss.legend(fontsize=8)
-    for k in ("train_acc", "val_acc"):
-        if any(k in r for r in rows):
-            ax_acc.plot(epochs, [r.get(k, math.nan) for r in rows], marker="o", ms=3, label=k)
+    metric_keys = ["train_acc"] + sorted({k for r in rows for k in r if k.startswith("val_")})
+    for k in metric_keys:  # val_acc, or the task's own validation metric (val_spearman)
+        ys = [r.get(k, math.nan) for r in rows]
+        if any(not math.isnan(y) for y in ys):
+            ax_acc.plot(epochs, ys, marker="o", ms=3, label=k)
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.set_title("accuracy")
+    ax_acc.set_ylabel("metric")
+    ax_acc.set_title("training and validation metric")
     if ax_acc.lines:
         ax_acc.legend(fontsize=8)
     for ax in (ax_loss, ax_acc):

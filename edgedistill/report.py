@@ -50,7 +50,7 @@ def build_report(target: Target, metrics: dict, bench: dict, model_files: dict, 
         entry["violations"] = check_budgets(entry, target)
         entry["within_budget"] = not entry["violations"]
         models.append(entry)
-    candidates = [{"name": m["name"], "accuracy": m["metric"]["value"], "size_mb": m["size_mb"],
+    candidates = [{"name": m["name"], "accuracy": m["metric"]["value"], "metric_name": m["metric"]["name"], "size_mb": m["size_mb"],
                    "p90_ms": m["latency_ms"]["p90"], "peak_ram_mb": m["peak_rss_mb"],
                    "reference": m["precision"] == "fp32"} for m in models if m["role"] == "student"]
     deliverable, reason = choose_deliverable(candidates, target.budgets, tolerance)

@@ -38,10 +38,11 @@ def prepare_teacher(recipe: Recipe, splits: Splits, out_dir: str | os.PathLike, 
         result = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val)
         source, history = "trained from scratch", result.history
     model.eval()
+    accuracy = evaluate_accuracy(model, splits.test)  # before anything is written: a bad test sample leaves no model.pt
     save_checkpoint(out_dir / "model.pt", model, arch=cfg.arch)
     _io.write_json(out_dir / "meta.json", {
         "arch": cfg.arch, "params": cfg.params, "source": source, "parameters": count_params(model),
-        "test_accuracy_torch": evaluate_accuracy(model, splits.test), "epochs": len(history),
+        "test_accuracy_torch": accuracy, "epochs": len(history),
     })
     return model
 

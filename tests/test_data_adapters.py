@@ -60,6 +60,18 @@ def test_fashion_mnist_reads_idx_from_a_folder(tmp_path, gz):
     assert s.normalization == {"scale": 1 / 255.0, "mean": [fm.MEAN], "std": [fm.STD]}
 
 
+@pytest.mark.parametrize("limit", [10, 30, 60])
+def test_fashion_mnist_small_limit_still_holds_out_a_validation_split(tmp_path, limit):
+    """Too few images per class to stratify the validation split: a seeded shuffle instead of sklearn's ValueError."""
+    _fake_fashion(tmp_path, n_train=60, n_test=20)
+    cfg = DataConfig(dataset="fashion-mnist", path=str(tmp_path), val_fraction=0.1, options={"limit": limit})
+    s = load_data(cfg, seed=3)
+    n_val = max(1, round(limit * 0.1))
+    assert (len(s.train), len(s.val)) == (limit - n_val, n_val)
+    assert sorted(np.concatenate([s.train.indices, s.val.indices]).tolist()) == list(range(limit))
+    assert np.array_equal(load_data(cfg, seed=3).val.indices, s.val.indices)  # deterministic in the seed
+
+
 def test_fashion_mnist_missing_files_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"data\.path: .* lacks the Fashion-MNIST IDX files train-images-idx3-ubyte"):
         load_data(DataConfig(dataset="fashion-mnist", path=str(tmp_path)), seed=0)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, channel_stats, check_options, split_indices
+from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, cap, channel_stats, check_options, split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_DIRS = ("train", "val", "test")
@@ -103,6 +103,8 @@ def _splits(cfg, seed, name: str, parts: dict[str, SampleSet], pre: Preprocess, 
         parts = {"train": base.subset(tr), "val": base.subset(va), "test": base.subset(te)}
     if "val" not in parts:
         parts["val"] = parts["train"].subset(np.zeros(0, dtype=np.int64))
+    # the caps first: "auto" statistics read only the samples the run keeps
+    parts["train"], parts["test"] = cap(parts["train"], cfg.max_train_samples, seed), cap(parts["test"], cfg.max_test_samples, seed)
     resolve_preprocess(cfg, parts["train"], pre, seed, fixed)
     if labels is not None and not all(isinstance(v, str) for v in labels):
         raise ConfigError("data.options.labels: must be a list of class names (strings).")
@@ -113,7 +115,7 @@ def _splits(cfg, seed, name: str, parts: dict[str, SampleSet], pre: Preprocess, 
                   labels=list(labels) if labels else [str(i) for i in range(k)], normalization=pre.record(), name=name)
 
 
-def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None) -> dict[str, SampleSet]:
+def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None, suffix: str = "") -> dict[str, SampleSet]:
     """``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test`` (+ ``x_val``/``y_val``) as SampleSets."""
     if "x_train" in arrays:
         need = ["x_train", "y_train", "x_test", "y_test"]
@@ -130,7 +132,7 @@ def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None) -> d
         xk, yk = ("x", "y") if s == "all" else (f"x_{s}", f"y_{s}")
         if yk not in arrays:
             raise DataError(f"{where}: has {xk} but lacks {yk}; save the labels beside the inputs.")
-        label = f"{where} ({xk})"
+        label = str(Path(where) / f"{xk}{suffix}") if suffix else f"{where} ({xk})"  # errors name the file
         y = _check_labels(arrays[yk], label)
         x = _check_inputs(arrays[xk], len(y), label)
         parts[s] = ArraySplit(x, y, pre, source=label, fingerprint=None if fp is None else f"{fp}|{s}")
@@ -165,7 +167,7 @@ def npy(cfg, seed: int) -> Splits:
         except (OSError, ValueError) as e:
             raise DataError(f"{f}: not a readable .npy array ({str(e).splitlines()[0][:120]}); save it with np.save.") from None
     pre = Preprocess()
-    parts = _array_parts(arrays, str(root), pre, _file_fingerprint(files))
+    parts = _array_parts(arrays, str(root), pre, _file_fingerprint(files), suffix=".npy")
     return _splits(cfg, seed, "npy", parts, pre, opts.get("labels"))
 
 
@@ -338,7 +340,14 @@ class DatasetSamples(SampleSet):
         return int(y.item() if hasattr(y, "item") else y)
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
-        return np.stack([self._sample(i) for i in idx]) if len(idx) else np.zeros((0, *self.input_shape), np.float32)
+        out = np.zeros((len(idx), *self.input_shape), np.float32)
+        for j, i in enumerate(idx):
+            x = self._sample(i)
+            if x.shape != self.input_shape:
+                raise DataError(f"{self.where(int(i))}: has inputs of shape {x.shape}, expected {self.input_shape} (the "
+                                "first item's); make every sample the same shape.")
+            out[j] = x
+        return out
 
     def where(self, i: int) -> str:
         return f"{self.source} item {i}"

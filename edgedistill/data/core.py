@@ -140,7 +140,7 @@ class ArraySplit(SampleSet):
 
 
 class Subset(SampleSet):
-    """The samples of ``base`` at ``indices`` (a split, or the first ``max_train_samples``): the
+    """The samples of ``base`` at ``indices`` (a split, or the kept ``max_train_samples``): the
     others are never read."""
 
     def __init__(self, base: SampleSet, indices: np.ndarray) -> None:
@@ -219,11 +219,17 @@ def load_data(cfg, seed: int) -> Splits:
     """Build the recipe's dataset through the registry, cap it, and check it (without reading the samples)."""
     factory = DATASETS.get(cfg.dataset, "data.dataset")
     splits = factory(cfg, seed)
-    if cfg.max_train_samples and cfg.max_train_samples < len(splits.train):
-        splits.train = splits.train.subset(np.arange(cfg.max_train_samples))
-    if cfg.max_test_samples and cfg.max_test_samples < len(splits.test):
-        splits.test = splits.test.subset(np.arange(cfg.max_test_samples))
+    splits.train, splits.test = cap(splits.train, cfg.max_train_samples, seed), cap(splits.test, cfg.max_test_samples, seed)
     return check_splits(splits, f"dataset {cfg.dataset!r}")
+
+
+def cap(split: SampleSet, n: int | None, seed: int) -> SampleSet:
+    """A seeded random ``n`` of ``split``'s samples, in file order (a class-ordered folder keeps every class);
+    the others are never read. Sources apply it before measuring statistics; ``load_data`` again for
+    splits a factory built itself."""
+    if not n or n >= len(split):
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]))
 
 
 def check_options(cfg, dataset: str, allowed: set[str]) -> dict:

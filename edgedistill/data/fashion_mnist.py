@@ -116,6 +116,11 @@ def fashion_mnist(cfg, seed: int) -> Splits:
     if cfg.val_fraction > 0:  # a stratified part of the training set is held out for validation
         from sklearn.model_selection import train_test_split
 
-        tr, va = train_test_split(np.arange(len(y_tr)), test_size=cfg.val_fraction, random_state=seed, stratify=y_tr)
+        try:
+            tr, va = train_test_split(np.arange(len(y_tr)), test_size=cfg.val_fraction, random_state=seed, stratify=y_tr)
+        except ValueError:  # too few images per class to stratify (a small limit): a seeded shuffle
+            order = np.random.default_rng(seed).permutation(len(y_tr))
+            n_va = max(1, int(round(len(y_tr) * cfg.val_fraction)))
+            va, tr = order[:n_va], order[n_va:]
         parts.update(train=train.subset(tr), val=train.subset(va))
     return _splits(cfg, seed, "fashion-mnist", parts, pre, list(LABELS), fixed=([MEAN], [STD]))

@@ -26,12 +26,13 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
                              "benchmark and verify every artifact first.")
     refs = [c for c in candidates if c.get("reference")] or candidates
     ref = max(refs, key=lambda c: c["accuracy"])
+    label = ref.get("metric_name", "accuracy")  # the task's metric (accuracy, Spearman...), named in the reasons
 
     def misses(c: dict) -> list[str]:
         out = []
         drop = (ref["accuracy"] - c["accuracy"]) * 100
         if drop > tolerance + 1e-9:
-            out.append(f"accuracy drop {drop:.2f} points > tolerance {tolerance:g}")
+            out.append(f"{label} drop {drop:.2f} points > tolerance {tolerance:g}")
         if c["size_mb"] > budgets.size_mb:
             out.append(f"size {c['size_mb']:.3f} MB > budget {budgets.size_mb:g} MB")
         if budgets.p90_ms is not None and c["p90_ms"] > budgets.p90_ms:
@@ -39,7 +40,7 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
         if budgets.peak_ram_mb is not None and c.get("peak_ram_mb") is not None and c["peak_ram_mb"] > budgets.peak_ram_mb:
             out.append(f"peak RAM {c['peak_ram_mb']:.1f} MB > budget {budgets.peak_ram_mb:g} MB")
         if budgets.min_metric is not None and c["accuracy"] < budgets.min_metric:
-            out.append(f"accuracy {c['accuracy']:.4f} < min_metric {budgets.min_metric:g}")
+            out.append(f"{label} {c['accuracy']:.4f} < min_metric {budgets.min_metric:g}")
         return out
 
     # The FP32 reference is what the tolerance is measured from; it is delivered only when no
@@ -58,10 +59,10 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
 
         others = ", ".join(f"{c['name']} ({why_not(c)})" for c in candidates if c is not best)
         reason = (f"{best['name']} meets every budget and is within {tolerance:g} points of {ref['name']} "
-                  f"(accuracy {best['accuracy']:.4f}, {best['size_mb']:.3f} MB, p90 {best['p90_ms']:.3f} ms), and is the "
+                  f"({label} {best['accuracy']:.4f}, {best['size_mb']:.3f} MB, p90 {best['p90_ms']:.3f} ms), and is the "
                   f"fastest-then-smallest such candidate; not chosen: {others or 'none'}.")
         return best["name"], reason
-    fitting = [c for c in candidates if not [m for m in misses(c) if not m.startswith("accuracy")]]
+    fitting = [c for c in candidates if not [m for m in misses(c) if not m.startswith(label)]]
     pool = fitting or candidates
     best = max(pool, key=lambda c: (c["accuracy"], -c["p90_ms"]))
     reason = (f"no candidate meets both the budgets and the {tolerance:g}-point tolerance; {best['name']} is the most "

@@ -88,9 +88,9 @@ class _TextTask(Task):
                 p.requires_grad_(True)
             source = f"pretrained {cfg.params}, {'head' if cfg.train == 'head' else 'all layers'} trained {cfg.epochs} epochs"
         model.eval()
+        name, value = self.val_metric(model, splits.test)
         save_checkpoint(out_dir / "model.pt", model, arch=cfg.arch)
         save_tokenizer(model, out_dir / "tokenizer")
-        name, value = self.val_metric(model, splits.test)
         _io.write_json(out_dir / "meta.json", {"arch": cfg.arch, "params": cfg.params, "source": source,
                                                "parameters": count_params(model), f"test_{name}_torch": value,
                                                "epochs": len(history)})
@@ -202,7 +202,7 @@ class Embedding(_TextTask):
 
     def metric(self, onnx_path: str | os.PathLike, split: SampleSet, role: str = "student") -> dict:
         value = _spearman(split, lambda texts: self.onnx_outputs(onnx_path, texts, role))
-        return {"name": f"{split.source} spearman" if hasattr(split, "source") else "spearman", "value": value}
+        return {"name": "spearman", "value": value}
 
     def metric_samples(self, split: SampleSet) -> int:
         return len(split)
