@@ -1,100 +1,59 @@
-"""Text-embedding flagship benchmark (issue #8) -> benchmarks/results/text_embedding.json.
+"""Text-embedding flagship through the pipeline -> benchmarks/results/text_embedding.json.
 
-    PYTHONPATH=$PWD nice -n 10 python benchmarks/text_embedding.py [--recipe examples/text_embedding.toml] [--run runs/text_embedding]
+    python benchmarks/text_embedding.py [--recipe examples/text_embedding.toml] [--run runs/text_embedding]
 
-1. runs the text flow (``edgedistill.text.flow.distill_text_recipe``) unless ``<run>/summary.json`` exists:
-   teacher embeddings of the transfer corpus (cached), one student per recipe variant, ONNX, fusion, INT8;
-2. exports the references (all-mpnet-base-v2, all-MiniLM-L6-v2 FP32, MiniLM INT8 through the same
-   fusion + quantization as the student) once into ``<run>/refs``;
-3. STS-B Spearman of every ONNX file through ONNX Runtime (test for the table; dev for the choices);
-4. p90 latency of one 32-token sentence at 1 thread, all models interleaved (``edgedistill.bench``).
-
-The student that is reported is the variant with the best STS-B *dev* Spearman; test is read once per file.
+1. ``edgedistill run RECIPE`` (skipped stage by stage when the run folder is complete): the teacher's
+   embeddings of the transfer corpus (cached), the student distilled, exported, dynamic INT8 after
+   ONNX Runtime's BERT fusion, verified (STS-B test Spearman through ONNX Runtime) and bundled;
+2. the reference all-MiniLM-L6-v2, exported and quantized by the same package functions
+   (``export_onnx`` with the task's exporter and opset, ``quantize_int8`` dynamic with the same fusion),
+   once, into ``<run>/refs``;
+3. STS-B test Spearman of every file through ONNX Runtime (the run's verify figures for its own files);
+4. latency of one 32-token sentence at 1 thread, all five models interleaved (``edgedistill.bench``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from edgedistill import _io
-from edgedistill.bench import benchmark
-from edgedistill.text import export as ex
-from edgedistill.text import stsb
-from edgedistill.text.flow import distill_text_recipe, load_text_recipe, resolve_model
-from edgedistill.models import count_params
-from edgedistill.text.student import load_folder
+from edgedistill import _io  # noqa: E402
+from edgedistill.bench import benchmark  # noqa: E402
+from edgedistill.data.text import _stsb_eval  # noqa: E402
+from edgedistill.export import export_onnx  # noqa: E402
+from edgedistill.models import count_params  # noqa: E402
+from edgedistill.models.text import load_folder, resolve_folder, save_tokenizer  # noqa: E402
+from edgedistill.quant.ptq import quantize_int8  # noqa: E402
+from edgedistill.recipe import ExportConfig, PTQConfig  # noqa: E402
+from edgedistill.tasks.text import Embedding, onnx_text_outputs, spearman  # noqa: E402
 
 GOALS = {"int8_size_mb_max": 20.0, "stsb_test_spearman_min": 0.80, "p90_speedup_vs_minilm_fp32_min": 4.0}
 
 
-def _references(refs_dir: Path, log) -> dict:
-    """{name: (onnx path, tokenizer, params)} for the teacher and MiniLM FP32 / INT8, exported once."""
-    out = {}
-    for name, model_name in (("teacher_mpnet", "all-mpnet-base-v2"), ("minilm", "all-MiniLM-L6-v2")):
-        folder = resolve_model(model_name)
-        model, tok = load_folder(folder)
-        fp32 = refs_dir / name / "fp32.onnx"
-        if not fp32.is_file():
-            fp32.parent.mkdir(parents=True, exist_ok=True)
-            print(f"exporting {model_name}", file=log, flush=True)
-            ex.export_text_onnx(model, tok, fp32, stsb.load("dev").s1[:16])
-        params = count_params(model)
-        if name == "teacher_mpnet":
-            out[name] = (fp32, tok, params)
-            continue
-        out["minilm_fp32"] = (fp32, tok, params)
-        int8 = refs_dir / name / "int8.onnx"
-        if not int8.is_file():
-            cfg = model.encoder.config
-            ex.fuse(fp32, refs_dir / name / "fp32_fused.onnx", cfg.num_attention_heads, cfg.hidden_size)
-            ex.quantize_text(refs_dir / name / "fp32_fused.onnx", int8, "dynamic")
-        out["minilm_int8"] = (int8, tok, params)
-    return out
-
-
-def _spearman(path: Path, tok, split: str, threads: int) -> float:
-    return round(stsb.spearman(stsb.load(split), ex.onnx_encoder(path, tok, threads=threads, max_seq_length=128)), 4)
-
-
-def _student_variants(run: Path, summary: dict, threads: int, log) -> dict:
-    """Per variant: dev Spearman of fp32 / int8 files through ORT, plus the quantization comparison files."""
-    from transformers import AutoTokenizer
-    out = {}
-    for name, meta in summary["variants"].items():
-        vdir = run / name
-        tok = AutoTokenizer.from_pretrained(str(vdir / "tokenizer"))
-        files = {"fp32": vdir / "fp32.onnx", "int8": vdir / "int8.onnx"}
-        out[name] = {"tok": tok, "files": files, "params": meta["params"],
-                     "dev": {k: _spearman(p, tok, "dev", threads) for k, p in files.items()}}
-        print(f"[{name}] dev {out[name]['dev']}", file=log, flush=True)
-    return out
-
-
-def _quant_comparison(run: Path, variant: str, tok, threads: int, calib: list[str], log) -> dict:
-    """Fused vs unfused FP32, dynamic vs static INT8 (each on the fused and the unfused graph) for one student."""
-    vdir = run / variant
-    qdir = vdir / "quant_compare"
-    qdir.mkdir(exist_ok=True)
-    files = {"fp32": vdir / "fp32.onnx", "fp32_fused": vdir / "fp32_fused.onnx"}
-    for src_name in ("fp32", "fp32_fused"):
-        for mode in ex.QUANT_MODES:
-            dst = qdir / f"int8_{mode}{'_fused' if src_name == 'fp32_fused' else ''}.onnx"
-            if not dst.is_file():
-                ex.quantize_text(files[src_name], dst, mode, tok, calib)
-            files[dst.stem] = dst
-    res = {k: {"size_mb": round(_io.file_size_mb(p), 3), "dev_spearman": _spearman(p, tok, "dev", threads)} for k, p in files.items()}
-    bench = benchmark([str(p) for p in files.values()], threads=1, seq_len=32, runs=200, warmup=20, min_seconds=2.0)
-    for k, m in zip(files, bench["models"]):
-        res[k]["p90_ms"] = round(m["latency_ms"]["p90"], 3)
-        res[k]["p50_ms"] = round(m["latency_ms"]["p50"], 3)
-    print(f"quant comparison {json.dumps(res)}", file=log, flush=True)
-    return res
+def _minilm_refs(refs: Path, log) -> dict:
+    """MiniLM-L6 FP32 and INT8 exported the way the pipeline exports a text student."""
+    model = load_folder(resolve_folder("all-MiniLM-L6-v2", "minilm"))
+    tok_dir = refs / "tokenizer"
+    fp32, int8 = refs / "minilm_fp32.onnx", refs / "minilm_int8.onnx"
+    if not int8.is_file():
+        print("exporting all-MiniLM-L6-v2", file=log, flush=True)
+        save_tokenizer(model, tok_dir)
+        _, test = _stsb_eval()
+        inputs = Embedding().export_inputs(model, test, 32)
+        export_onnx(model, fp32, inputs, ExportConfig(parity_samples=32), exporter="torchscript", opset=Embedding.opset)
+        cfg = model.encoder.config
+        quantize_int8(fp32, int8, None, PTQConfig(), mode="dynamic",
+                      fusion={"model_type": "bert", "num_heads": cfg.num_attention_heads, "hidden_size": cfg.hidden_size})
+    params = count_params(model)
+    return {"minilm_fp32": {"path": fp32, "tok": tok_dir, "params": params},
+            "minilm_int8": {"path": int8, "tok": tok_dir, "params": params}}
 
 
 def main(argv=None) -> int:
@@ -102,60 +61,59 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default="examples/text_embedding.toml")
     ap.add_argument("--run", default="runs/text_embedding")
     ap.add_argument("--out", default="benchmarks/results/text_embedding.json")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--refs", default=None, help="folder of already exported references (default <run>/refs)")
-    ap.add_argument("--no-quant-compare", action="store_true", help="skip the fusion / dynamic-vs-static comparison")
     args = ap.parse_args(argv)
     log = sys.stderr
-    torch.set_num_threads(args.threads)
-    recipe = load_text_recipe(args.recipe)
     run = Path(args.run)
     t0 = time.time()
-    if not (run / "summary.json").is_file():
-        distill_text_recipe(recipe, run, threads=args.threads, log=log)
-    summary = json.loads((run / "summary.json").read_text())
-    refs = _references(Path(args.refs) if args.refs else run / "refs", log)
-    variants = _student_variants(run, summary, args.threads, log)
-    best = max(variants, key=lambda v: variants[v]["dev"]["int8"])  # select on dev, never on test
-    bv = variants[best]
-    models = {**{k: {"path": p, "tok": t, "params": n} for k, (p, t, n) in refs.items()},
-              "student_fp32": {"path": bv["files"]["fp32"], "tok": bv["tok"], "params": bv["params"]},
-              "student_int8": {"path": bv["files"]["int8"], "tok": bv["tok"], "params": bv["params"]}}
+    cmd = [sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)]
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode not in (0, 3):  # 3: finished, a budget missed
+        print(f"edgedistill run failed ({proc.returncode})", file=log)
+        return 1
+    report = _io.read_json(run / "report" / "report.json")
+    manifest = _io.read_json(run / "manifest.json")
+    by_name = {m["name"]: m for m in report["models"]}
+    models = {
+        "teacher_mpnet": {"path": run / by_name["teacher_fp32"]["path"], "tok": run / "01_teacher" / "tokenizer",
+                          "params": _io.read_json(run / "01_teacher" / "meta.json")["parameters"]},
+        **_minilm_refs(run / "refs", log),
+    }
+    student = _io.read_json(run / "02_student" / "meta.json")
+    for name in ("student_fp32", "student_int8"):
+        models[name] = {"path": run / by_name[name]["path"], "tok": run / "02_student" / "tokenizer",
+                        "params": student["parameters"]}
+    _, test = _stsb_eval()
     for name, m in models.items():
-        m["stsb_test_spearman"] = _spearman(m["path"], m["tok"], "test", args.threads)
+        run_name = {"teacher_mpnet": "teacher_fp32"}.get(name, name)
+        if run_name in by_name:  # the run's own verify stage measured it
+            m["stsb_test_spearman"] = round(by_name[run_name]["metric"]["value"], 4)
+        else:
+            m["stsb_test_spearman"] = round(spearman(test, lambda t, m=m: onnx_text_outputs(m["path"], t, m["tok"])), 4)
         m["size_mb"] = round(_io.file_size_mb(m["path"]), 3)
         print(f"{name}: test {m['stsb_test_spearman']} size {m['size_mb']} MB", file=log, flush=True)
-    bench = benchmark([str(m["path"]) for m in models.values()], threads=1, seq_len=32, runs=200, warmup=20, min_seconds=3.0)
+    bench = benchmark([str(m["path"]) for m in models.values()], threads=1, seq_len=32, runs=200, warmup=20,
+                      min_seconds=3.0)
     for (name, m), b in zip(models.items(), bench["models"]):
         m["p90_ms"] = round(b["latency_ms"]["p90"], 3)
         m["p50_ms"] = round(b["latency_ms"]["p50"], 3)
         m["latency_runs"] = b["runs"]
-    relation = {}
-    for name, v in variants.items():  # each variant's test Spearman (the comparison the issue asks for)
-        relation[name] = {"losses": [t.name for vv in recipe.variants if vv.name == name for t in vv.losses],
-                          "dev_spearman_int8": v["dev"]["int8"], "dev_spearman_fp32": v["dev"]["fp32"],
-                          "test_spearman_fp32": _spearman(v["files"]["fp32"], v["tok"], "test", args.threads),
-                          "test_spearman_int8": _spearman(v["files"]["int8"], v["tok"], "test", args.threads)}
-    calib = stsb.load("train").s1[: recipe.export.calib_sentences]
-    quant = None if args.no_quant_compare else _quant_comparison(run, best, bv["tok"], args.threads, calib, log)
     s_int8, mini = models["student_int8"], models["minilm_fp32"]
+    distill = _io.read_json(run / "03_distill" / "meta.json")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
+        "command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
+        "git_commit": commit,
         "machine": bench["machine"],
         "settings": {"threads": 1, "seq_len": 32, "batch": 1, "latency": "edgedistill.bench, models interleaved",
                      "stsb": "Spearman of cosine similarity, ONNX Runtime on the exported files, max_seq_length 128",
-                     "recipe": args.recipe},
+                     "recipe": args.recipe, "pipeline": "edgedistill run (task = embedding)"},
         "models": {k: {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in m.items() if kk != "tok"}
                    for k, m in models.items()},
-        "student_variant": best,
-        "student_layers": recipe.student.layers,
-        "student_vocab": summary.get("vocab"),
-        "relation_vs_embedding_only": relation,
-        "quant_comparison": quant,
-        "training": {"corpus_sentences": summary["corpus_sentences"], "teacher_seconds_in_flow": summary["teacher_seconds"],
-                     "teacher_cache": summary["teacher_cache"],
-                     "train_seconds": {k: v["train_seconds"] for k, v in summary["variants"].items()},
-                     "dev_curves": {k: v["dev_curve"] for k, v in summary["variants"].items()},
-                     "threads": 1},
+        "student": {"params": student["params"], "vocab": student["vocab"]},
+        "training": {"distill_seconds": distill["seconds"], "final": distill["final"],
+                     "teacher_cache": distill["teacher_cache"],
+                     "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()}},
+        "report_deliverable": report["deliverable"],
         "goals": {**GOALS,
                   "int8_size_mb": s_int8["size_mb"], "int8_size_ok": s_int8["size_mb"] <= GOALS["int8_size_mb_max"],
                   "spearman": s_int8["stsb_test_spearman"],
@@ -164,7 +122,6 @@ def main(argv=None) -> int:
                   "spearman_vs_minilm": round(s_int8["stsb_test_spearman"] / mini["stsb_test_spearman"], 4),
                   "p90_speedup_vs_minilm_fp32": round(mini["p90_ms"] / s_int8["p90_ms"], 3),
                   "p90_ok": mini["p90_ms"] / s_int8["p90_ms"] >= GOALS["p90_speedup_vs_minilm_fp32_min"]},
-        "tokenizer_files": summary["variants"][best]["tokenizer_files"],
         "benchmark_seconds": round(time.time() - t0, 1),
     }
     _io.write_json(args.out, result)

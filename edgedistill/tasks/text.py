@@ -155,24 +155,29 @@ class _TextTask(Task):
         return self.run_dir / ("01_teacher" if role == "teacher" else "02_student")
 
     def onnx_outputs(self, onnx_path, texts: Sequence[str], role: str, batch_size: int = 64) -> np.ndarray:
-        """The exported model's outputs for ``texts``, tokenised with the ``role``'s tokenizer, batched by
-        length (similar lengths pad little)."""
-        from ..models.text import load_tokenizer
-        from ..verify import onnx_session
+        """The exported model's outputs for ``texts``, tokenised with the ``role``'s tokenizer."""
+        return onnx_text_outputs(onnx_path, texts, self._stage_dir(role) / "tokenizer", batch_size)
 
-        tok = load_tokenizer(self._stage_dir(role) / "tokenizer")
-        sess = onnx_session(onnx_path)
-        names = {i.name for i in sess.get_inputs()}
-        order = np.argsort([len(s) for s in texts], kind="stable")
-        out = []
-        for i in range(0, len(order), batch_size):
-            chunk = [texts[j] for j in order[i:i + batch_size]]
-            enc = tok(chunk, padding=True, truncation=True, max_length=EVAL_MAX_TOKENS, return_tensors="np")
-            out.append(sess.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask") if k in names})[0])
-        res = np.concatenate(out)
-        back = np.empty_like(res)
-        back[order] = res
-        return back
+
+def onnx_text_outputs(onnx_path, texts: Sequence[str], tokenizer_dir, batch_size: int = 64) -> np.ndarray:
+    """An exported text model's outputs for ``texts``, tokenised with the tokenizer saved in ``tokenizer_dir``,
+    batched by length (similar lengths pad little), in the order of ``texts``."""
+    from ..models.text import load_tokenizer
+    from ..verify import onnx_session
+
+    tok = load_tokenizer(tokenizer_dir)
+    sess = onnx_session(onnx_path)
+    names = {i.name for i in sess.get_inputs()}
+    order = np.argsort([len(s) for s in texts], kind="stable")
+    out = []
+    for i in range(0, len(order), batch_size):
+        chunk = [texts[j] for j in order[i:i + batch_size]]
+        enc = tok(chunk, padding=True, truncation=True, max_length=EVAL_MAX_TOKENS, return_tensors="np")
+        out.append(sess.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask") if k in names})[0])
+    res = np.concatenate(out)
+    back = np.empty_like(res)
+    back[order] = res
+    return back
 
 
 def _all_texts(splits: Splits):
@@ -196,19 +201,19 @@ class Embedding(_TextTask):
             return np.concatenate(outs)
 
         was = model.training
-        value = _spearman(split, encode)
+        value = spearman(split, encode)
         model.train(was)
         return "spearman", value
 
     def metric(self, onnx_path: str | os.PathLike, split: SampleSet, role: str = "student") -> dict:
-        value = _spearman(split, lambda texts: self.onnx_outputs(onnx_path, texts, role))
+        value = spearman(split, lambda texts: self.onnx_outputs(onnx_path, texts, role))
         return {"name": "spearman", "value": value}
 
     def metric_samples(self, split: SampleSet) -> int:
         return len(split)
 
 
-def _spearman(pairs, encode) -> float:
+def spearman(pairs, encode) -> float:
     """Spearman rank correlation between the gold scores and the cosine similarity of the embeddings."""
     from scipy.stats import spearmanr
 
