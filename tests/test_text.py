@@ -226,6 +226,26 @@ def test_text_file_non_utf8_line_names_the_file_and_its_line(tmp_path):
         s.read([1])
 
 
+def test_labelled_text_file_reads_label_tab_text_lines_and_splits_by_label(tmp_path):
+    from edgedistill.data import load_data
+    from edgedistill.recipe import DataConfig
+
+    lines = [f"{'animal' if i % 2 else 'artifact'}\tsentence number {i}" for i in range(20)]
+    path = tmp_path / "labelled.txt"
+    path.write_text("\n".join(lines[:10]) + "\n\n" + "\n".join(lines[10:]) + "\n", encoding="utf-8")
+    s = load_data(DataConfig(dataset="text-file", path=str(path), options={"labelled": True}, val_fraction=0.0,
+                             test_fraction=0.25), 0)
+    assert s.labels == ["animal", "artifact"] and s.num_classes == 2 and s.input_shape == ()
+    assert (len(s.train), len(s.test)) == (15, 5)
+    for part in (s.train, s.test):  # every text comes back without its label, beside the right label
+        for text, label in zip(part.read(np.arange(len(part))), part.y):
+            i = int(text.rsplit(" ", 1)[1])
+            assert s.labels[label] == ("animal" if i % 2 else "artifact")
+    path.write_text("animal\tok\nno tab here\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"labelled\.txt:2: no tab; with options\.labelled = true every line is"):
+        load_data(DataConfig(dataset="text-file", path=str(path), options={"labelled": True}), 0)
+
+
 def test_text_file_refuses_a_missing_or_empty_file_and_options(tmp_path):
     from edgedistill.data.text import text_file
     from edgedistill.recipe import DataConfig
@@ -554,7 +574,7 @@ def _recipe(tmp_path, folder, task="embedding", **kw):
                   student_arch="transformer-layers",
                   student_params=f'{{ init = "{folder}", layers = [1], max_seq_length = 32 }}', prune="true",
                   qat="false", **defaults)
-    values.update(kw)
+    values.update({k: v.replace("ST_FOLDER", str(folder)) if isinstance(v, str) else v for k, v in kw.items()})
     path = tmp_path / f"{task}.toml"
     path.write_text(_RECIPE.format(**values))
     return load_recipe(str(path))
@@ -673,10 +693,13 @@ def test_text_classification_task_end_to_end(st_folder, tmp_path):
      r"teacher\.params\.name: model 'no-such-model' is neither one of all-mpnet-base-v2, all-MiniLM-L6-v2 nor a folder"),
     ("text-classification", {"student_params": '{ init = "no-such-model", layers = [0] }'}, "params.init",
      r"student\.params\.init: model 'no-such-model' is neither one of"),
+    ("text-classification", {"student_params": '{ init = "ST_FOLDER", layers = [0, 5] }'}, "params.layers",
+     r"student\.params\.layers: \[0, 5\] must be increasing layer indices in \[0, 1\] of "),
     pytest.param("embedding", {"teacher_epochs": 2}, "teacher.epochs",
                  r"teacher\.epochs: a pretrained sentence-embedding teacher is used as it is; set teacher\.epochs = 0",
                  marks=needs_stsb),
-], ids=["qat-enabled", "cnn-student", "unknown-teacher-name", "unknown-student-init", "embedding-teacher-epochs"])
+], ids=["qat-enabled", "cnn-student", "unknown-teacher-name", "unknown-student-init", "student-layers",
+        "embedding-teacher-epochs"])
 def test_bad_text_recipes_are_refused_before_the_run_folder_exists(st_folder, tmp_path, task, kw, key, message):
     from edgedistill.pipeline import run
 

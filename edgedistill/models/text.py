@@ -93,6 +93,26 @@ def check_source(name: str, key: str) -> None:
         raise ConfigError(f"{key}: {name} has no config.json; pass a sentence-transformers or Hugging Face model folder.")
 
 
+def check_layers(layers: Sequence[int], n: int, init: str, key: str) -> list[int]:
+    """``layers`` as a list, refused unless increasing indices of the ``n`` encoder layers of ``init``."""
+    layers = list(layers)
+    if not layers or any(not isinstance(i, int) or not 0 <= i < n for i in layers) or layers != sorted(set(layers)):
+        raise ConfigError(f"{key}: {layers} must be increasing layer indices in [0, {n - 1}] of {init}.")
+    return layers
+
+
+def layer_count(name: str) -> int | None:
+    """The encoder layers of a model folder or an installed named model, from its config.json alone (None when
+    that would mean assembling the model first)."""
+    if name == "all-mpnet-base-v2":
+        return None
+    folder = resolve_folder(name, "params.init") if name == "all-MiniLM-L6-v2" else Path(name)
+    try:
+        return int(json.loads((folder / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def load_folder(folder: Path | str, num_classes: int = 0, max_seq_length: int = 128) -> TextModel:
     """A sentence-transformers (or plain Hugging Face) folder as a TextModel, offline, on CPU.
 
@@ -130,10 +150,7 @@ def transformer_layers(input_shape, num_classes: int, init: str = "all-MiniLM-L6
                        max_seq_length: int = 128) -> TextModel:
     base = load_folder(resolve_folder(init, "params.init"), num_classes, max_seq_length)
     enc = base.encoder
-    n = len(enc.encoder.layer)
-    layers = list(layers)
-    if not layers or any(not isinstance(i, int) or not 0 <= i < n for i in layers) or layers != sorted(set(layers)):
-        raise ConfigError(f"params.layers: {layers} must be increasing layer indices in [0, {n - 1}] of {init}.")
+    layers = check_layers(layers, len(enc.encoder.layer), init, "params.layers")
     enc.encoder.layer = nn.ModuleList([enc.encoder.layer[i] for i in layers])
     enc.pooler = None  # the [CLS] pooler is unused by mean pooling
     enc.config.num_hidden_layers = len(layers)

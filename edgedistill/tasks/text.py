@@ -61,6 +61,14 @@ class _TextTask(Task):
             param = "name" if cfg.arch == "sentence-transformer" else "init"  # the model folder it loads
             check_source(str(cfg.params.get(param, inspect.signature(factory).parameters[param].default)),
                          f"{role}.params.{param}")
+            if cfg.arch == "transformer-layers":  # the layer choice against the init model's config.json
+                from ..models.text import check_layers, layer_count
+
+                init = str(cfg.params.get("init", inspect.signature(factory).parameters["init"].default))
+                n = layer_count(init)
+                if n is not None:
+                    check_layers(cfg.params.get("layers", inspect.signature(factory).parameters["layers"].default), n,
+                                 init, f"{role}.params.layers")
         if recipe.qat.enabled:
             raise ConfigError(f"qat.enabled: the {self.name} task's transformer students are quantized by PTQ "
                               "(dynamic INT8), not trained with fake quantization; set qat.enabled = false.")
