@@ -88,7 +88,7 @@ class SentencePairs(SampleSet):
     input_shape = ()
 
     def __init__(self, s1: list[str], s2: list[str], scores: np.ndarray, source: str) -> None:
-        self.s1, self.s2, self.scores, self.source = s1, s2, np.asarray(scores, np.float64), source
+        self.s1, self.s2, self.score, self.source = s1, s2, np.asarray(scores, np.float64), source
         self.y = np.full(len(s1), -1, np.int64)
         self.preprocess = Preprocess()
 
@@ -99,11 +99,11 @@ class SentencePairs(SampleSet):
         return f"{self.source} pair {i}"
 
     def _fingerprint(self) -> str:
-        return hashlib.sha256("\0".join(self.s1 + self.s2).encode() + self.scores.tobytes()).hexdigest()
+        return hashlib.sha256("\0".join(self.s1 + self.s2).encode() + self.score.tobytes()).hexdigest()
 
     def subset(self, indices: np.ndarray) -> "SentencePairs":
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
-        return SentencePairs([self.s1[i] for i in idx], [self.s2[i] for i in idx], self.scores[idx], self.source)
+        return SentencePairs([self.s1[i] for i in idx], [self.s2[i] for i in idx], self.score[idx], self.source)
 
 
 def _line_offsets(path: Path) -> np.ndarray:

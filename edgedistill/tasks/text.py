@@ -234,19 +234,14 @@ class Embedding(_TextTask):
 
 
 def spearman(pairs, encode) -> float:
-    """Spearman rank correlation between the gold scores and the cosine similarity of the embeddings."""
-    from scipy.stats import spearmanr
+    """Spearman rank correlation between the gold scores and the cosine similarity of the embeddings
+    (:func:`edgedistill.text.stsb.spearman`), refusing a split that is not scored pairs."""
+    from ..text import stsb
 
     if not hasattr(pairs, "s2"):
         raise ConfigError("the embedding task is evaluated on scored sentence pairs (STS-B); use a text dataset "
                           "whose validation and test splits are pairs (text-corpus, text-file).")
-    sentences = sorted(set(pairs.s1) | set(pairs.s2))
-    emb = np.asarray(encode(sentences), dtype=np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    index = {s: i for i, s in enumerate(sentences)}
-    a = emb[[index[s] for s in pairs.s1]]
-    b = emb[[index[s] for s in pairs.s2]]
-    return float(spearmanr((a * b).sum(axis=1), pairs.scores).correlation)
+    return stsb.spearman(pairs, encode)
 
 
 @TASKS.register("text-classification", help="a transformer teacher's logits and hidden states into a smaller "
