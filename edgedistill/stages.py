@@ -21,11 +21,6 @@ def _rel(ctx: RunContext, p: Path) -> str:
     return str(Path(p).relative_to(ctx.run_dir))
 
 
-def _read_json(p: Path) -> dict:
-    with open(p) as f:
-        return json.load(f)
-
-
 def _files(ctx: RunContext, stage_name: str) -> list[str]:
     """Every file a stage wrote into its folder (checkpoints for resuming left out)."""
     folder = ctx.path(stage_name)
@@ -147,8 +142,8 @@ def _bench(ctx: RunContext) -> list[str]:
 def _report(ctx: RunContext) -> list[str]:
     from .report import write_report
 
-    metrics = _read_json(ctx.path("verify", "metrics.json"))["models"]
-    bench = _read_json(ctx.path("bench", "bench.json"))
+    metrics = _io.read_json(ctx.path("verify", "metrics.json"))["models"]
+    bench = _io.read_json(ctx.path("bench", "bench.json"))
     files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=ctx.path("distill", "curves.csv"),
                          tolerance=ctx.recipe.report.tolerance)
     return [_rel(ctx, p) for p in files]
@@ -159,7 +154,7 @@ def _bundle(ctx: RunContext) -> list[str]:
     from .bundle import write_bundle
     from .report import deliverable_entry
 
-    report = _read_json(ctx.run_dir / "report" / "report.json")
+    report = _io.read_json(ctx.run_dir / "report" / "report.json")
     best = deliverable_entry(report)
     splits, teacher_m = ctx.splits, next(m for m in report["models"] if m["role"] == "teacher")
     metadata = {
