@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     run = Path(args.run or Path("runs") / Path(args.recipe).stem)
     load_before, t0 = os.getloadavg(), time.time()
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))  # what runs
     proc = subprocess.run([sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)], cwd=ROOT)
     if proc.returncode not in (0, 3):  # 3: the run finished and a budget is missed
         print(f"edgedistill run failed ({proc.returncode})", file=sys.stderr)
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
               (("teacher", "01_teacher"), ("student", "02_student"))}
     result = {
         "command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
-        "git_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit, "dirty": dirty,
         "recipe": args.recipe, "machine": report.get("machine"), "target": report["target"],
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
         "parameters": params,

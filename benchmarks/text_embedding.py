@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     log = sys.stderr
     run = Path(args.run)
     t0 = time.time()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     cmd = [sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)]
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode not in (0, 3):  # 3: finished, a budget missed
@@ -99,7 +100,6 @@ def main(argv=None) -> int:
         m["latency_runs"] = b["runs"]
     s_int8, mini = models["student_int8"], models["minilm_fp32"]
     distill = _io.read_json(run / "03_distill" / "meta.json")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
         "command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
         "git_commit": commit,
