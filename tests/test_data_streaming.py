@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from edgedistill.data.adapters import NpyRows
 from edgedistill.data import load_data
 from edgedistill.data.core import ArraySplit, Preprocess, channel_stats
 from edgedistill.data.loader import batches
@@ -58,7 +59,7 @@ def test_npy_x_y_is_split_memory_mapped_and_scaled(tmp_path):
     positions = np.concatenate([s.train.indices, s.val.indices, s.test.indices])
     assert sorted(positions.tolist()) == list(range(60))  # disjoint, every sample used
     for part in (s.train, s.val, s.test):
-        assert isinstance(part.base.x, np.memmap) and part.base.x.dtype == np.uint8  # on disk, raw
+        assert isinstance(part.base.x, NpyRows) and part.base.x.dtype == np.uint8  # on disk, raw
         np.testing.assert_array_equal(part.y, y[part.indices])
         want = (x[part.indices] / 255.0 - np.reshape(mean, (1, 2, 1, 1))) / np.reshape(std, (1, 2, 1, 1))
         np.testing.assert_allclose(_read_all(part), want, rtol=1e-5, atol=1e-5)
@@ -90,7 +91,7 @@ def test_npy_predefined_splits(tmp_path, with_val):
     s = load_data(DataConfig(dataset="npy", path=_npy(tmp_path / "d", **arrays), preprocess=RAW,
                              options={"labels": ["a", "b"]}), 0)
     assert (len(s.train), len(s.val), len(s.test)) == (20, 4 if with_val else 0, 6) and s.labels == ["a", "b"]
-    assert isinstance(s.train.x, np.memmap) and isinstance(s.test.x, np.memmap)
+    assert isinstance(s.train.x, NpyRows) and isinstance(s.test.x, NpyRows)
     np.testing.assert_array_equal(_read_all(s.test), x[20:26])  # in file order, scale 1 for arrays
     np.testing.assert_array_equal(s.test.y, np.arange(6) % 2)
     if with_val:
@@ -415,3 +416,17 @@ def test_channel_stats_equal_numpy():
     mean, std = channel_stats(ArraySplit(f, np.zeros(40, np.int64)), 1000, 0, batch_size=9)
     np.testing.assert_allclose(mean, f.astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(std, f.astype(np.float64).std(0), rtol=1e-4)
+
+
+def test_npy_rows_read_runs_and_gathers_like_numpy(tmp_path):
+    x = np.arange(7 * 3 * 2, dtype=np.int16).reshape(7, 3, 2)
+    np.save(tmp_path / "x.npy", x)
+    rows = NpyRows(tmp_path / "x.npy")
+    assert rows.shape == x.shape and rows.dtype == x.dtype and len(rows) == 7 and rows.ndim == 3
+    np.testing.assert_array_equal(rows[2:5], x[2:5])
+    np.testing.assert_array_equal(rows[::3], x[::3])
+    np.testing.assert_array_equal(rows[np.array([0, 1, 2, 5, 6])], x[[0, 1, 2, 5, 6]])  # two runs
+    assert rows[np.zeros(0, np.int64)].shape == (0, 3, 2)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        NpyRows(tmp_path / "cut.npy")

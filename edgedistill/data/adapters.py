@@ -1,4 +1,4 @@
-"""Users' own data, read lazily: an image folder, arrays on disk (``.npy``, memory-mapped), an ``.npz``
+"""Users' own data, read lazily: an image folder, arrays on disk (``.npy``, read by rows), an ``.npz``
 (small data), or a Python factory ``module:function``.
 
 All are registered datasets configured through ``data.path``, ``data.options`` (what is particular
@@ -11,7 +11,8 @@ preprocessing is said, recorded in the bundle):
   ``preprocess.size`` (default: the first image's size).
 - ``npy``: ``data.path`` is a folder with ``x.npy`` + ``y.npy`` (split by the recipe's fractions)
   or ``x_train.npy``/``y_train.npy``/``x_test.npy``/``y_test.npy`` (optionally ``x_val``/``y_val``);
-  inputs are opened memory-mapped, so only the batches read come into memory.
+  inputs are read a batch of rows at a time by positioned reads (:class:`NpyRows`), so only the
+  batches read come into memory.
 - ``npz``: the same arrays in one ``.npz`` (loaded whole: keep it for small data). Option ``labels``.
 - ``factory``: ``data.options.factory = "pkg.mod:fn"``; ``fn(cfg, seed, **other options)`` returns
   ``Splits``, arrays ``(x, y)`` / ``(x_train, y_train, x_test, y_test)``, or map-style datasets
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +155,55 @@ def npz(cfg, seed: int) -> Splits:
     return _splits(cfg, seed, "npz", parts, pre, opts.get("labels"))
 
 
-@DATASETS.register("npy", help="a folder of .npy arrays (x.npy + y.npy, or x_train.npy ... y_test.npy), memory-mapped")
+class NpyRows:
+    """An ``.npy`` array on disk whose rows are read with positioned reads (``os.pread``), a run of
+    consecutive rows at a time. Unlike a memory map, rows once read do not stay in the process's resident
+    memory (they sit in the kernel's page cache, which it reclaims as it likes), so the process's RSS is
+    bounded by the batch however large the file. Offers what ``ArraySplit`` uses of an array: ``shape``,
+    ``dtype``, ``ndim``, ``len`` and indexing by a slice or by sorted positions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        if fortran and len(shape) > 1:
+            raise ValueError("it is in Fortran order; save it with np.save(np.ascontiguousarray(x))")
+        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        if self.path.stat().st_size < self.offset + self.row_bytes * (shape[0] if shape else 0):
+            raise ValueError("the file is shorter than its header says (truncated)")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, fd: int, start: int, count: int) -> np.ndarray:
+        raw = os.pread(fd, count * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(raw, dtype=self.dtype).reshape((count, *self.shape[1:]))
+
+    def __getitem__(self, key) -> np.ndarray:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if isinstance(key, slice):
+                start, stop, step = key.indices(len(self))
+                if step != 1:
+                    return self[np.arange(start, stop, step)]
+                return self._rows(fd, start, max(0, stop - start))
+            idx = np.asarray(key, dtype=np.int64).reshape(-1)
+            if len(idx) == 0:
+                return np.zeros((0, *self.shape[1:]), self.dtype)
+            breaks = np.flatnonzero(np.diff(idx) != 1) + 1  # runs of consecutive rows: one read each
+            parts = [self._rows(fd, int(run[0]), len(run)) for run in np.split(idx, breaks)]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        finally:
+            os.close(fd)
+
+
+@DATASETS.register("npy", help="a folder of .npy arrays (x.npy + y.npy, or x_train.npy ... y_test.npy), read by rows")
 def npy(cfg, seed: int) -> Splits:
     opts = check_options(cfg, "npy", {"labels"})
     root = _need_path(cfg, "npy", "a folder holding x.npy and y.npy (or x_train.npy, y_train.npy, x_test.npy, y_test.npy)")
@@ -162,8 +212,8 @@ def npy(cfg, seed: int) -> Splits:
     files = sorted(root.glob("*.npy"))
     arrays = {}
     for f in files:
-        try:
-            arrays[f.stem] = np.load(f, mmap_mode="r", allow_pickle=False)  # inputs stay on disk
+        try:  # inputs stay on disk, read a batch of rows at a time; labels are small
+            arrays[f.stem] = NpyRows(f) if f.stem.startswith("x") else np.load(f, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise DataError(f"{f}: not a readable .npy array ({str(e).splitlines()[0][:120]}); save it with np.save.") from None
     pre = Preprocess()
