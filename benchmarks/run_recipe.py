@@ -32,11 +32,14 @@ def main(argv=None) -> int:
     ap.add_argument("recipe")
     ap.add_argument("--run", default=None, help="run folder (default runs/<recipe file stem>)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--from", dest="from_stage", default=None, help="re-run from this stage (e.g. bench, on a quiet host)")
+    ap.add_argument("--note", default=None, help="context to keep beside the figures (e.g. where earlier stages ran)")
     args = ap.parse_args(argv)
     run = Path(args.run or Path("runs") / Path(args.recipe).stem)
     load_before, t0 = os.getloadavg(), time.time()
     commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))  # what runs
-    proc = subprocess.run([sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)], cwd=ROOT)
+    cmd = [sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)]
+    proc = subprocess.run(cmd + (["--from", args.from_stage] if args.from_stage else []), cwd=ROOT)
     if proc.returncode not in (0, 3):  # 3: the run finished and a budget is missed
         print(f"edgedistill run failed ({proc.returncode})", file=sys.stderr)
         return 1
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
         "deliverable": report["deliverable"], "deliverable_reason": report["deliverable_reason"],
         "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
         "wall_seconds": round(time.time() - t0, 1),
+        "note": args.note,
     }
     _io.write_json(args.out, result)
     for m in result["models"]:

@@ -235,11 +235,15 @@ def _tree(pid: int) -> list[int]:
 
 
 class TreeMonitor(threading.Thread):
-    """Polls a process tree's memory until ``stop()``; peaks in MB."""
+    """Polls a process tree's memory until ``stop()``; peaks in MB, overall and per pipeline stage (the stage
+    is the last ``[name] running...`` line the run has written to its log, ``startup`` before the first)."""
 
-    def __init__(self, pid: int, interval: float = 0.02, pss_interval: float | None = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 0.02, pss_interval: float | None = 0.5,
+                 log_path: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval, self.pss_interval = pid, interval, pss_interval
+        self.log_path, self._log_pos, self._log_rest, self.stage = log_path, 0, "", "startup"
+        self.by_stage: dict[str, dict[str, int]] = {}
         self._stop_event = threading.Event()
         self.samples = self.pss_samples = 0
         self.main_rss = self.main_hwm = self.main_anon = self.main_file = 0
@@ -251,12 +255,32 @@ class TreeMonitor(threading.Thread):
         self._stop_event.set()
         self.join()
 
+    def _follow_log(self) -> None:
+        if self.log_path is None:
+            return
+        try:
+            with open(self.log_path, errors="replace") as f:
+                f.seek(self._log_pos)
+                text = f.read()
+                self._log_pos = f.tell()
+        except OSError:
+            return
+        lines = (self._log_rest + text).split("\n")
+        self._log_rest = lines.pop()
+        for line in lines:
+            line = line.strip()
+            if line.startswith("[") and line.endswith("] running..."):
+                self.stage = line[1:line.index("]")]
+
     def run(self) -> None:
         import psutil
 
         next_pss = 0.0
         while not self._stop_event.is_set():
             t = time.perf_counter()
+            self._follow_log()
+            st_peak = self.by_stage.setdefault(self.stage, {"main_rss": 0, "main_anon": 0, "main_file": 0,
+                                                            "tree_rss": 0, "procs": 0})
             pids = _tree(self.pid)
             tree_rss = 0
             for p in pids:
@@ -269,6 +293,10 @@ class TreeMonitor(threading.Thread):
                     self.main_hwm = max(self.main_hwm, st.get("VmHWM", 0))
                     self.main_anon = max(self.main_anon, st.get("RssAnon", 0))
                     self.main_file = max(self.main_file, st.get("RssFile", 0))
+                    for k, f in (("main_rss", "VmRSS"), ("main_anon", "RssAnon"), ("main_file", "RssFile")):
+                        st_peak[k] = max(st_peak[k], st.get(f, 0))
+            st_peak["tree_rss"] = max(st_peak["tree_rss"], tree_rss)
+            st_peak["procs"] = max(st_peak["procs"], len(pids))
             self.tree_rss = max(self.tree_rss, tree_rss)
             self.max_procs = max(self.max_procs, len(pids))
             self.samples += 1
@@ -292,6 +320,9 @@ class TreeMonitor(threading.Thread):
                "polls": self.samples}
         if self.pss_interval:
             out.update(tree_peak_pss_sum_mb=mb(self.tree_pss), pss_polls=self.pss_samples)
+        out["peaks_by_stage_mb"] = {  # main RSS / RssAnon / RssFile, tree RSS sum, most processes, while each stage ran
+            name: {"main_rss": mb(v["main_rss"]), "main_anon": mb(v["main_anon"]), "main_file": mb(v["main_file"]),
+                   "tree_rss_sum": mb(v["tree_rss"]), "processes": v["procs"]} for name, v in self.by_stage.items()}
         return out
 
 
@@ -343,7 +374,7 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
         busy0 = _cpu_busy_s()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=str(run_dir.parent), stdout=logf, stderr=subprocess.STDOUT)
-        mon = TreeMonitor(proc.pid, pss_interval=0.5 if pss else None)
+        mon = TreeMonitor(proc.pid, pss_interval=0.5 if pss else None, log_path=run_dir.with_suffix(".log"))
         mon.start()
         _, status, rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
