@@ -9,6 +9,7 @@ seconds, library versions and the seed.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import platform
 import shutil
@@ -240,10 +241,14 @@ def _path_fingerprint(path: Path) -> str:
     times (reading every image of a dataset folder on each run would cost more than the check saves)."""
     if path.is_file():
         return _io.sha256_file(path)
-    if path.is_dir():
-        listing = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-                         for f in path.rglob("*") if f.is_file())
-        return "dir:" + _io.sha256_json(listing)
+    if path.is_dir():  # hashed folder by folder in sorted order: memory holds one folder's names, not the tree's
+        h = hashlib.sha256()
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                st = os.stat(os.path.join(root, name))
+                h.update(f"{os.path.relpath(os.path.join(root, name), path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return "dir:" + h.hexdigest()
     return "missing"  # the stage that reads it says so, naming the key
 
 
