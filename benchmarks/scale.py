@@ -35,6 +35,7 @@ Sections of an existing --out file that this invocation does not measure (e.g. `
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -369,6 +370,8 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
     shown = (f"PYTHONPATH={old_code} " if old_code else "") + " ".join(shlex.quote(c) for c in cmd)
     log(f"$ {shown}")
     quiet = wait_quiet(QUIET["max_cores"], QUIET["timeout"] if quiet_timeout is None else quiet_timeout, log)
+    # the tree may change between runs (others work in it): the HEAD and the uncommitted paths at this run's start
+    code_at_start = {"old_code": BASE_COMMIT} if old_code is not None else git_info()
     load_before = [round(v, 2) for v in os.getloadavg()]
     with open(run_dir.with_suffix(".log"), "w") as logf:
         busy0 = _cpu_busy_s()
@@ -383,7 +386,7 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
         proc.returncode = os.waitstatus_to_exitcode(status)
     load_after = [round(v, 2) for v in os.getloadavg()]
     own = rusage.ru_utime + rusage.ru_stime  # the run and every descendant it reaped (workers, bench children)
-    out = {"command": shown, "exit_code": proc.returncode, "wall_s": round(wall, 1),
+    out = {"command": shown, "code_at_start": code_at_start, "exit_code": proc.returncode, "wall_s": round(wall, 1),
            "load_average_before": load_before, "load_average_after": load_after, **quiet,
            "cpu_s_run": round(own, 1),
            # machine busy time during the run minus the run's own: other users (and this script's poller)
@@ -415,10 +418,10 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
 # --- recipes -----------------------------------------------------------------------------------------
 
 def recipe_text(name: str, source: str, path: Path, *, teacher_epochs: int = 1, distill_epochs: int = 1,
-                old: bool = False) -> str:
+                old: bool = False, cache_decoded: bool = False) -> str:
     if source == "image-folder":
         data = (f'dataset = "image-folder"\npath = "{path}"\noptions = {{ size = {HW}, mode = "RGB" }}\n' if old else
-                f'dataset = "image-folder"\npath = "{path}"\n')
+                f'dataset = "image-folder"\npath = "{path}"\n' + ("cache_decoded = true\n" if cache_decoded else ""))
         pre = "" if old else f"\n[data.preprocess]\nsize = [{HW}, {HW}]\nchannels = \"RGB\"\n"
     else:  # same preprocessing as the images: x / 255, then the training split's per-channel mean / std
         data = f'dataset = "npy"\npath = "{path}"\n'
@@ -502,7 +505,16 @@ def git_info() -> dict:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout
     changed = [line[3:] for line in status.splitlines() if line.strip()]
-    return {"head": head, "dirty": bool(changed), "changed_paths": len(changed)}
+    # what the package's uncommitted state was, in one hash (tracked diff + untracked files' contents)
+    h = hashlib.sha256(subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", "edgedistill"],
+                                      capture_output=True).stdout)
+    for path in sorted(c for c in changed if c.startswith("edgedistill/")):
+        f = ROOT / path
+        for g in sorted(f.rglob("*.py")) if f.is_dir() else [f]:
+            if g.is_file() and "__pycache__" not in g.parts:
+                h.update(str(g.relative_to(ROOT)).encode() + g.read_bytes())
+    return {"head": head, "dirty": bool(changed), "changed_paths": changed[:50],
+            "package_state_sha256": h.hexdigest()[:16]}
 
 
 def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command: str, git: dict, log) -> dict:
@@ -525,11 +537,16 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
                                                    old=True), wt),
         "new_lazy_image_folder": (recipe_text("tp-new", "image-folder", images, teacher_epochs=te, distill_epochs=de), None),
         "new_lazy_npy": (recipe_text("tp-npy", "npy", arrays, teacher_epochs=te, distill_epochs=de), None),
+        # decoded once per run into a raw .npy (the cache is emptied before each run: its build is in the teacher stage)
+        "new_image_folder_cache_decoded": (recipe_text("tp-cache", "image-folder", images, teacher_epochs=te,
+                                                       distill_epochs=de, cache_decoded=True), None),
     }
+    os.environ["EDGEDISTILL_CACHE"] = str(data_dir / "edgedistill-cache")
     runs = []
     try:
         for rep in range(repeats):
             for name, (recipe, code) in variants.items():
+                shutil.rmtree(data_dir / "edgedistill-cache", ignore_errors=True)
                 r = run_pipeline(recipe, data_dir / "runs" / f"tp-{name}", old_code=code, pss=False, log=log)
                 if "stage_seconds" in r:
                     r["teacher_s_per_epoch"] = round(r["stage_seconds"]["teacher"] / te, 2)
@@ -553,7 +570,7 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
                          "others_cores_all": [r["others_cores_mean"] for r in ok]}
     ratios = {}
     old = summary["old_in_memory_image_folder"]
-    for name in ("new_lazy_image_folder", "new_lazy_npy"):
+    for name in ("new_lazy_image_folder", "new_lazy_npy", "new_image_folder_cache_decoded"):
         new = summary[name]
         if old.get("runs_ok") and new.get("runs_ok"):
             ratios[f"{name} / old"] = {
@@ -567,6 +584,10 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
         goal = {"what": "new image-folder speed / old (distill samples/s, teacher epochs/s) >= 0.9",
                 "distill_met": ratios[key]["distill_samples_per_s"] >= 0.9,
                 "teacher_met": ratios[key]["teacher_epoch_speed"] >= 0.9}
+        cached = ratios.get("new_image_folder_cache_decoded / old")
+        if cached:  # the same goal with the decoded cache on (data.cache_decoded = true)
+            goal.update(cache_decoded_distill_met=cached["distill_samples_per_s"] >= 0.9,
+                        cache_decoded_teacher_met=cached["teacher_epoch_speed"] >= 0.9)
     return {
         "command": command, "git_commit": git,
         "what": (f"{n} images (one folder per class, the recipe's split: 15 % test, 10 % val) through the old "

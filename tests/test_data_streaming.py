@@ -430,3 +430,34 @@ def test_npy_rows_read_runs_and_gathers_like_numpy(tmp_path):
     (tmp_path / "cut.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-5])
     with pytest.raises(ValueError, match="truncated"):
         NpyRows(tmp_path / "cut.npy")
+
+
+def test_cache_decoded_reads_the_same_samples_from_one_raw_file(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    from edgedistill.data.core import DecodedCache
+
+    monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
+    _images(tmp_path / "imgs", {"train": 3, "test": 2})
+    base = dict(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=PreprocessConfig(size=[4, 3]))
+    plain, cached = load_data(DataConfig(**base), 0), load_data(DataConfig(**base, cache_decoded=True), 0)
+    assert isinstance(cached.train, DecodedCache) and not cached.train.decodes
+    for a, b in ((plain.train, cached.train), (plain.test, cached.test)):
+        np.testing.assert_array_equal(_read_all(a), _read_all(b))
+        np.testing.assert_array_equal(a.y, b.y)
+    files = sorted((tmp_path / "cache" / "decoded").iterdir())
+    assert len(files) == 2 and all(np.load(f).dtype == np.uint8 for f in files)  # raw pixels, one file per split
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = load_data(DataConfig(**base, cache_decoded=True), 0)  # found by the split's fingerprint: not rebuilt
+    assert [f.stat().st_mtime_ns for f in files] == stamps and again.train.where(0) == plain.train.where(0)
+
+
+def test_cache_decoded_names_an_undecodable_file(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
+    _images(tmp_path / "imgs", {"train": 3, "test": 2})
+    (tmp_path / "imgs" / "train" / "cats" / "1.png").write_bytes(b"not a png")
+    cfg = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), cache_decoded=True,
+                     preprocess=PreprocessConfig(size=[4, 3], mean="none", std="none"))
+    with pytest.raises(DataError, match=r"cats/1\.png: cannot be read as an image"):
+        load_data(cfg, 0)
+    assert not list((tmp_path / "cache" / "decoded").glob("*.npy"))  # nothing half-written

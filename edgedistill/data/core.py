@@ -220,6 +220,11 @@ def load_data(cfg, seed: int) -> Splits:
     factory = DATASETS.get(cfg.dataset, "data.dataset")
     splits = factory(cfg, seed)
     splits.train, splits.test = cap(splits.train, cfg.max_train_samples, seed), cap(splits.test, cfg.max_test_samples, seed)
+    if cfg.cache_decoded:  # after the caps: only the samples the run keeps are decoded and stored
+        from ..text.assets import cache_dir
+
+        for name in ("train", "val", "test"):
+            setattr(splits, name, cache_decoded(getattr(splits, name), cache_dir() / "decoded", cfg.workers))
     return check_splits(splits, f"dataset {cfg.dataset!r}")
 
 
@@ -286,3 +291,82 @@ def channel_stats(split: SampleSet, max_samples: int, seed: int, batch_size: int
     std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
     std = np.where(std < 1e-8, 1.0, std)
     return [float(v) for v in mean], [float(v) for v in std]
+
+
+class DecodedCache(SampleSet):
+    """A decoding source's raw samples (e.g. images after decode and resize, uint8), written once in order to
+    an ``.npy`` file and read back by rows (``data.cache_decoded``): later epochs read bytes instead of
+    decoding again. Labels, preprocessing and error names are the source's."""
+
+    def __init__(self, split: SampleSet, rows) -> None:
+        self.split, self.rows = split, rows
+        self.y, self.input_shape, self.preprocess = split.y, split.input_shape, split.preprocess
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        return self.rows[idx]
+
+    def where(self, i: int) -> str:
+        return self.split.where(i)
+
+    def _fingerprint(self) -> str:
+        return self.split._fingerprint()
+
+
+class _RawChunks:
+    """A split's raw samples, a sorted chunk per DataLoader item (so worker processes decode in parallel)."""
+
+    def __init__(self, split: SampleSet, chunk: int) -> None:
+        self.split, self.chunk = split, chunk
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.chunk)
+
+    def __getitem__(self, k: int):
+        from ..errors import EdgeDistillError
+
+        try:
+            return self.split._read(np.arange(k * self.chunk, min((k + 1) * self.chunk, len(self.split))))
+        except EdgeDistillError as e:  # raised in the main process as the one sentence it is
+            return e
+
+
+def _same(item):
+    return item
+
+
+def cache_decoded(split: SampleSet, folder, workers: Optional[int] = None, chunk: int = 256) -> SampleSet:
+    """``split`` read from ``<folder>/<fingerprint>.npy``, built on first use by one ordered pass (decoded in
+    worker processes, written sequentially: memory holds a few chunks). Sources that do not decode are
+    returned as they are."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from .. import _io
+    from .adapters import NpyRows
+    from .loader import auto_workers
+
+    if not split.decodes or len(split) == 0:
+        return split
+    path = Path(folder) / f"{hashlib.sha256(split._fingerprint().encode()).hexdigest()[:32]}.npy"
+    if not path.is_file():
+        n_workers = auto_workers(split, workers)
+        loader = torch.utils.data.DataLoader(_RawChunks(split, chunk), batch_size=None, num_workers=n_workers,
+                                             collate_fn=_same)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                header = {"descr": None, "fortran_order": False, "shape": (len(split), *split.input_shape)}
+                for k, raw in enumerate(loader):
+                    if isinstance(raw, Exception):
+                        raise raw
+                    if k == 0:
+                        header["descr"] = np.lib.format.dtype_to_descr(raw.dtype)
+                        np.lib.format.write_array_header_2_0(f, header)
+                    f.write(np.ascontiguousarray(raw).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+
+        _io.atomic_write(path, write)
+    return DecodedCache(split, NpyRows(path))
