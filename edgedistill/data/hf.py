@@ -209,12 +209,15 @@ def hf_datasets(cfg, seed: int) -> Splits:
     inputs = opts.get("input", "image" if "image" in columns else "x")
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     label = opts.get("label", "label")
+    datasets = _datasets()
+    feature = first.features.get(inputs[0])
+    if len(inputs) == 1 and isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return _text_splits(cfg, seed, parts, where, inputs[0], label, opts.get("labels"), "label" in opts)
     for s, (_, ds) in parts.items():
         for c in [*inputs, label]:
             if c not in ds.column_names:
                 raise DataError(f"{where[s]}: has no column {c!r}; columns are {', '.join(ds.column_names)} (set "
                                 "data.options.input and data.options.label).")
-    datasets = _datasets()
     image = any(isinstance(first.features[c], datasets.Image) for c in inputs)
     if image and len(inputs) != 1:
         raise DataError(f"{where[next(iter(parts))]}: data.options.input names {len(inputs)} columns, one of them "
@@ -245,3 +248,65 @@ def hf_datasets(cfg, seed: int) -> Splits:
         fp = f"{getattr(ds, '_fingerprint', '')}|{_file_fingerprint(files)}|{s}"
         out[s] = HFSamples(ds, where[s], inputs, ys[s], pre, image, size, channels, fp)
     return _splits(cfg, seed, "hf-datasets", out, pre, labels)
+
+
+class HFTexts(SampleSet):
+    """A string column of a ``datasets.Dataset``, one Arrow read per batch (the text tasks tokenise it)."""
+
+    input_shape = ()
+
+    def __init__(self, ds, source: str, column: str, y: np.ndarray, fingerprint: str) -> None:
+        self.ds, self.source, self.column, self.y, self._fp = ds.with_format(None, columns=[column]), source, column, y, fingerprint
+        self.preprocess = Preprocess()
+
+    def read(self, indices) -> list[str]:
+        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+        texts = self.ds[idx][self.column] if idx else []
+        for j, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataError(f"{self.where(idx[j])}: column {self.column!r} holds {type(t).__name__}, not text; "
+                                "fill or drop that row.")
+        return texts
+
+    def subset(self, indices: np.ndarray) -> "HFTexts":
+        idx = np.asarray(indices, dtype=np.int64)
+        return HFTexts(self.ds.select(idx), self.source, self.column, self.y[idx], f"{self._fp}|{idx.tobytes().hex()[:64]}")
+
+    def where(self, i: int) -> str:
+        return f"{self.source} row {i}"
+
+    def _fingerprint(self) -> str:
+        return f"{self._fp}|{self.column}"
+
+
+def _text_splits(cfg, seed: int, parts: dict, where: dict, column: str, label: str, names, label_asked: bool) -> Splits:
+    """A string input column: labelled (a label column: text classification, split like the other sources)
+    or not (sentence embedding: every row is transfer text, evaluated on STS-B pairs)."""
+    from .core import split_indices
+    from .text import _embedding_splits
+
+    out = {}
+    labelled = all(label in ds.column_names for _, ds in parts.values())
+    if label_asked and not labelled:
+        s, ds = next((s, ds) for s, (_, ds) in parts.items() if label not in ds.column_names)
+        raise DataError(f"{where[s]}: has no column {label!r}; columns are {', '.join(ds.column_names)} (set "
+                        "data.options.label, or leave it out for unlabelled texts).")
+    ys, labels = _label_column(parts, label, names, where) if labelled else ({}, None)
+    for s, (_, ds) in parts.items():
+        files = [Path(f["filename"]) for f in ds.cache_files]
+        fp = f"{getattr(ds, '_fingerprint', '')}|{_file_fingerprint(files)}|{s}"
+        out[s] = HFTexts(ds, where[s], column, ys[s] if labelled else np.full(len(ds), -1, np.int64), fp)
+    if not labelled:
+        if len(out) != 1:
+            raise DataError(f"{next(iter(where.values()))}: unlabelled texts come as one split (the transfer text); "
+                            "save them as one Dataset or add a label column.")
+        return _embedding_splits(next(iter(out.values())), "hf-datasets")
+    if "test" not in out:
+        base = next(iter(out.values()))
+        tr, va, te = split_indices(base.y, cfg, seed)
+        out = {"train": base.subset(tr), "val": base.subset(va), "test": base.subset(te)}
+    out.setdefault("val", out["train"].subset(np.zeros(0, np.int64)))
+    k = len(labels) if labels else int(max(int(p.y.max()) for p in out.values() if len(p)) + 1)
+    return Splits(train=out["train"], val=out["val"], test=out["test"], num_classes=k, input_shape=(),
+                  labels=list(labels) if labels else [str(i) for i in range(k)], normalization={"input": "text"},
+                  name="hf-datasets")
