@@ -8,7 +8,7 @@ import pytest
 datasets = pytest.importorskip("datasets")
 Image = pytest.importorskip("PIL.Image")
 
-from edgedistill.data import hf, load_data  # noqa: E402
+from edgedistill.data import load_data  # noqa: E402
 from edgedistill.data.loader import batches  # noqa: E402
 from edgedistill.errors import ConfigError, DataError  # noqa: E402
 from edgedistill.recipe import DataConfig, PreprocessConfig  # noqa: E402
