@@ -224,7 +224,7 @@ def test_undecodable_image_fails_only_when_its_batch_is_read(tmp_path):
     # Given statistics: nothing is decoded at load.
     s = load_data(DataConfig(dataset="image-folder", path=str(tmp_path),
                              preprocess=PreprocessConfig(mean=[0.5], std=[0.25])), 0)
-    at = s.train.files.index(bad)
+    at = list(s.train.files).index(str(bad))
     assert _read_all(s.test).shape == (4, 3, 6, 5)
     assert s.train.read(np.delete(np.arange(len(s.train)), at)).shape == (7, 3, 6, 5)
     with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}: cannot be read as an image .*; remove or replace it\.$"):

@@ -250,7 +250,9 @@ class ImageFiles(SampleSet):
 
     def __init__(self, files: list[Path], y: np.ndarray, size: tuple[int, int], channels: str, pre: Preprocess,
                  fingerprint: str) -> None:
-        self.files, self.y = files, y
+        # one numpy buffer of names, not a list of Path objects: DataLoader workers fork this object, and the
+        # reference counts of 64k Python objects would copy their pages into every worker
+        self.files, self.y = np.asarray([str(f) for f in files]), y
         self.size, self.channels, self.preprocess, self._fp = size, channels, pre, fingerprint
         self.input_shape = (1 if channels == "L" else 3, *size)
 
@@ -259,7 +261,7 @@ class ImageFiles(SampleSet):
 
         out = np.empty((len(idx), *self.input_shape), dtype=np.uint8)
         for j, i in enumerate(idx):
-            file = self.files[i]
+            file = str(self.files[i])
             try:
                 with Image.open(file) as im:
                     out[j] = decode_image(im, self.size, self.channels)
