@@ -1,11 +1,13 @@
-"""Scale benchmark: peak memory and wall time of whole `edgedistill run`s as the data set grows, and
-distillation throughput of the lazy data layer against the old in-memory one.
+"""Scale benchmark: peak memory and time of `edgedistill run` as the data grows; lazy vs in-memory throughput.
+
+Peak memory and wall time of whole `edgedistill run`s as the data set grows, and distillation
+throughput of the lazy data layer against the old in-memory one.
 
 Measured:
 
 1. Memory (sections ``images`` and ``npy``): for each size (default 4k, 16k, 64k images) and each source
-   (``image-folder`` PNGs in train/ test/ folders, ``npy`` memory-mapped uint8 arrays holding the same
-   pixels), one `edgedistill run RECIPE --run-dir DIR` subprocess with tiny models (teacher cnn
+   (``image-folder`` PNGs in train/ test/ folders, ``npy`` uint8 .npy arrays holding the same pixels, read
+   by the package a batch at a time), one `edgedistill run RECIPE --run-dir DIR` subprocess with tiny models (teacher cnn
    width 8 depth 2, student cnn width 4 depth 1, 1 epoch each, QAT off, 256 PTQ samples, a short
    bench). A monitor thread polls the process tree (the main process, its DataLoader workers and the
    per-model bench subprocesses) every 20 ms: the main process's RSS (and its kernel high-water mark
@@ -16,9 +18,10 @@ Measured:
 2. Throughput (section ``throughput``): the same 4k images in one folder per class (hard links; the
    old code reads no train/ test/ folders) through the old in-memory code (commit 5a53845, a git
    worktree outside the repo, run as `PYTHONPATH=WORKTREE python -m edgedistill run`) and the new code,
-   and the same pixels as one memory-mapped x.npy (same order, so the same split) through the new
-   code; teacher 3 epochs, distill 3 epochs; runs interleaved (old, new, npy, old, new, npy, ...).
-   Compared: distill samples/s and teacher stage seconds per epoch, new/old (goal >= 0.9).
+   and the same pixels as one x.npy (same order, so the same split) through the new code, and the image
+   folder with ``data.cache_decoded = true`` (decoded once per run into a raw .npy; the cache is emptied
+   before every run); teacher 3 epochs, distill 3 epochs; runs interleaved (old, new, npy, cached, old,
+   ...). Compared: distill samples/s and teacher stage seconds per epoch, new/old (goal >= 0.9).
 
 Data (synthetic, learnable: class-dependent hue and grating orientation plus noise, 10 classes,
 3 x 64 x 64 uint8) is generated once under --data-dir (outside the repo) with numpy + Pillow and
@@ -591,8 +594,8 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
     return {
         "command": command, "git_commit": git,
         "what": (f"{n} images (one folder per class, the recipe's split: 15 % test, 10 % val) through the old "
-                 f"in-memory code ({BASE_COMMIT}) and the new lazy code, and the same pixels as a memory-mapped x.npy "
-                 f"through the new code; teacher {te} epochs, distill {de} epochs, runs interleaved, medians"),
+                 f"in-memory code ({BASE_COMMIT}) and the new lazy code, and the same pixels as one x.npy "
+                 f"and the image folder with data.cache_decoded = true through the new code; teacher {te} epochs, distill {de} epochs, runs interleaved, medians"),
         "old_code": {"commit": base_sha, "worktree": str(wt), "imported_from": probe},
         "teacher_s_per_epoch": "manifest stages.teacher.seconds / epochs: includes the stage's one-off work (old: "
                                "decoding every image into RAM; new: listing files and the streaming mean/std pass) and "
