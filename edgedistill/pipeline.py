@@ -44,7 +44,9 @@ class RunContext:
     resume: bool = False
     trust_checkpoint: bool = False  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+    data_cache: Optional[Path] = None  # where decoded samples are kept (data.cache_decoded), once the run folder is ours
     _splits: object = None
+    _cached: bool = False
     _task: object = None
 
     @property
@@ -58,9 +60,15 @@ class RunContext:
 
     @property
     def splits(self):
-        """The recipe's data: file listings and labels only; samples are read a batch at a time by the stages."""
+        """The recipe's data: file listings and labels only; samples are read a batch at a time by the stages.
+        Once the run folder is held (``data_cache`` set), the first stage to ask decodes what
+        ``data.cache_decoded`` keeps; preflight and skipped stages decode nothing."""
         if self._splits is None:
             self._splits = self.task.load_data(self.recipe.data, self.recipe.seed)
+        if self.data_cache is not None and not self._cached:
+            from .data import cache_splits
+
+            self._splits, self._cached = cache_splits(self._splits, self.recipe.data, self.data_cache, self.log), True
         return self._splits
 
     def path(self, stage: str, *parts: str) -> Path:
@@ -152,6 +160,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     except OSError as e:
         raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
     with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
+        ctx.data_cache = run_dir / "data_cache"
         _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
         manifest_path = run_dir / "manifest.json"
         manifest = _read_manifest(manifest_path)

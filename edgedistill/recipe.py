@@ -48,8 +48,9 @@ class DataConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     workers: Optional[int] = field(None, ge=0, le=64, help="DataLoader worker processes (default: 0 for arrays, "
                                                            "up to 4 for sources that decode, like image folders)")
-    cache_decoded: bool = field(False, help="decode sources that decode (image folders) once into a raw .npy file under "
-                                            "$EDGEDISTILL_CACHE and read that afterwards: disk N x C x H x W bytes")
+    cache_decoded: Union[bool, Literal["auto"]] = field(
+        "auto", help="decode image files once into a raw .npy in the run folder (data_cache/, N x C x H x W bytes) and "
+                     "read that afterwards; 'auto': when it fits a quarter of the free disk; false: decode at every read")
     val_fraction: float = field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = field(0.2, gt=0.0, lt=0.9)
     batch_size: int = field(64, ge=1, le=65536)

@@ -5,6 +5,7 @@ resume, and the streaming channel statistics: on tiny data in tmp_path."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgedistill.data.adapters import NpyRows
-from edgedistill.data import load_data
+from edgedistill.data import cache_splits, load_data
 from edgedistill.data.core import ArraySplit, Preprocess, channel_stats
 from edgedistill.data.loader import batches
 from edgedistill.errors import DataError
@@ -438,8 +439,11 @@ def test_cache_decoded_reads_the_same_samples_from_one_raw_file(tmp_path, monkey
 
     monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
     _images(tmp_path / "imgs", {"train": 3, "test": 2})
-    base = dict(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=PreprocessConfig(size=[4, 3]))
-    plain, cached = load_data(DataConfig(**base), 0), load_data(DataConfig(**base, cache_decoded=True), 0)
+    cfg = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=PreprocessConfig(size=[4, 3]),
+                     cache_decoded=True)
+    plain = load_data(cfg, 0)
+    assert not isinstance(plain.train, DecodedCache)  # load_data lists files; cache_splits decodes
+    cached = cache_splits(load_data(cfg, 0), cfg)  # true without a folder: $EDGEDISTILL_CACHE/decoded
     assert isinstance(cached.train, DecodedCache) and not cached.train.decodes
     for a, b in ((plain.train, cached.train), (plain.test, cached.test)):
         np.testing.assert_array_equal(_read_all(a), _read_all(b))
@@ -447,17 +451,99 @@ def test_cache_decoded_reads_the_same_samples_from_one_raw_file(tmp_path, monkey
     files = sorted((tmp_path / "cache" / "decoded").iterdir())
     assert len(files) == 2 and all(np.load(f).dtype == np.uint8 for f in files)  # raw pixels, one file per split
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = load_data(DataConfig(**base, cache_decoded=True), 0)  # found by the split's fingerprint: not rebuilt
+    again = cache_splits(load_data(cfg, 0), cfg)  # found by the split's fingerprint: not rebuilt
     assert [f.stat().st_mtime_ns for f in files] == stamps and again.train.where(0) == plain.train.where(0)
 
 
-def test_cache_decoded_names_an_undecodable_file(tmp_path, monkeypatch):
+def test_cache_decoded_names_an_undecodable_file(tmp_path):
     pytest.importorskip("PIL")
-    monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
     _images(tmp_path / "imgs", {"train": 3, "test": 2})
     (tmp_path / "imgs" / "train" / "cats" / "1.png").write_bytes(b"not a png")
-    cfg = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), cache_decoded=True,
+    cfg = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"),
                      preprocess=PreprocessConfig(size=[4, 3], mean="none", std="none"))
     with pytest.raises(DataError, match=r"cats/1\.png: cannot be read as an image"):
-        load_data(cfg, 0)
-    assert not list((tmp_path / "cache" / "decoded").glob("*.npy"))  # nothing half-written
+        cache_splits(load_data(cfg, 0), cfg, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written
+
+
+def test_cache_decoded_auto_keeps_image_files_but_not_a_users_dataset_or_what_does_not_fit(
+        tmp_path, monkeypatch, datasets_module):
+    pytest.importorskip("PIL")
+    from edgedistill.data import core
+    from edgedistill.data.core import DecodedCache
+
+    _images(tmp_path / "imgs", {"train": 3, "test": 2})
+    images = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=RAW)
+    assert images.cache_decoded == "auto"
+    assert not isinstance(cache_splits(load_data(images, 0), images).train, DecodedCache)  # auto needs a folder
+    said = []
+    s = cache_splits(load_data(images, 0), images, tmp_path / "run" / "data_cache", said.append)
+    assert isinstance(s.train, DecodedCache) and isinstance(s.test, DecodedCache)
+    assert len(list((tmp_path / "run" / "data_cache").glob("*.npy"))) == 2
+    assert said[0].startswith("data: decoding 6 train samples once into ") and "data.cache_decoded = false" in said[0]
+    # a map-style dataset's __getitem__ may augment: auto leaves it alone, true keeps it
+    factory = DataConfig(dataset="factory", options={"factory": "my_datasets:one"}, preprocess=RAW)
+    assert not isinstance(cache_splits(load_data(factory, 0), factory, tmp_path / "f").train, DecodedCache)
+    forced = DataConfig(dataset="factory", options={"factory": "my_datasets:one"}, preprocess=RAW, cache_decoded=True)
+    assert isinstance(cache_splits(load_data(forced, 0), forced, tmp_path / "f").train, DecodedCache)
+    # more than a quarter of the free disk: decoded at every read, and the log says why and what to do
+    monkeypatch.setattr(core, "AUTO_CACHE_SHARE", 0.0)
+    said.clear()
+    s = cache_splits(load_data(images, 0), images, tmp_path / "full", said.append)
+    assert not isinstance(s.train, DecodedCache) and not (tmp_path / "full").exists()
+    assert "would take over a quarter of the" in said[0] and "data.cache_decoded = true" in said[0]
+    off = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=RAW, cache_decoded=False)
+    assert not isinstance(cache_splits(load_data(off, 0), off, tmp_path / "off").train, DecodedCache)
+
+
+def test_a_run_on_an_image_folder_decodes_once_into_its_folder_and_a_skipped_rerun_decodes_nothing(tmp_path):
+    pytest.importorskip("PIL")
+    import tomllib
+
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.pipeline import run
+    from edgedistill.recipe import recipe_from_dict
+
+    def loads_recipe(text):
+        return recipe_from_dict(tomllib.loads(text))
+
+    _images(tmp_path / "imgs", {"train": 8, "test": 3}, size=(8, 8))
+    text = textwrap.dedent(f"""
+        name = "imgs"
+        [data]
+        dataset = "image-folder"
+        path = "{tmp_path / 'imgs'}"
+        batch_size = 8
+        [teacher]
+        arch = "cnn"
+        params = {{ width = 4, depth = 1 }}
+        epochs = 1
+        [student]
+        arch = "cnn"
+        params = {{ width = 2, depth = 1 }}
+        [distill]
+        epochs = 1
+        [qat]
+        enabled = false
+        [ptq]
+        samples = 8
+        [bench]
+        runs = 2
+        warmup = 1
+        min_seconds = 0.0
+    """)
+    said = []
+    report = run(loads_recipe(text), tmp_path / "run", log=said.append)
+    assert [m["name"] for m in report["models"]] == ["teacher_fp32", "student_fp32", "student_int8"]
+    assert all(0.0 <= m["metric"]["value"] <= 1.0 for m in report["models"])
+    cache = tmp_path / "run" / "data_cache"
+    assert len(list(cache.glob("*.npy"))) == 2  # train and test (no val/ folder: val split off train is cached with it)
+    assert sum(line.startswith("data: decoding ") for line in said) == 2
+    said.clear()
+    shutil.rmtree(cache)
+    run(loads_recipe(text), tmp_path / "run", log=said.append)
+    assert all("skipped" in line for line in said if line.startswith("[")) and not cache.exists()
+    # a bad key is refused before the run folder, and any data_cache, exists
+    with pytest.raises(EdgeDistillError, match="widht"):
+        run(loads_recipe(text.replace("width = 2", "widht = 2")), tmp_path / "other", log=said.append)
+    assert not (tmp_path / "other").exists()

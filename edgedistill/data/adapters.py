@@ -354,6 +354,7 @@ class DatasetSamples(SampleSet):
     from one pass over the samples (keeping only the labels)."""
 
     decodes = True
+    repeatable = False  # its __getitem__ may augment: "auto" never caches it
 
     def __init__(self, dataset, where: str, pre: Preprocess) -> None:
         self.dataset, self.source, self.preprocess = dataset, where, pre

@@ -54,13 +54,16 @@ class SampleSet:
     """One split: labels ``y`` known up front, inputs read a batch at a time (see the module docstring).
 
     Sources implement ``_read(sorted_indices) -> raw batch`` and ``where(i)``; ``decodes`` says that
-    reading costs CPU (image decoding), so the loader uses worker processes by default.
+    reading costs CPU (image decoding), so the loader uses worker processes by default; ``repeatable``
+    that a sample reads the same every time (a file decoded, not a user's ``__getitem__`` that may
+    augment), so ``data.cache_decoded = "auto"`` may keep the decoded bytes.
     """
 
     y: np.ndarray
     input_shape: tuple[int, ...]
     preprocess: Preprocess
     decodes: bool = False
+    repeatable: bool = True
 
     def __len__(self) -> int:
         return len(self.y)
@@ -147,6 +150,7 @@ class Subset(SampleSet):
         self.base, self.indices = base, indices
         self.y = base.y[indices]
         self.input_shape, self.preprocess, self.decodes = base.input_shape, base.preprocess, base.decodes
+        self.repeatable = base.repeatable
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
         inner = self.indices[idx]
@@ -220,12 +224,25 @@ def load_data(cfg, seed: int) -> Splits:
     factory = DATASETS.get(cfg.dataset, "data.dataset")
     splits = factory(cfg, seed)
     splits.train, splits.test = cap(splits.train, cfg.max_train_samples, seed), cap(splits.test, cfg.max_test_samples, seed)
-    if cfg.cache_decoded:  # after the caps: only the samples the run keeps are decoded and stored
+    return check_splits(splits, f"dataset {cfg.dataset!r}")
+
+
+def cache_splits(splits: Splits, cfg, folder=None, log: Callable[[str], None] | None = None) -> Splits:
+    """``splits`` with each decoding split read from its decoded copy in ``folder`` as ``data.cache_decoded``
+    says (``edgedistill run`` gives ``<run>/data_cache`` when a stage first reads data): ``"auto"`` keeps
+    sources that read the same every time when they fit a quarter of the free disk space, only where a
+    folder is given; ``true`` keeps any decoding source, by default under ``$EDGEDISTILL_CACHE/decoded``.
+    Apply it after :func:`load_data` (after the caps: only the kept samples are decoded)."""
+    if cfg.cache_decoded is True and folder is None:
         from ..text.assets import cache_dir
 
-        for name in ("train", "val", "test"):
-            setattr(splits, name, cache_decoded(getattr(splits, name), cache_dir() / "decoded", cfg.workers))
-    return check_splits(splits, f"dataset {cfg.dataset!r}")
+        folder = cache_dir() / "decoded"
+    if cfg.cache_decoded is False or folder is None:
+        return splits
+    for name in ("train", "val", "test"):
+        setattr(splits, name, cache_decoded(getattr(splits, name), folder, cfg.workers,
+                                            auto=cfg.cache_decoded == "auto", split_name=name, log=log))
+    return splits
 
 
 def cap(split: SampleSet, n: int | None, seed: int) -> SampleSet:
@@ -334,11 +351,17 @@ def _same(item):
     return item
 
 
-def cache_decoded(split: SampleSet, folder, workers: Optional[int] = None, chunk: int = 256) -> SampleSet:
+AUTO_CACHE_SHARE = 0.25  # "auto" keeps decoded samples when they take at most this share of the free disk
+
+
+def cache_decoded(split: SampleSet, folder, workers: Optional[int] = None, chunk: int = 256, auto: bool = False,
+                  split_name: str = "", log: Callable[[str], None] | None = None) -> SampleSet:
     """``split`` read from ``<folder>/<fingerprint>.npy``, built on first use by one ordered pass (decoded in
     worker processes, written sequentially: memory holds a few chunks). Sources that do not decode are
-    returned as they are."""
+    returned as they are; with ``auto`` also sources that may not read the same twice, and any whose raw
+    bytes exceed :data:`AUTO_CACHE_SHARE` of the free space at ``folder``."""
     import os
+    import shutil
     from pathlib import Path
 
     import torch
@@ -347,10 +370,25 @@ def cache_decoded(split: SampleSet, folder, workers: Optional[int] = None, chunk
     from .adapters import NpyRows
     from .loader import auto_workers
 
-    if not split.decodes or len(split) == 0:
+    if not split.decodes or len(split) == 0 or (auto and not split.repeatable):
         return split
-    path = Path(folder) / f"{hashlib.sha256(split._fingerprint().encode()).hexdigest()[:32]}.npy"
+    folder = Path(folder)
+    path = folder / f"{hashlib.sha256(split._fingerprint().encode()).hexdigest()[:32]}.npy"
     if not path.is_file():
+        first = split._read(np.zeros(1, dtype=np.int64))
+        need = first.nbytes * len(split)
+        if auto:
+            existing = next(p for p in (folder, *folder.parents) if p.exists())
+            free = shutil.disk_usage(existing).free
+            if need > AUTO_CACHE_SHARE * free:
+                if log:
+                    log(f"data: {split_name} decoded every time it is read: its {len(split):,} decoded samples "
+                        f"({need / 1e6:,.1f} MB) would take over a quarter of the {free / 1e9:,.1f} GB free at "
+                        f"{existing}; free disk space or set data.cache_decoded = true to keep them anyway.")
+                return split
+        if log:
+            log(f"data: decoding {len(split):,} {split_name} samples once into {path} ({need / 1e6:,.1f} MB; "
+                "data.cache_decoded = false decodes them at every read instead)")
         n_workers = auto_workers(split, workers)
         loader = torch.utils.data.DataLoader(_RawChunks(split, chunk), batch_size=None, num_workers=n_workers,
                                              collate_fn=_same)
