@@ -110,6 +110,7 @@ def tasks(as_json):
 def _attach_optional_commands() -> None:
     """Commands that live beside their stage's module."""
     for module, names in (("edgedistill._cli_tools", ("bench", "bundle", "inspect")),
+                          ("edgedistill.cli_onnx", ("evaluate", "quantize")),
                           ("edgedistill.distill._cli", ("losses",))):
         try:
             mod = __import__(module, fromlist=["_"])

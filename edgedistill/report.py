@@ -70,7 +70,7 @@ def build_report(target: Target, metrics: dict, bench: dict, model_files: dict, 
 
 def render_markdown(report: dict) -> str:
     t = report["target"]
-    lines = [f"# edgedistill report", "",
+    lines = ["# edgedistill report", "",
              f"Target: **{t['name']}**, budgets: " + ", ".join(f"{k} = {v}" for k, v in t["budgets"].items()),
              f"Deliverable: **{report['deliverable']}**", ""]
     if report.get("deliverable_reason"):
