@@ -184,13 +184,17 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
                 continue
             forced = True  # everything after a re-run stage re-runs too
             stage_dir = run_dir / s.dir
-            resuming = resume and prev.get("status") in ("running", "failed", "interrupted") and prev.get("inputs_hash") == inputs_hash
+            same = prev.get("inputs_hash") == inputs_hash
+            # a stage stopped by Ctrl-C or killed ("running" under no lock) continues by itself; --from restarts it
+            auto = same and prev.get("status") in ("running", "interrupted") and from_stage is None and not resume
+            resuming = auto or (resume and same and prev.get("status") in ("running", "failed", "interrupted"))
             if stage_dir.exists() and not resuming:
                 shutil.rmtree(stage_dir)
             stage_dir.mkdir(parents=True, exist_ok=True)
             stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
             _io.write_json(manifest_path, manifest)
-            ctx.log(f"[{s.name}] {'resuming' if resuming else 'running'}...")
+            ctx.log(f"[{s.name}] resuming the interrupted stage from its last checkpoint (`--from {s.name}` starts it "
+                    "over)..." if auto else f"[{s.name}] {'resuming' if resuming else 'running'}...")
             t0 = time.perf_counter()
             try:
                 outputs = s.fn(ctx)

@@ -45,6 +45,9 @@ def test_run_writes_the_report_contract(finished_run):
         assert m["peak_rss_mb"] > 0 and m["within_budget"] is True and m["violations"] == []
     import onnx
 
+    for m in report["models"]:  # an app's code does not depend on which model was delivered
+        g = onnx.load(str(d / "out" / m["path"])).graph
+        assert ([i.name for i in g.input], [o.name for o in g.output]) == (["input"], ["output"]), m["name"]
     int8 = onnx.load(str(d / "out" / report["models"][2]["path"]))
     assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in int8.graph.initializer)
     assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) > 0
@@ -205,3 +208,31 @@ def test_input_files_of_a_python_teacher_is_its_module_source():
     found = input_files(rec, ("distill",))
     assert found["py_teacher:logits"] == _io.sha256_file(ROOT / "tests" / "py_teacher.py")
     assert found["no_such_module_here:fn"] == "missing"
+
+
+def test_a_plain_rerun_resumes_an_interrupted_stage_and_from_starts_it_over(tiny_recipe, tmp_path, monkeypatch):
+    from edgedistill import _signals
+    from edgedistill.pipeline import run
+
+    stop = {"armed": True}
+
+    def ctrl_c_in_distill():  # Ctrl-C pressed during the distill stage (fit stops after a whole step)
+        return stop["armed"] and (tmp_path / "03_distill").exists() and not (tmp_path / "04_qat").exists()
+
+    monkeypatch.setattr(_signals, "stop_requested", ctrl_c_in_distill)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_recipe, run_dir=tmp_path, log=said.append)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["distill"]["status"] == "interrupted"
+    said.clear()
+    with pytest.raises(KeyboardInterrupt):  # --from distill: started over (and stopped again)
+        run(tiny_recipe, run_dir=tmp_path, from_stage="distill", log=said.append)
+    assert "[distill] running..." in said and not any("resuming" in s for s in said)
+    stop["armed"] = False
+    said.clear()
+    run(tiny_recipe, run_dir=tmp_path, log=said.append)
+    assert "[teacher] unchanged, skipped" in said
+    assert "[distill] resuming the interrupted stage from its last checkpoint (`--from distill` starts it over)..." in said
+    meta = json.loads((tmp_path / "03_distill" / "meta.json").read_text())
+    assert meta["resumed_from"] == {"epoch": 0, "step": 1}

@@ -166,6 +166,7 @@ def test_exported_qat_model_stores_int8_weights(exported):
             assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT8
             assert inits[producer[n.input[2]].input[0]].data_type == TensorProto.INT32  # bias
     assert meta["int8_weights"] == 3 and meta["int32_biases"] == 3
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["output"]
     assert meta["initializer_elements"]["int8"] > 10 * meta["initializer_elements"].get("float", 0)
 
 
