@@ -62,8 +62,11 @@ class DataConfig:
 class TeacherConfig:
     arch: str = "cnn"
     params: dict = field(default_factory=lambda: {"width": 64, "depth": 3})
-    checkpoint: Optional[str] = None
-    epochs: int = field(15, ge=0, le=10000)
+    checkpoint: Optional[str] = field(None, help="a state_dict the teacher is loaded with (the one way to bring "
+                                                  "trained weights, for any arch); used as it is unless epochs > 0")
+    epochs: Optional[int] = field(None, ge=0, le=10000, help="training epochs; default: 0 for a teacher that comes with "
+                                                           "trained weights (checkpoint, a pretrained classifier), "
+                                                           "else 15")
     lr: float = field(2e-3, gt=0.0, le=10.0)
     weight_decay: float = field(1e-4, ge=0.0)
     optimizer: Optimizer = "adamw"
