@@ -77,7 +77,8 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    arch: str = "cnn"
+    arch: str = field("cnn", help="a registered architecture, or 'teacher': the teacher itself (its arch and trained "
+                                   "weights), compressed with no smaller network (set distill.epochs = 0)")
     params: dict = field(default_factory=lambda: {"width": 8, "depth": 2})
     prune_vocab: bool = field(False, help="text students: keep only the tokens the run's texts use (a smaller "
                                           "embedding table); the pruned tokenizer travels with the model")

@@ -20,7 +20,6 @@ from edgedistill.quant.qat import QATConfig, convert_qat, export_qat_onnx, prepa
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int = 1) -> np.ndarray:
     """Run ORT's own QuantizeLinear -> DequantizeLinear on ``x``."""
-    zdt = TensorProto.INT8 if zp.dtype == np.int8 else TensorProto.UINT8
     inits = [numpy_helper.from_array(scale.astype(np.float32), "s"), numpy_helper.from_array(zp, "z")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=axis),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=axis)]

@@ -77,3 +77,34 @@ def test_a_teacher_without_weights_trains_for_the_default_epochs(tiny_recipe, di
     said = []
     assert teacher_weights(tiny_recipe.teacher, model, log=said.append) == (None, DEFAULT_EPOCHS)
     assert said == [f"[teacher] training cnn for {DEFAULT_EPOCHS} epoch(s) (teacher.epochs)"]
+
+
+def test_student_arch_teacher_delivers_the_teacher_itself_compressed(tiny_recipe, tmp_path):
+    """No smaller network: the run quantizes, measures and bundles the user's own (here: trained) teacher."""
+    from edgedistill.pipeline import run
+
+    tiny_recipe.student.arch, tiny_recipe.student.params = "teacher", {}
+    tiny_recipe.distill.epochs, tiny_recipe.qat.enabled = 0, False
+    report = run(tiny_recipe, run_dir=tmp_path, log=lambda line: None)
+    by = {m["name"]: m for m in report["models"]}
+    assert set(by) == {"teacher_fp32", "student_fp32", "student_int8"}
+    assert by["student_fp32"]["metric"] == by["teacher_fp32"]["metric"]  # the same network, the same weights
+    assert by["student_fp32"]["size_mb"] == pytest.approx(by["teacher_fp32"]["size_mb"], rel=0.02)
+    import onnx
+
+    int8 = onnx.load(str(tmp_path / by["student_int8"]["path"])).graph
+    assert any(n.op_type == "QuantizeLinear" for n in int8.node)
+    teacher = torch.load(tmp_path / "01_teacher" / "model.pt", weights_only=True)["state_dict"]
+    student = torch.load(tmp_path / "03_distill" / "model.pt", weights_only=True)["state_dict"]
+    assert teacher.keys() == student.keys() and all(torch.equal(teacher[k], student[k]) for k in teacher)
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert "the cnn teacher itself, compressed with edgedistill, INT8." in card
+
+
+def test_student_arch_teacher_takes_no_params_of_its_own(tiny_recipe, digits_splits):
+    from edgedistill.errors import ConfigError
+    from edgedistill.tasks import get_task
+
+    tiny_recipe.student.arch, tiny_recipe.student.params = "teacher", {"width": 3}
+    with pytest.raises(ConfigError, match=r"student\.params: the student is the teacher itself"):
+        get_task("classification").preflight(tiny_recipe, digits_splits)

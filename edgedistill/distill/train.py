@@ -241,6 +241,8 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
         _write_curves(out_dir / "curves.csv", result.history)
         _save(ckpt_path, model, loss_modules, opt, sched, epoch + 1, 0)
     progress.close()
+    if not result.history:  # no epoch to run (epochs = 0): the curves file still says so
+        _write_curves(out_dir / "curves.csv", [])
     result.seconds = time.perf_counter() - t_start
     result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
     model.to("cpu").eval()

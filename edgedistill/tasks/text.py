@@ -53,6 +53,9 @@ class _TextTask(Task):
         if self.name == "text-classification" and splits.num_classes < 2:
             raise ConfigError(f"data.dataset: {recipe.data.dataset!r} has no labels; the text-classification task needs "
                               "labelled texts (text-file with options.labelled = true, wordnet-lexnames).")
+        if recipe.student.arch == "teacher":
+            raise ConfigError(f"student.arch: 'teacher' (compressing the teacher itself) serves the classification task; "
+                              f"name a {_TEXT_ARCHS[-1]} student for the {self.name} task.")
         for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
             factory = check_params(cfg.arch, cfg.params, role)
             if cfg.arch not in _TEXT_ARCHS:
@@ -127,7 +130,7 @@ class _TextTask(Task):
         load_checkpoint(Path(teacher_dir) / "model.pt", model)
         return model.eval()
 
-    def build_student(self, recipe, splits: Splits, out_dir: Path) -> nn.Module:
+    def build_student(self, recipe, splits: Splits, out_dir: Path, teacher_path: Optional[Path] = None) -> nn.Module:
         from ..models import build_model, count_params, save_checkpoint
         from ..models.text import prune_vocab_, pruned_vocab, save_tokenizer
 
