@@ -236,3 +236,29 @@ def test_a_plain_rerun_resumes_an_interrupted_stage_and_from_starts_it_over(tiny
     assert "[distill] resuming the interrupted stage from its last checkpoint (`--from distill` starts it over)..." in said
     meta = json.loads((tmp_path / "03_distill" / "meta.json").read_text())
     assert meta["resumed_from"] == {"epoch": 0, "step": 1}
+
+
+def test_names_are_checked_before_any_data_is_read_and_a_skipped_rerun_reads_none(tiny_recipe, tmp_path, monkeypatch):
+    import edgedistill.data
+    from edgedistill.errors import ConfigError
+    from edgedistill.pipeline import run
+
+    report = run(tiny_recipe, run_dir=tmp_path, log=lambda line: None)
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(edgedistill.data, "load_data", no_data)
+    said = []
+    assert run(tiny_recipe, run_dir=tmp_path, log=said.append) == report  # every stage skipped, no data read
+    assert [line for line in said if line.startswith("[")] == [f"[{s}] unchanged, skipped" for s in (
+        "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report", "bundle")]
+    typo = tiny_recipe.teacher.params | {"widht": 3}
+    tiny_recipe.teacher.params = typo
+    with pytest.raises(ConfigError, match=r"teacher\.params\.widht: unknown parameter of 'cnn'"):
+        run(tiny_recipe, run_dir=tmp_path / "other", log=said.append)
+    tiny_recipe.teacher.params = {"width": 8, "depth": 1}
+    tiny_recipe.distill.losses[0].params = {"temprature": 2.0}
+    with pytest.raises(ConfigError, match=r"distill\.losses\[0\]\.params\.temprature: unknown parameter of loss 'kd'"):
+        run(tiny_recipe, run_dir=tmp_path / "other", log=said.append)
+    assert not (tmp_path / "other").exists()
