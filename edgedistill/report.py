@@ -110,10 +110,14 @@ def report_warnings(report: dict) -> list[str]:
 
 
 def _gap_warnings(comparisons: list[dict]) -> list[str]:
-    return [f"{c['name']} is {c['points_lost']:.1f} {c['metric']} points below the teacher {c['teacher']} "
-            f"({c['value']:.4f} vs {c['teacher_value']:.4f}), more than the {STUDENT_GAP_POINTS:g}-point warning "
-            "threshold: train the student longer, make it wider, or try another distillation loss."
-            for c in comparisons if c["points_lost"] > STUDENT_GAP_POINTS]
+    far = [c for c in comparisons if c["points_lost"] > STUDENT_GAP_POINTS]
+    if not far:
+        return []
+    c0 = far[0]
+    each = ", ".join(f"{c['name']} by {c['points_lost']:.1f} ({c['value']:.4f})" for c in far)
+    return [f"The student is far below its teacher {c0['teacher']} ({c0['metric']} {c0['teacher_value']:.4f}): {each} "
+            f"{c0['metric']} points, more than the {STUDENT_GAP_POINTS:g}-point warning threshold; train the student "
+            "longer, make it wider, or try another distillation loss."]
 
 
 def _int8_warnings(models: list[dict]) -> list[str]:
@@ -121,12 +125,15 @@ def _int8_warnings(models: list[dict]) -> list[str]:
     if fp32 is None:
         return []
     base = fp32["latency_ms"]["p90"]
-    return [f"{m['name']} (INT8) is {m['latency_ms']['p90'] / base:.2f}x slower at p90 than the FP32 student "
-            f"{fp32['name']} on this host ({m['latency_ms']['p90']:.3f} ms vs {base:.3f} ms): here quantization "
-            "buys a smaller file, not speed; INT8 pays off on CPUs with fast INT8 instructions (AVX-512 VNNI, "
-            "Arm dot-product) and layers large enough to outweigh the quantize/dequantize steps."
-            for m in models if m["role"] == "student" and m["precision"] == "int8"
+    slow = [m for m in models if m["role"] == "student" and m["precision"] == "int8"
             and m["latency_ms"]["p90"] > base * (1 + TIE_FRACTION)]
+    if not slow:
+        return []
+    each = ", ".join(f"{m['name']} {m['latency_ms']['p90'] / base:.2f}x slower ({m['latency_ms']['p90']:.3f} ms)"
+                     for m in slow)
+    return [f"INT8 is slower at p90 than the FP32 student {fp32['name']} ({base:.3f} ms) on this host: {each}. "
+            "Here quantization buys a smaller file, not speed; INT8 pays off on CPUs with fast INT8 instructions "
+            "(AVX-512 VNNI, Arm dot-product) and layers large enough to outweigh the quantize/dequantize steps."]
 
 
 def _host_warnings(report: dict) -> list[str]:
@@ -163,10 +170,10 @@ def models_table(report: dict) -> tuple[list[str], list[list[str]]]:
 
 def comparisons_table(report: dict) -> tuple[list[str], list[list[str]]]:
     """The header and one row of cells per student model against the teacher."""
-    header = ["model", "precision", "size vs teacher", "p90 vs teacher", "points lost"]
+    metric = report["comparisons"][0]["metric"] if report["comparisons"] else "metric"
+    header = ["model", "precision", "size vs teacher", "p90 vs teacher", f"{metric} points lost"]
     rows = [[c["name"], c["precision"], _times(c["smaller_x"], "smaller", "larger"),
-             _times(c["faster_p90_x"], "faster", "slower"), f"{c['points_lost']:.1f} {c['metric']}"]
-            for c in report["comparisons"]]
+             _times(c["faster_p90_x"], "faster", "slower"), f"{c['points_lost']:.1f}"] for c in report["comparisons"]]
     return header, rows
 
 
