@@ -174,6 +174,9 @@ class BenchConfig:
 class ReportConfig:
     tolerance: float = field(1.0, ge=0.0, le=100.0,
                              help="accuracy points the deliverable may lose against the FP32 student")
+    favour: Literal["latency", "size"] = field(
+        "latency", help="what the deliverable favours among the students within the budgets and the tolerance: "
+                        "'latency' (fastest p90, ties within 5 % broken by size) or 'size' (smallest file, ties by p90)")
 
 
 @dataclass

@@ -144,10 +144,18 @@ def _report(ctx: RunContext) -> list[str]:
 
     metrics = _io.read_json(ctx.path("verify", "metrics.json"))["models"]
     bench = _io.read_json(ctx.path("bench", "bench.json"))
-    curves = ctx.path("distill", "curves.csv")  # no curves when nothing was distilled (distill.epochs = 0)
-    files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=curves if ctx.recipe.distill.epochs else None,
-                         tolerance=ctx.recipe.report.tolerance)
+    files = write_report(ctx, metrics, bench, MODEL_FILES, curves=_curves(ctx), tolerance=ctx.recipe.report.tolerance,
+                         favour=ctx.recipe.report.favour)
     return [_rel(ctx, p) for p in files]
+
+
+def _curves(ctx: RunContext) -> dict[str, Path]:
+    """Where each training stage writes its ``curves.csv``: the teacher (only when trained), distill (header-only
+    when distill.epochs = 0) and QAT (one per phase, ``04_qat/observe``, ``04_qat/frozen``). The report leaves
+    out the absent and empty ones."""
+    found = [p for p in ctx.path("qat").rglob("curves.csv") if "checkpoints" not in p.parts]
+    qat = {f"qat_{p.parent.name}": p for p in sorted(found, key=lambda p: (p.parent.name == "frozen", str(p)))}  # run order
+    return {"teacher": ctx.path("teacher", "curves.csv"), "distill": ctx.path("distill", "curves.csv"), **qat}
 
 
 @stage("bundle", "bundle", sections=("data", "teacher", "student"), deps=("report",), uses_target=True)

@@ -51,6 +51,14 @@ def test_run_writes_the_report_contract(finished_run):
     int8 = onnx.load(str(d / "out" / report["models"][2]["path"]))
     assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in int8.graph.initializer)
     assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) > 0
+    assert [c["name"] for c in report["comparisons"]] == names[1:] and report["favour"] == "latency"
+    teacher = report["models"][0]
+    for c, m in zip(report["comparisons"], report["models"][1:]):
+        assert c["points_lost"] == round(100 * (teacher["metric"]["value"] - m["metric"]["value"]), 2)
+        assert c["smaller_x"] == round(teacher["size_mb"] / m["size_mb"], 2)
+    assert isinstance(report["warnings"], list) and all(f"warning: {w}" in proc.stdout for w in report["warnings"])
+    page = (d / "out" / "report" / "report.html").read_text()
+    assert report["deliverable"] in page and page.count("<img") == 5  # 2 scatters, teacher, distill, QAT curves
     # stdout: one line per model with metric, size, p90 and verdict
     lines = [ln for ln in proc.stdout.splitlines() if " size " in ln]
     assert len(lines) == 4 and all("p90" in ln and "within budget" in ln for ln in lines)
@@ -62,7 +70,8 @@ def test_run_folder_has_every_artifact_and_a_manifest(finished_run):
     for rel in ["recipe.toml", "01_teacher/model.pt", "01_teacher/meta.json", "03_distill/curves.csv",
                 "04_qat/student_qat_int8.onnx", "05_export/student_fp32.onnx", "06_ptq/student_ptq_int8.onnx", "07_verify/metrics.json",
                 "08_bench/bench.json", "report/report.md", "report/report.html", "report/metric_vs_size.png",
-                "report/curves.png", "bundle/model.onnx", "bundle/model.ort", "bundle/required_operators.config",
+                "report/curves_teacher.png", "report/curves_distill.png", "report/curves_qat_observe.png",
+                "bundle/model.onnx", "bundle/model.ort", "bundle/required_operators.config",
                 "bundle/metadata.json", "bundle/MODEL_CARD.md"]:
         assert (out / rel).is_file(), rel
     manifest = json.loads((out / "manifest.json").read_text())

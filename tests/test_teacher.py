@@ -99,6 +99,10 @@ def test_student_arch_teacher_delivers_the_teacher_itself_compressed(tiny_recipe
     assert teacher.keys() == student.keys() and all(torch.equal(teacher[k], student[k]) for k in teacher)
     card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
     assert "the cnn teacher itself, compressed with edgedistill, INT8." in card
+    # the report: nothing was distilled, so no distill curves (its curves.csv is header-only), the teacher's are there
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("curves_*.png"))
+    assert pngs == ["curves_teacher.png"] and (tmp_path / "03_distill" / "curves.csv").is_file()
+    assert report["comparisons"][0]["name"] == "student_fp32" and report["comparisons"][0]["points_lost"] == 0
 
 
 def test_student_arch_teacher_takes_no_params_of_its_own(tiny_recipe, digits_splits):
