@@ -740,6 +740,7 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
                          "teacher_s_per_epoch_median": med("teacher_s_per_epoch"),
                          "teacher_s_per_epoch_all": [r["teacher_s_per_epoch"] for r in ok],
                          "pipeline_seconds_median": med("pipeline_seconds"),
+                         "wall_s_median": med("wall_s"), "wall_s_all": [r["wall_s"] for r in ok],
                          "main_vmhwm_mb_median": med("main_vmhwm_mb"), "tree_peak_rss_sum_mb_median": med("tree_peak_rss_sum_mb"),
                          "load_average_before_all": [r["load_average_before"][0] for r in ok],
                          "others_cores_all": [r["others_cores_mean"] for r in ok]}
@@ -752,13 +753,18 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
                 "distill_samples_per_s": round(new["distill_samples_per_s_median"] / old["distill_samples_per_s_median"], 3),
                 # seconds per epoch: old / new is the speed ratio (>= 0.9 is the goal, as for samples/s)
                 "teacher_epoch_speed": round(old["teacher_s_per_epoch_median"] / new["teacher_s_per_epoch_median"], 3),
+                # the whole command, start to exit: the old code decoded its images before the first stage, the
+                # new one in the teacher stage, so only this compares the one-off decoding fairly
+                "whole_run_speed": round(old["wall_s_median"] / new["wall_s_median"], 3),
                 "main_vmhwm": round(new["main_vmhwm_mb_median"] / old["main_vmhwm_mb_median"], 3)}
     key = "new_image_folder_default / old"
     goal = None
     if key in ratios:
-        goal = {"what": "new image-folder speed with the default recipe / old (distill samples/s, teacher epochs/s) >= 0.9",
+        goal = {"what": "new image-folder speed with the default recipe / old (distill samples/s, teacher epochs/s, "
+                        "whole run) >= 0.9",
                 "distill_met": ratios[key]["distill_samples_per_s"] >= 0.9,
-                "teacher_met": ratios[key]["teacher_epoch_speed"] >= 0.9}
+                "teacher_met": ratios[key]["teacher_epoch_speed"] >= 0.9,
+                "whole_run_met": ratios[key]["whole_run_speed"] >= 0.9}
         return {
         "command": command, "git_commit": git,
         "what": (f"{n} images (one folder per class, the recipe's split: 15 % test, 10 % val) through the old "

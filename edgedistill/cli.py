@@ -72,6 +72,8 @@ def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, as_json):
         rd = run_dir or os.path.join("runs", rec.name)
         click.echo(f"report: {os.path.join(rd, 'report', 'report.md')}  (* = deliverable, target {report['target']['name']})")
         click.echo(f"deliverable: {report.get('deliverable_reason', report['deliverable'])}")
+        for w in report.get("warnings", []):
+            click.echo(f"warning: {w}")
     if not deliverable_entry(report)["within_budget"]:
         sys.exit(EXIT_BUDGET_MISSED)
 
@@ -110,6 +112,7 @@ def tasks(as_json):
 def _attach_optional_commands() -> None:
     """Commands that live beside their stage's module."""
     for module, names in (("edgedistill._cli_tools", ("bench", "bundle", "inspect")),
+                          ("edgedistill.cli_onnx", ("evaluate", "quantize")),
                           ("edgedistill.distill._cli", ("losses",))):
         try:
             mod = __import__(module, fromlist=["_"])

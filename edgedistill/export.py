@@ -26,12 +26,12 @@ from . import _io
 from .errors import StageError
 from .recipe import ExportConfig
 
-OUTPUT_NAME = "output"
+INPUT_NAME, OUTPUT_NAME = "input", "output"  # a one-input model's names in every exported artifact (QAT's too)
 _PARITY_BATCH = 64
 
 
 def _named(inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"input": inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
+    return {INPUT_NAME: inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
 
 
 def _is_sequence(a: np.ndarray) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import _io, _signals
-from ._checks import os_errors_as_messages, preflight
+from ._checks import check_names, os_errors_as_messages, preflight
 from .errors import ConfigError, EdgeDistillError
 from .recipe import Recipe, dump_recipe
 from .targets import Target, load_target
@@ -151,7 +151,9 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     ctx = RunContext(recipe=recipe, target=tgt, run_dir=run_dir, resume=resume, trust_checkpoint=trust_checkpoint)
     if log is not None:
         ctx.log = log
-    preflight(recipe, ctx.task, ctx.splits)  # names, params and layer paths, before the run folder is touched
+    check_names(recipe)  # architectures, model and loss parameters: before any data is read
+    if from_stage is not None or not _nothing_to_run(run_dir, recipe, tgt):  # a fully skipped re-run reads no data
+        preflight(recipe, ctx.task, ctx.splits)  # shapes and layer paths, before the run folder is touched
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -164,33 +166,30 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
         _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
         manifest_path = run_dir / "manifest.json"
         manifest = _read_manifest(manifest_path)
+        recipe_dict = recipe.to_dict()
         manifest.update({"seed": recipe.seed, "versions": _versions(), "target": tgt.name})
         stages_m = manifest.setdefault("stages", {})
         forced = False
-        recipe_dict = recipe.to_dict()
         for s in STAGES:
             forced = forced or (from_stage == s.name)
-            inputs = {sec: recipe_dict.get(sec) for sec in s.sections}
-            inputs["seed"], inputs["task"] = recipe.seed, recipe.task
-            inputs["deps"] = {d: stages_m.get(d, {}).get("outputs") for d in s.deps}
-            if s.uses_target:
-                inputs["target"] = tgt.to_dict()
-            inputs["files"] = input_files(recipe, s.sections)
-            inputs_hash = _io.sha256_json(inputs)
+            inputs_hash = _inputs_hash(s, recipe, recipe_dict, tgt, stages_m)
             prev = stages_m.get(s.name, {})
-            if not forced and prev.get("status") == "done" and prev.get("inputs_hash") == inputs_hash \
-                    and _outputs_intact(run_dir, prev.get("outputs", {})):
+            if not forced and _unchanged(prev, inputs_hash, run_dir):
                 ctx.log(f"[{s.name}] unchanged, skipped")
                 continue
             forced = True  # everything after a re-run stage re-runs too
             stage_dir = run_dir / s.dir
-            resuming = resume and prev.get("status") in ("running", "failed", "interrupted") and prev.get("inputs_hash") == inputs_hash
+            same = prev.get("inputs_hash") == inputs_hash
+            # a stage stopped by Ctrl-C or killed ("running" under no lock) continues by itself; --from restarts it
+            auto = same and prev.get("status") in ("running", "interrupted") and from_stage is None and not resume
+            resuming = auto or (resume and same and prev.get("status") in ("running", "failed", "interrupted"))
             if stage_dir.exists() and not resuming:
                 shutil.rmtree(stage_dir)
             stage_dir.mkdir(parents=True, exist_ok=True)
             stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
             _io.write_json(manifest_path, manifest)
-            ctx.log(f"[{s.name}] {'resuming' if resuming else 'running'}...")
+            ctx.log(f"[{s.name}] resuming the interrupted stage from its last checkpoint (`--from {s.name}` starts it "
+                    "over)..." if auto else f"[{s.name}] {'resuming' if resuming else 'running'}...")
             t0 = time.perf_counter()
             try:
                 outputs = s.fn(ctx)
@@ -217,6 +216,31 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
 
     with open(run_dir / "report" / "report.json") as f:
         return json.load(f)
+
+
+def _inputs_hash(s: Stage, recipe: Recipe, recipe_dict: dict, tgt: Target, stages_m: dict) -> str:
+    """What a stage's result depends on: its recipe sections, the seed and task, its dependencies' outputs, the
+    target where it matters and the user files its sections name."""
+    inputs = {sec: recipe_dict.get(sec) for sec in s.sections}
+    inputs["seed"], inputs["task"] = recipe.seed, recipe.task
+    inputs["deps"] = {d: stages_m.get(d, {}).get("outputs") for d in s.deps}
+    if s.uses_target:
+        inputs["target"] = tgt.to_dict()
+    inputs["files"] = input_files(recipe, s.sections)
+    return _io.sha256_json(inputs)
+
+
+def _unchanged(prev: dict, inputs_hash: str, run_dir: Path) -> bool:
+    return prev.get("status") == "done" and prev.get("inputs_hash") == inputs_hash \
+        and _outputs_intact(run_dir, prev.get("outputs", {}))
+
+
+def _nothing_to_run(run_dir: Path, recipe: Recipe, tgt: Target) -> bool:
+    """True when every stage of an earlier run in ``run_dir`` is done with the same inputs and intact outputs."""
+    stages_m = _read_manifest(run_dir / "manifest.json").get("stages", {})
+    recipe_dict = recipe.to_dict()
+    return all(_unchanged(stages_m.get(s.name, {}), _inputs_hash(s, recipe, recipe_dict, tgt, stages_m), run_dir)
+               for s in STAGES)
 
 
 def _release_heap() -> None:

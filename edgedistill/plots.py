@@ -17,35 +17,44 @@ from . import _io
 from .errors import DataError
 
 _COLOURS = {"fp32": "#1f77b4", "int8": "#d62728"}
-_MARKERS = {"teacher": "s", "student": "o"}
+_MARKERS = ["o", "^", "D", "v", "P", "X", "*", "h"]  # one per student model, in report order; the teacher is "s"
 
 
-def plot_report(report: dict, out_dir, *, curves_csv: str | None = None) -> list[Path]:
-    """Write ``metric_vs_size.png``, ``metric_vs_p90.png`` and (given a curves.csv) ``curves.png``."""
+def plot_report(report: dict, out_dir, *, curves: dict | None = None) -> list[Path]:
+    """Write ``metric_vs_size.png``, ``metric_vs_p90.png`` and one ``curves_<label>.png`` per trained stage.
+
+    ``curves``: a label (``teacher``, ``distill``, ``qat_observe``...) -> that stage's ``curves.csv``; a file
+    that is absent or has no rows (nothing was trained, e.g. ``distill.epochs = 0``) is left out.
+    """
     _check_report(report)
     out = Path(out_dir)
     paths = [_save(scatter_figure(report, "size"), out / "metric_vs_size.png"),
              _save(scatter_figure(report, "p90"), out / "metric_vs_p90.png")]
-    if curves_csv is not None:
-        paths.append(_save(curves_figure(read_curves(curves_csv)), out / "curves.png"))
+    for label, csv_path in (curves or {}).items():
+        if has_curves(csv_path):
+            paths.append(_save(curves_figure(read_curves(csv_path), title=f"{label} training curves"),
+                               out / f"curves_{label}.png"))
     return paths
 
 
 def scatter_figure(report: dict, x: str):
-    """One point per model (metric against file size or p90), budgets as dashed lines, deliverable ringed."""
+    """One point per model (metric against file size or p90), budgets as dashed lines, deliverable ringed.
+
+    Models are told apart by marker and colour in a legend beside the axes, never by text next to a
+    point, so no label can overlap another or hide a point however close the models are.
+    """
     from matplotlib.figure import Figure
 
     budgets = report["target"].get("budgets", {})
     xkey, xlabel, budget = {"size": (lambda m: m["size_mb"], "file size (MB)", budgets.get("size_mb")),
                             "p90": (lambda m: m["latency_ms"]["p90"], "p90 latency (ms)", budgets.get("p90_ms"))}[x]
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.4), layout="constrained")
     ax = fig.subplots()
     models = report["models"]
     xs = [xkey(m) for m in models]
-    for m, xv in zip(models, xs):
-        ax.scatter([xv], [m["metric"]["value"]], s=60, c=_COLOURS.get(m["precision"], "#555555"),
-                   marker=_MARKERS.get(m["role"], "o"), zorder=3)
-        ax.annotate(m["name"], (xv, m["metric"]["value"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for m, xv, marker in zip(models, xs, model_markers(models)):
+        ax.scatter([xv], [m["metric"]["value"]], s=60, c=_COLOURS.get(m["precision"], "#555555"), marker=marker,
+                   edgecolors="black", linewidths=0.5, zorder=3, label=f"{m['name']} ({m['precision'].upper()})")
     deliverable = next((m for m in models if m["name"] == report.get("deliverable")), None)
     if deliverable is not None:
         ax.scatter([xkey(deliverable)], [deliverable["metric"]["value"]], s=320, facecolors="none",
@@ -57,42 +66,55 @@ def scatter_figure(report: dict, x: str):
     positive = [v for v in xs + ([budget] if budget else []) if v and v > 0]
     if positive and max(positive) / min(positive) > 20:
         ax.set_xscale("log")
-    for role, marker in _MARKERS.items():
-        ax.scatter([], [], marker=marker, c="#777777", label=role)
-    for prec, colour in _COLOURS.items():
-        ax.scatter([], [], marker="o", c=colour, label=prec)
     metric_name = models[0]["metric"]["name"] if models else "metric"
     ax.set_xlabel(xlabel + (" — lower is better" if x == "p90" else ""))
     ax.set_ylabel(metric_name)
-    ax.set_title(f"{metric_name} vs {xlabel} on {report['target']['name']}")
+    ax.set_title(f"{metric_name} vs {xlabel.split(' (')[0]} on {report['target']['name']}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 
+def model_markers(models: list[dict]) -> list[str]:
+    """A distinct marker per model: a square for the teacher, the next of ``_MARKERS`` for each student."""
+    students = iter(_MARKERS * (1 + len(models) // len(_MARKERS)))
+    return ["s" if m["role"] == "teacher" else next(students) for m in models]
+
+
+def has_curves(path) -> bool:
+    """Whether ``path`` is a curves file with at least one row (absent or header-only: nothing was trained)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, newline="") as f:
+        return sum(1 for line in f if line.strip()) >= 2
+
+
 def read_curves(path) -> list[dict]:
-    """Rows of a distill ``curves.csv`` (epoch, loss_<term>..., train_acc, val_acc, lr) as floats."""
+    """Rows of a training stage's ``curves.csv`` (epoch, loss_<term>..., train_acc, val_acc, lr) as floats."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: curves file not found; run the distill stage first or pass the right path.")
     with open(p, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "epoch" not in rows[0]:
-        raise DataError(f"{p}: no 'epoch' column or no rows; it must be the curves.csv the distill stage writes.")
+        raise DataError(f"{p}: no 'epoch' column or no rows; it must be the curves.csv a training stage writes.")
     out = []
     for r in rows:
         try:
             out.append({k: float(v) for k, v in r.items() if v not in ("", None)})
         except ValueError as e:
-            raise DataError(f"{p}: a non-numeric value ({e}); it must be the curves.csv the distill stage writes.") from None
+            raise DataError(f"{p}: a non-numeric value ({e}); it must be the curves.csv a training stage writes.") from None
     return out
 
 
-def curves_figure(rows: list[dict]):
+def curves_figure(rows: list[dict], title: str | None = None):
     """Left: every loss term (and the total) per epoch. Right: train accuracy and the validation metric."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), layout="constrained")
+    if title:
+        fig.suptitle(title)
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in rows]
     loss_keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("loss_")))
@@ -121,58 +143,69 @@ def curves_figure(rows: list[dict]):
 
 
 def render_html(report: dict, pngs, out_path) -> Path:
-    """A single ``report.html`` that opens offline: the report table with every PNG embedded."""
-    _check_report(report)
+    """A single ``report.html`` that opens offline: the deliverable and why, the warnings, the students
+    against the teacher, every model's figures, and every PNG embedded. It only formats what
+    ``report.json`` says (``edgedistill.report`` computes it)."""
+    from .report import comparisons_table, machine_line, models_table, target_line
+
+    _check_report(report, ("deliverable", "comparisons", "warnings"))
     e = html.escape
-    t = report["target"]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>edgedistill report: {e(t['name'])}</title>", f"<style>{_CSS}</style></head><body>",
-             "<h1>edgedistill report</h1>",
-             f"<p>Target <b>{e(t['name'])}</b>; budgets: "
-             + ", ".join(f"{e(str(k))} = {e(str(v))}" for k, v in t.get("budgets", {}).items()) + "</p>",
-             f"<p>Deliverable: <b>{e(str(report.get('deliverable')))}</b></p>"]
-    m = report.get("machine") or {}
-    if m:
-        isa = ", ".join(k for k, v in (m.get("isa") or {}).items() if v) or "none recorded"
-        parts.append(f"<p>Measured on {e(str(m.get('cpu', '?')))}, {e(str(m.get('cores', '?')))} cores "
-                     f"(ISA: {e(isa)}), onnxruntime {e(str(m.get('onnxruntime', '?')))}.</p>")
-    if report.get("host_matches_target") is False:
-        parts.append('<p class="warn">The benchmark host is not the target device: latency and memory were '
-                     "measured here and are not scaled to the target.</p>")
-    parts += ["<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in (
-        "model", "role", "precision", "metric", "size (MB)", "p50 (ms)", "p90 (ms)", "p99 (ms)", "peak RSS (MB)",
-        "verdict")) + "</tr></thead><tbody>"]
-    for x in report["models"]:
-        lat = x["latency_ms"]
-        ok = x.get("within_budget")
-        verdict = "within budget" if ok else "; ".join(x.get("violations") or ["—"])
-        cls = ' class="deliverable"' if x["name"] == report.get("deliverable") else ""
-        cells = [x["name"], x["role"], x["precision"], f"{x['metric']['name']} {x['metric']['value']:.4f}",
-                 f"{x['size_mb']:.4f}", f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
-                 f"{x['peak_rss_mb']:.1f}"]
-        parts.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in cells)
-                     + f'<td class="{"ok" if ok else "miss"}">{e(verdict)}</td></tr>')
-    parts.append("</tbody></table>")
+             f"<title>edgedistill report: {e(report['target']['name'])}</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>edgedistill report</h1>", f"<p>Target: <b>{e(target_line(report))}</b></p>",
+             f'<p class="deliverable">Deliverable: <b>{e(str(report["deliverable"]))}</b></p>']
+    if report.get("deliverable_reason"):
+        parts.append(f'<p class="why">Why: {e(report["deliverable_reason"])}</p>')
+    parts.append('<h2 id="warnings">Warnings</h2>')
+    parts.append('<ul class="warn">' + "".join(f"<li>{e(w)}</li>" for w in report["warnings"]) + "</ul>"
+                 if report["warnings"] else "<p>None.</p>")
+    if report["comparisons"]:
+        parts += [f'<h2>Against the teacher ({e(report["comparisons"][0]["teacher"])})</h2>',
+                  _html_table(*comparisons_table(report), "comparisons")]
+    parts.append("<h2>Models</h2>")
+    if machine_line(report):
+        parts.append(f"<p>{e(machine_line(report))}</p>")
+    parts.append(_html_table(*models_table(report), "models", _model_row_classes(report)))
     for p in pngs:
-        p = Path(p)
-        data = p.read_bytes()
-        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise DataError(f"{p}: not a PNG file; pass the PNGs plot_report wrote.")
-        parts.append(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-                     f"<figcaption>{e(p.stem.replace('_', ' '))}</figcaption></figure>")
+        parts.append(_figure(Path(p)))
     parts.append("</body></html>")
     return _io.write_text(out_path, "\n".join(parts) + "\n")
+
+
+def _html_table(header: list[str], rows: list[list[str]], table_id: str, row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(_html_row(r, c) for r, c in zip(rows, row_classes or [""] * len(rows)))
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _html_row(cells: list[str], css_class: str) -> str:
+    attr = f' class="{css_class}"' if css_class else ""
+    return f"<tr{attr}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _model_row_classes(report: dict) -> list[str]:
+    return [" ".join(c for c in ("deliverable" if m["name"] == report["deliverable"] else "",
+                                 "ok" if m.get("within_budget") else "miss") if c) for m in report["models"]]
+
+
+def _figure(p: Path) -> str:
+    data = p.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise DataError(f"{p}: not a PNG file; pass the PNGs plot_report wrote.")
+    return (f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+            f"<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>")
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}"
-        "tr.deliverable{font-weight:bold;background:#eef8ee}td.ok{color:#2a7a2a}td.miss{color:#b22}"
-        ".warn{color:#b25b00;font-weight:bold}img{max-width:100%}figure{margin:1.5em 0}")
+        "tr.deliverable{font-weight:bold;background:#eef8ee}tr.ok td:last-child{color:#2a7a2a}"
+        "tr.miss td:last-child{color:#b22}.warn li{color:#b25b00;font-weight:bold;margin:.3em 0}"
+        "p.deliverable{font-size:1.2em}img{max-width:100%}figure{margin:1.5em 0}")
 
 
-def _check_report(report: dict) -> None:
-    for key in ("target", "models"):
+def _check_report(report: dict, also: tuple = ()) -> None:
+    for key in ("target", "models", *also):
         if key not in report:
             raise DataError(f"report: the '{key}' key is missing; pass the report.json the report stage writes.")
     for i, m in enumerate(report["models"]):

@@ -62,8 +62,11 @@ class DataConfig:
 class TeacherConfig:
     arch: str = "cnn"
     params: dict = field(default_factory=lambda: {"width": 64, "depth": 3})
-    checkpoint: Optional[str] = None
-    epochs: int = field(15, ge=0, le=10000)
+    checkpoint: Optional[str] = field(None, help="a state_dict the teacher is loaded with (the one way to bring "
+                                                  "trained weights, for any arch); used as it is unless epochs > 0")
+    epochs: Optional[int] = field(None, ge=0, le=10000, help="training epochs; default: 0 for a teacher that comes with "
+                                                           "trained weights (checkpoint, a pretrained classifier), "
+                                                           "else 15")
     lr: float = field(2e-3, gt=0.0, le=10.0)
     weight_decay: float = field(1e-4, ge=0.0)
     optimizer: Optimizer = "adamw"
@@ -74,7 +77,8 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    arch: str = "cnn"
+    arch: str = field("cnn", help="a registered architecture, or 'teacher': the teacher itself (its arch and trained "
+                                   "weights), compressed with no smaller network (set distill.epochs = 0)")
     params: dict = field(default_factory=lambda: {"width": 8, "depth": 2})
     prune_vocab: bool = field(False, help="text students: keep only the tokens the run's texts use (a smaller "
                                           "embedding table); the pruned tokenizer travels with the model")
@@ -170,6 +174,9 @@ class BenchConfig:
 class ReportConfig:
     tolerance: float = field(1.0, ge=0.0, le=100.0,
                              help="accuracy points the deliverable may lose against the FP32 student")
+    favour: Literal["latency", "size"] = field(
+        "latency", help="what the deliverable favours among the students within the budgets and the tolerance: "
+                        "'latency' (fastest p90, ties within 5 % broken by size) or 'size' (smallest file, ties by p90)")
 
 
 @dataclass

@@ -33,9 +33,9 @@ def _teacher(ctx: RunContext) -> list[str]:
     return _files(ctx, "teacher")
 
 
-@stage("student", "02_student", sections=("data", "student"))
+@stage("student", "02_student", sections=("data", "student"), deps=("teacher",))
 def _student(ctx: RunContext) -> list[str]:
-    ctx.task.build_student(ctx.recipe, ctx.splits, ctx.path("student"))
+    ctx.task.build_student(ctx.recipe, ctx.splits, ctx.path("student"), teacher_path=ctx.path("teacher", "model.pt"))
     return _files(ctx, "student")
 
 
@@ -144,9 +144,18 @@ def _report(ctx: RunContext) -> list[str]:
 
     metrics = _io.read_json(ctx.path("verify", "metrics.json"))["models"]
     bench = _io.read_json(ctx.path("bench", "bench.json"))
-    files = write_report(ctx, metrics, bench, MODEL_FILES, curves_csv=ctx.path("distill", "curves.csv"),
-                         tolerance=ctx.recipe.report.tolerance)
+    files = write_report(ctx, metrics, bench, MODEL_FILES, curves=_curves(ctx), tolerance=ctx.recipe.report.tolerance,
+                         favour=ctx.recipe.report.favour)
     return [_rel(ctx, p) for p in files]
+
+
+def _curves(ctx: RunContext) -> dict[str, Path]:
+    """Where each training stage writes its ``curves.csv``: the teacher (only when trained), distill (header-only
+    when distill.epochs = 0) and QAT (one per phase, ``04_qat/observe``, ``04_qat/frozen``). The report leaves
+    out the absent and empty ones."""
+    found = [p for p in ctx.path("qat").rglob("curves.csv") if "checkpoints" not in p.parts]
+    qat = {f"qat_{p.parent.name}": p for p in sorted(found, key=lambda p: (p.parent.name == "frozen", str(p)))}  # run order
+    return {"teacher": ctx.path("teacher", "curves.csv"), "distill": ctx.path("distill", "curves.csv"), **qat}
 
 
 @stage("bundle", "bundle", sections=("data", "teacher", "student"), deps=("report",), uses_target=True)
@@ -164,8 +173,10 @@ def _bundle(ctx: RunContext) -> list[str]:
         "execution_provider": ctx.target.execution_provider,
     }
     card = {
-        "name": metadata["name"], "description": f"{ctx.recipe.student.arch} student distilled from a "
-        f"{ctx.recipe.teacher.arch} teacher with edgedistill, {best['precision'].upper()}.",
+        "name": metadata["name"], "description": (
+            f"the {ctx.recipe.teacher.arch} teacher itself, compressed with edgedistill, {best['precision'].upper()}."
+            if ctx.recipe.student.arch == "teacher" else f"{ctx.recipe.student.arch} student distilled from a "
+            f"{ctx.recipe.teacher.arch} teacher with edgedistill, {best['precision'].upper()}."),
         "metric": best["metric"], "size_mb": best["size_mb"], "latency_ms": best["latency_ms"],
         "peak_rss_mb": best["peak_rss_mb"], "threads": ctx.target.threads, "machine": report.get("machine", {}),
         "teacher": f"{ctx.recipe.teacher.arch} ({teacher_m['metric']['name']} {teacher_m['metric']['value']:.4f})",

@@ -147,7 +147,7 @@ def test_old_preprocessing_options_are_refused(tmp_path):
     """normalize / scale / size / mode moved to [data.preprocess]: data.options refuses them."""
     path = _npz(tmp_path, x=np.zeros((30, 2)), y=np.arange(30) % 2)
     for key in ("normalize", "scale", "size", "mode"):
-        with pytest.raises(ConfigError, match=rf"data\.options: unknown option\(s\) \['{key}'\] for 'npz'; valid: labels\."):
+        with pytest.raises(ConfigError, match=rf"data\.options: unknown option\(s\) \['{key}'\] for 'npz'; valid: labels, unlabelled\."):
             load_data(DataConfig(dataset="npz", path=path, options={key: 1}), 0)
 
 

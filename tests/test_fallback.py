@@ -123,6 +123,23 @@ def test_deliverable_is_fastest_then_smallest_within_tolerance():
     assert "ptq (accuracy drop 1.00 points > tolerance 0.5)" in reason
 
 
+def test_deliverable_favouring_size_is_smallest_then_fastest():
+    cands = [CANDS[0], {**CANDS[1], "accuracy": 0.908, "size_mb": 0.20, "p90_ms": 1.50}, CANDS[2]]
+    assert choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), 0.5)[0] == "qat"  # latency: the faster
+    name, reason = choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), 0.5, favour="size")
+    assert name == "ptq" and "smallest-then-fastest such candidate ([report] favour = \"size\")" in reason
+    assert "qat (larger or slower)" in reason
+    tie = [CANDS[0], {**cands[1], "size_mb": 0.26}, {**CANDS[2], "size_mb": 0.27}]  # sizes within 5 %: p90 decides
+    assert choose_deliverable(tie, Budgets(size_mb=2.0), 0.5, favour="size")[0] == "qat"
+
+
+def test_deliverable_reason_names_the_favour_and_unknown_favours_are_refused():
+    _, reason = choose_deliverable(CANDS, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)
+    assert "fastest-then-smallest such candidate ([report] favour = \"latency\")" in reason
+    with pytest.raises(StageError, match=r"favour 'speed' is unknown; use one of: latency, size"):
+        choose_deliverable(CANDS, Budgets(), 0.5, favour="speed")
+
+
 def test_deliverable_prefers_a_qualifying_int8_over_a_faster_fp32_reference():
     cands = [{**CANDS[0], "p90_ms": 0.5}, CANDS[2]]
     name, reason = choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)

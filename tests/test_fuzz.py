@@ -38,7 +38,7 @@ _RECIPE_KEYS = {
     "qat": ["enabled", "epochs", "lr"],
     "ptq": ["enabled", "calibration", "percentile", "samples", "max_drop"],
     "bench": ["runs", "warmup", "min_seconds"],
-    "report": ["tolerance"],
+    "report": ["tolerance", "favour"],
 }
 _TARGET_KEYS = ["name", "description", "architecture", "cores", "threads", "ram_mb", "execution_provider",
                 "quant_format", "activation_type", "budgets"]

@@ -45,9 +45,20 @@ def test_run_writes_the_report_contract(finished_run):
         assert m["peak_rss_mb"] > 0 and m["within_budget"] is True and m["violations"] == []
     import onnx
 
+    for m in report["models"]:  # an app's code does not depend on which model was delivered
+        g = onnx.load(str(d / "out" / m["path"])).graph
+        assert ([i.name for i in g.input], [o.name for o in g.output]) == (["input"], ["output"]), m["name"]
     int8 = onnx.load(str(d / "out" / report["models"][2]["path"]))
     assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in int8.graph.initializer)
     assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) > 0
+    assert [c["name"] for c in report["comparisons"]] == names[1:] and report["favour"] == "latency"
+    teacher = report["models"][0]
+    for c, m in zip(report["comparisons"], report["models"][1:]):
+        assert c["points_lost"] == round(100 * (teacher["metric"]["value"] - m["metric"]["value"]), 2)
+        assert c["smaller_x"] == round(teacher["size_mb"] / m["size_mb"], 2)
+    assert isinstance(report["warnings"], list) and all(f"warning: {w}" in proc.stdout for w in report["warnings"])
+    page = (d / "out" / "report" / "report.html").read_text()
+    assert report["deliverable"] in page and page.count("<img") == 5  # 2 scatters, teacher, distill, QAT curves
     # stdout: one line per model with metric, size, p90 and verdict
     lines = [ln for ln in proc.stdout.splitlines() if " size " in ln]
     assert len(lines) == 4 and all("p90" in ln and "within budget" in ln for ln in lines)
@@ -59,7 +70,8 @@ def test_run_folder_has_every_artifact_and_a_manifest(finished_run):
     for rel in ["recipe.toml", "01_teacher/model.pt", "01_teacher/meta.json", "03_distill/curves.csv",
                 "04_qat/student_qat_int8.onnx", "05_export/student_fp32.onnx", "06_ptq/student_ptq_int8.onnx", "07_verify/metrics.json",
                 "08_bench/bench.json", "report/report.md", "report/report.html", "report/metric_vs_size.png",
-                "report/curves.png", "bundle/model.onnx", "bundle/model.ort", "bundle/required_operators.config",
+                "report/curves_teacher.png", "report/curves_distill.png", "report/curves_qat_observe.png",
+                "bundle/model.onnx", "bundle/model.ort", "bundle/required_operators.config",
                 "bundle/metadata.json", "bundle/MODEL_CARD.md"]:
         assert (out / rel).is_file(), rel
     manifest = json.loads((out / "manifest.json").read_text())
@@ -205,3 +217,57 @@ def test_input_files_of_a_python_teacher_is_its_module_source():
     found = input_files(rec, ("distill",))
     assert found["py_teacher:logits"] == _io.sha256_file(ROOT / "tests" / "py_teacher.py")
     assert found["no_such_module_here:fn"] == "missing"
+
+
+def test_a_plain_rerun_resumes_an_interrupted_stage_and_from_starts_it_over(tiny_recipe, tmp_path, monkeypatch):
+    from edgedistill import _signals
+    from edgedistill.pipeline import run
+
+    stop = {"armed": True}
+
+    def ctrl_c_in_distill():  # Ctrl-C pressed during the distill stage (fit stops after a whole step)
+        return stop["armed"] and (tmp_path / "03_distill").exists() and not (tmp_path / "04_qat").exists()
+
+    monkeypatch.setattr(_signals, "stop_requested", ctrl_c_in_distill)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_recipe, run_dir=tmp_path, log=said.append)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["distill"]["status"] == "interrupted"
+    said.clear()
+    with pytest.raises(KeyboardInterrupt):  # --from distill: started over (and stopped again)
+        run(tiny_recipe, run_dir=tmp_path, from_stage="distill", log=said.append)
+    assert "[distill] running..." in said and not any("resuming" in s for s in said)
+    stop["armed"] = False
+    said.clear()
+    run(tiny_recipe, run_dir=tmp_path, log=said.append)
+    assert "[teacher] unchanged, skipped" in said
+    assert "[distill] resuming the interrupted stage from its last checkpoint (`--from distill` starts it over)..." in said
+    meta = json.loads((tmp_path / "03_distill" / "meta.json").read_text())
+    assert meta["resumed_from"] == {"epoch": 0, "step": 1}
+
+
+def test_names_are_checked_before_any_data_is_read_and_a_skipped_rerun_reads_none(tiny_recipe, tmp_path, monkeypatch):
+    import edgedistill.data
+    from edgedistill.errors import ConfigError
+    from edgedistill.pipeline import run
+
+    report = run(tiny_recipe, run_dir=tmp_path, log=lambda line: None)
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(edgedistill.data, "load_data", no_data)
+    said = []
+    assert run(tiny_recipe, run_dir=tmp_path, log=said.append) == report  # every stage skipped, no data read
+    assert [line for line in said if line.startswith("[")] == [f"[{s}] unchanged, skipped" for s in (
+        "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report", "bundle")]
+    typo = tiny_recipe.teacher.params | {"widht": 3}
+    tiny_recipe.teacher.params = typo
+    with pytest.raises(ConfigError, match=r"teacher\.params\.widht: unknown parameter of 'cnn'"):
+        run(tiny_recipe, run_dir=tmp_path / "other", log=said.append)
+    tiny_recipe.teacher.params = {"width": 8, "depth": 1}
+    tiny_recipe.distill.losses[0].params = {"temprature": 2.0}
+    with pytest.raises(ConfigError, match=r"distill\.losses\[0\]\.params\.temprature: unknown parameter of loss 'kd'"):
+        run(tiny_recipe, run_dir=tmp_path / "other", log=said.append)
+    assert not (tmp_path / "other").exists()

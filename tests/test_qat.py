@@ -20,7 +20,6 @@ from edgedistill.quant.qat import QATConfig, convert_qat, export_qat_onnx, prepa
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int = 1) -> np.ndarray:
     """Run ORT's own QuantizeLinear -> DequantizeLinear on ``x``."""
-    zdt = TensorProto.INT8 if zp.dtype == np.int8 else TensorProto.UINT8
     inits = [numpy_helper.from_array(scale.astype(np.float32), "s"), numpy_helper.from_array(zp, "z")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=axis),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=axis)]
@@ -166,6 +165,7 @@ def test_exported_qat_model_stores_int8_weights(exported):
             assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT8
             assert inits[producer[n.input[2]].input[0]].data_type == TensorProto.INT32  # bias
     assert meta["int8_weights"] == 3 and meta["int32_biases"] == 3
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["output"]
     assert meta["initializer_elements"]["int8"] > 10 * meta["initializer_elements"].get("float", 0)
 
 

@@ -77,3 +77,13 @@ def test_qat_and_report_sections_are_validated(tmp_path):
     p.write_text('[report]\ntolerance = -1\n')
     with pytest.raises(ConfigError, match=r"report.tolerance"):
         load_recipe(str(p))
+
+
+def test_report_favour_is_latency_or_size(tmp_path):
+    assert load_recipe(None).report.favour == "latency"
+    p = tmp_path / "r.toml"
+    p.write_text('[report]\nfavour = "size"\n')
+    assert load_recipe(str(p)).report.favour == "size"
+    p.write_text('[report]\nfavour = "speed"\n')
+    with pytest.raises(ConfigError, match=r"report\.favour: 'speed' is not valid; choose one of: latency, size"):
+        load_recipe(str(p))

@@ -116,3 +116,20 @@ def test_resume_from_mid_epoch_checkpoint_is_bit_identical(tmp_path, digits_spli
     assert result.resumed_from == {"epoch": 1, "step": 5}
     for (k, a), (_, b) in zip(s_ref.state_dict().items(), s_c.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_without_a_terminal_training_prints_progress_lines(tmp_path, digits_splits, capsys, monkeypatch):
+    """Output to a log file gets a line at a steady interval (here every step: interval 0), no bar."""
+    import re
+
+    monkeypatch.setenv("EDGEDISTILL_PROGRESS_SECONDS", "0")
+    s, t = _models()
+    fit(s, digits_splits.train, FitConfig(epochs=2, lr=1e-2, batch_size=256, desc="distill"), [Term("kd", _kd())],
+        tmp_path, teacher=t)
+    lines = capsys.readouterr().err.strip().splitlines()
+    steps = -(-len(digits_splits.train) // 256)
+    pattern = re.compile(r"distill epoch (\d)/2 step (\d+)/(\d+) loss \d+\.\d{4} [\d,]+ samples/s ETA \d+m\d\ds")
+    got = [pattern.fullmatch(line) for line in lines]
+    assert all(got) and len(got) == 2 * steps, lines
+    assert [(int(m[1]), int(m[2])) for m in got] == [(e, k) for e in (1, 2) for k in range(1, steps + 1)]
+    assert got[-1][0].endswith("ETA 0m00s")

@@ -117,33 +117,36 @@ def _splits(cfg, seed, name: str, parts: dict[str, SampleSet], pre: Preprocess, 
                   labels=list(labels) if labels else [str(i) for i in range(k)], normalization=pre.record(), name=name)
 
 
-def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None, suffix: str = "") -> dict[str, SampleSet]:
-    """``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test`` (+ ``x_val``/``y_val``) as SampleSets."""
+def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None, suffix: str = "",
+                 unlabelled_ok: bool = False) -> dict[str, SampleSet]:
+    """``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test`` (+ ``x_val``/``y_val``) as SampleSets;
+    with ``unlabelled_ok`` a lone ``x`` is unlabelled samples (labels -1: calibration only)."""
     if "x_train" in arrays:
         need = ["x_train", "y_train", "x_test", "y_test"]
         missing = [k for k in need if k not in arrays]
         if missing:
             raise DataError(f"{where}: has x_train but lacks {', '.join(missing)}; save all four arrays.")
         names = [s for s in SPLIT_DIRS if f"x_{s}" in arrays]
-    elif "x" in arrays and "y" in arrays:
+    elif "x" in arrays and ("y" in arrays or unlabelled_ok):
         names = ["all"]
     else:
         raise DataError(f"{where}: holds arrays {sorted(arrays)}; expected x and y, or x_train/y_train/x_test/y_test.")
     parts = {}
     for s in names:
         xk, yk = ("x", "y") if s == "all" else (f"x_{s}", f"y_{s}")
-        if yk not in arrays:
+        if yk not in arrays and not (unlabelled_ok and s == "all"):
             raise DataError(f"{where}: has {xk} but lacks {yk}; save the labels beside the inputs.")
         label = str(Path(where) / f"{xk}{suffix}") if suffix else f"{where} ({xk})"  # errors name the file
-        y = _check_labels(arrays[yk], label)
+        y = _check_labels(arrays[yk], label) if yk in arrays else np.full(len(arrays[xk]), -1, np.int64)
         x = _check_inputs(arrays[xk], len(y), label)
         parts[s] = ArraySplit(x, y, pre, source=label, fingerprint=None if fp is None else f"{fp}|{s}")
     return parts
 
 
-@DATASETS.register("npz", help="arrays from an .npz file: x/y, or x_train/y_train/x_test/y_test (data.path); loaded whole")
+@DATASETS.register("npz", help="arrays from an .npz file: x/y, or x_train/y_train/x_test/y_test (data.path); loaded whole; "
+                             "options.unlabelled = true reads a lone x as unlabelled samples")
 def npz(cfg, seed: int) -> Splits:
-    opts = check_options(cfg, "npz", {"labels"})
+    opts = check_options(cfg, "npz", {"labels", "unlabelled"})
     path = _need_path(cfg, "npz", "an .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -151,7 +154,7 @@ def npz(cfg, seed: int) -> Splits:
     except (OSError, ValueError) as e:
         raise DataError(f"data.path: {path} is not a readable .npz without pickled objects ({e}); save it with np.savez.") from None
     pre = Preprocess()
-    parts = _array_parts(arrays, str(path), pre, _file_fingerprint([path]))
+    parts = _array_parts(arrays, str(path), pre, _file_fingerprint([path]), unlabelled_ok=bool(opts.get("unlabelled")))
     return _splits(cfg, seed, "npz", parts, pre, opts.get("labels"))
 
 
@@ -203,9 +206,10 @@ class NpyRows:
             os.close(fd)
 
 
-@DATASETS.register("npy", help="a folder of .npy arrays (x.npy + y.npy, or x_train.npy ... y_test.npy), read by rows")
+@DATASETS.register("npy", help="a folder of .npy arrays (x.npy + y.npy, or x_train.npy ... y_test.npy), read by rows; "
+                             "options.unlabelled = true reads a lone x.npy as unlabelled samples")
 def npy(cfg, seed: int) -> Splits:
-    opts = check_options(cfg, "npy", {"labels"})
+    opts = check_options(cfg, "npy", {"labels", "unlabelled"})
     root = _need_path(cfg, "npy", "a folder holding x.npy and y.npy (or x_train.npy, y_train.npy, x_test.npy, y_test.npy)")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is a file; pass the folder that holds x.npy and y.npy.")
@@ -217,7 +221,7 @@ def npy(cfg, seed: int) -> Splits:
         except (OSError, ValueError) as e:
             raise DataError(f"{f}: not a readable .npy array ({str(e).splitlines()[0][:120]}); save it with np.save.") from None
     pre = Preprocess()
-    parts = _array_parts(arrays, str(root), pre, _file_fingerprint(files), suffix=".npy")
+    parts = _array_parts(arrays, str(root), pre, _file_fingerprint(files), suffix=".npy", unlabelled_ok=bool(opts.get("unlabelled")))
     return _splits(cfg, seed, "npy", parts, pre, opts.get("labels"))
 
 

@@ -34,8 +34,9 @@ def check_taps(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -
     """Reject, before any stage runs, loss terms whose module paths are not in the recipe's student or
     teacher (ConfigError listing the valid paths), and teacher taps a black-box teacher cannot supply."""
     from ..models import build_model
+    from ..student import student_spec
 
-    student = build_model(recipe.student.arch, recipe.student.params, input_shape, num_classes, "student")
+    student = build_model(*student_spec(recipe)[:2], input_shape, num_classes, "student")
     teacher = build_model(recipe.teacher.arch, recipe.teacher.params, input_shape, num_classes, "teacher")
     teacher = recipe_teacher(recipe.distill, teacher, input_shape, num_classes)  # extra teachers: outputs only
     check_term_paths(build_terms(recipe, num_classes), student, as_teacher(teacher), cached=recipe.distill.cache)

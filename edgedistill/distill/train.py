@@ -12,7 +12,6 @@ import csv
 import io
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .. import _io, _signals
 from ..data import SampleSet
@@ -30,6 +28,7 @@ from ..errors import ConfigError, StageError
 from ..models._augment import TrainAugment
 from .cache import SoftLabelCache, refuse_if_augmented
 from .losses import DistillLoss
+from .progress import Progress
 from .teachers import CallableTeacher, EnsembleTeacher, Teacher, TorchTeacher
 from .taps import Taps, check_paths, dry_run_shapes
 from ..models.core import model_forward
@@ -170,6 +169,7 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     t_start, seen = time.perf_counter(), 0
+    progress = Progress(cfg.desc, cfg.epochs, steps_per_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
@@ -181,9 +181,8 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
             sums, correct, count, skipped = dict(partial["sums"]), int(partial["correct"]), int(partial["count"]), 0
         # Batches are read from the source as the epoch goes (worker processes decode ahead of the step).
         loader = batches(train, cfg.batch_size, order, start_step, cfg.workers, pin_memory=device.type == "cuda")
-        bar = tqdm(zip(range(start_step, steps_per_epoch), loader), total=steps_per_epoch - start_step,
-                   desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False, disable=None)
-        for step, (xb, yb, idx) in bar:
+        progress.epoch(epoch, start_step)
+        for step, (xb, yb, idx) in zip(range(start_step, steps_per_epoch), loader):
             yb = yb.to(device, non_blocking=True)
             if isinstance(xb, torch.Tensor):  # texts stay texts: each model tokenises them its own way
                 xb = xb.to(device, non_blocking=True)
@@ -216,11 +215,13 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
             n = len(idx)
             for k, v in values.items():
                 sums[k] += float(v) * n
-            sums["total"] += float(total.detach()) * n
+            step_loss = float(total.detach())
+            sums["total"] += step_loss * n
             mask = yb >= 0
             correct += int((student_out["logits"].detach().argmax(1)[mask] == yb[mask]).sum())
             count += int(mask.sum())
             seen += n
+            progress.step(step, n, step_loss)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                 _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1, (sums, correct, count))
             if _signals.stop_requested():  # Ctrl-C: a clean point, after a whole step
@@ -239,6 +240,9 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
         start_step = 0
         _write_curves(out_dir / "curves.csv", result.history)
         _save(ckpt_path, model, loss_modules, opt, sched, epoch + 1, 0)
+    progress.close()
+    if not result.history:  # no epoch to run (epochs = 0): the curves file still says so
+        _write_curves(out_dir / "curves.csv", [])
     result.seconds = time.perf_counter() - t_start
     result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
     model.to("cpu").eval()

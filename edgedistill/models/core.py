@@ -40,6 +40,21 @@ def build_model(arch: str, params: dict, input_shape: tuple[int, ...], num_class
         raise ConfigError(f"{key}.params: {arch!r} cannot be built with {params} ({e}).") from None
 
 
+_TRAINED = "_edgedistill_trained_weights"
+
+
+def mark_trained(model: nn.Module, source: str) -> nn.Module:
+    """Say that ``model`` came with all of its weights trained (a checkpoint, a pretrained model with its own
+    head), from ``source``: a teacher stage then uses it as it is unless ``teacher.epochs`` asks otherwise."""
+    setattr(model, _TRAINED, source)
+    return model
+
+
+def trained_weights(model: nn.Module) -> str | None:
+    """Where ``model``'s trained weights came from (:func:`mark_trained`), or None."""
+    return getattr(model, _TRAINED, None)
+
+
 def model_forward(model: nn.Module, x):
     """The model's output on a batch: a tensor goes in as it is; texts go through the model's own
     ``encode_inputs`` (its tokenizer, on its device), whose tensors are passed by name."""

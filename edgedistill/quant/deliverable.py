@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from ..errors import StageError
 
+TIE_FRACTION = 0.05  # two p90s (or sizes) within 5 % of each other count as a tie
+FAVOURS = {  # [report] favour -> (minimised first, the tie-breaker, the winner in words, a loser in words)
+    "latency": ("p90_ms", "size_mb", "fastest-then-smallest", "slower or larger"),
+    "size": ("size_mb", "p90_ms", "smallest-then-fastest", "larger or slower"),
+}
 
-def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tuple[str, str]:
-    """The fastest-then-smallest compressed candidate that meets the budgets and the accuracy tolerance, and why.
+
+def choose_deliverable(candidates: list[dict], budgets, tolerance: float,
+                       favour: str = "latency") -> tuple[str, str]:
+    """The compressed candidate that meets the budgets and the accuracy tolerance and best serves ``favour``, and why.
 
     Each candidate is ``{"name", "accuracy" (fraction), "size_mb", "p90_ms"}`` plus optional
     ``"peak_ram_mb"`` and ``"reference": True`` for the FP32 model whose accuracy the tolerance
@@ -17,6 +24,8 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
     accurate one overall) and the reason says what was missed. The reference itself is chosen only
     when no other candidate is eligible.
     """
+    if favour not in FAVOURS:
+        raise StageError(f"choose_deliverable: favour {favour!r} is unknown; use one of: {', '.join(FAVOURS)}.")
     if not candidates:
         raise StageError("choose_deliverable: no candidate artifacts; run export (and ptq or qat) first.")
     for c in candidates:
@@ -48,19 +57,20 @@ def choose_deliverable(candidates: list[dict], budgets, tolerance: float) -> tup
     eligible = [c for c in candidates if not misses(c) and not c.get("reference")] or \
         [c for c in candidates if not misses(c)]
     if eligible:
-        fastest = min(c["p90_ms"] for c in eligible)
-        near = [c for c in eligible if c["p90_ms"] <= fastest * 1.05]
-        best = min(near, key=lambda c: (c["size_mb"], -c["accuracy"]))
+        first, then, words, loser = FAVOURS[favour]
+        lowest = min(c[first] for c in eligible)
+        near = [c for c in eligible if c[first] <= lowest * (1 + TIE_FRACTION)]
+        best = min(near, key=lambda c: (c[then], -c["accuracy"]))
         def why_not(c: dict) -> str:
             if misses(c):
                 return "; ".join(misses(c))
             return "the FP32 reference, delivered only when no compressed candidate qualifies" if c.get("reference") \
-                else "slower or larger"
+                else loser
 
         others = ", ".join(f"{c['name']} ({why_not(c)})" for c in candidates if c is not best)
         reason = (f"{best['name']} meets every budget and is within {tolerance:g} points of {ref['name']} "
                   f"({label} {best['accuracy']:.4f}, {best['size_mb']:.3f} MB, p90 {best['p90_ms']:.3f} ms), and is the "
-                  f"fastest-then-smallest such candidate; not chosen: {others or 'none'}.")
+                  f"{words} such candidate ([report] favour = \"{favour}\"); not chosen: {others or 'none'}.")
         return best["name"], reason
     fitting = [c for c in candidates if not [m for m in misses(c) if not m.startswith(label)]]
     pool = fitting or candidates

@@ -78,13 +78,17 @@ def convert_qat(model: nn.Module) -> nn.Module:
 
 
 def export_qat_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, opset: int = 18) -> dict:
-    """Export a converted QAT model to ONNX with INT8 weight initializers; return what was written."""
+    """Export a converted QAT model to ONNX with INT8 weight initializers, with the input and output names
+    of every other exported artifact; return what was written."""
+    from ..export import INPUT_NAME, OUTPUT_NAME
+
     enable_export()
     model = model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecation notices, not the user's
         program = torch.onnx.export(model, (example_input,), dynamo=True, external_data=False, opset_version=opset,
-                                    dynamic_shapes=({0: "batch"},), verbose=False)
+                                    dynamic_shapes=({0: "batch"},), verbose=False, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME])
     proto = program.model_proto
     _qdq_onnx.scalar_qparams_(proto)
     n_weights = _qdq_onnx.quantize_weights_(proto)

@@ -40,10 +40,10 @@ class Classification(Task):
 
         return load_teacher(recipe, splits, teacher_dir)
 
-    def build_student(self, recipe, splits: Splits, out_dir: Path) -> nn.Module:
+    def build_student(self, recipe, splits: Splits, out_dir: Path, teacher_path: Optional[Path] = None) -> nn.Module:
         from ..student import build_student
 
-        return build_student(recipe, splits, out_dir)
+        return build_student(recipe, splits, out_dir, teacher_path)
 
     def load_student(self, recipe, splits: Splits, path: Path) -> nn.Module:
         from ..student import load_student

@@ -58,7 +58,9 @@ class Task:
     def load_teacher(self, recipe, splits: Splits, teacher_dir: Path) -> nn.Module:
         raise NotImplementedError
 
-    def build_student(self, recipe, splits: Splits, out_dir: Path) -> nn.Module:
+    def build_student(self, recipe, splits: Splits, out_dir: Path, teacher_path: Optional[Path] = None) -> nn.Module:
+        """The untrained student in ``out_dir`` (``teacher_path``: the teacher stage's weights, for a student
+        that starts from the teacher)."""
         raise NotImplementedError
 
     def load_student(self, recipe, splits: Splits, path: Path) -> nn.Module:

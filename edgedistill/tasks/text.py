@@ -53,6 +53,9 @@ class _TextTask(Task):
         if self.name == "text-classification" and splits.num_classes < 2:
             raise ConfigError(f"data.dataset: {recipe.data.dataset!r} has no labels; the text-classification task needs "
                               "labelled texts (text-file with options.labelled = true, wordnet-lexnames).")
+        if recipe.student.arch == "teacher":
+            raise ConfigError(f"student.arch: 'teacher' (compressing the teacher itself) serves the classification task; "
+                              f"name a {_TEXT_ARCHS[-1]} student for the {self.name} task.")
         for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
             factory = check_params(cfg.arch, cfg.params, role)
             if cfg.arch not in _TEXT_ARCHS:
@@ -74,7 +77,7 @@ class _TextTask(Task):
                               "(dynamic INT8), not trained with fake quantization; set qat.enabled = false.")
         if recipe.distill.augment:
             raise ConfigError("distill.augment: image augmentation does not apply to texts; set it false.")
-        if recipe.teacher.checkpoint is None and recipe.teacher.epochs > 0 and self.name == "embedding":
+        if recipe.teacher.checkpoint is None and (recipe.teacher.epochs or 0) > 0 and self.name == "embedding":
             raise ConfigError("teacher.epochs: a pretrained sentence-embedding teacher is used as it is; set "
                               "teacher.epochs = 0.")
         build_terms(recipe, splits.num_classes)
@@ -84,29 +87,33 @@ class _TextTask(Task):
     def prepare_teacher(self, recipe, splits: Splits, out_dir: Path, trust_checkpoint: bool, log) -> nn.Module:
         from ..distill.losses import LossContext, build_loss
         from ..distill.train import FitConfig, Term, fit
-        from ..models import build_model, count_params, load_checkpoint, save_checkpoint
+        from ..models import build_model, count_params, save_checkpoint
+        from ..models.core import mark_trained
         from ..models.text import save_tokenizer
+        from ..teacher import teacher_weights
 
         cfg = recipe.teacher
         torch.manual_seed(recipe.seed)
         model = build_model(cfg.arch, cfg.params, (), splits.num_classes, "teacher")
-        history, source = [], f"pretrained {cfg.params}"
-        if cfg.checkpoint:
-            load_checkpoint(cfg.checkpoint, model, key="teacher.checkpoint", trust=trust_checkpoint, warn=log)
-            source = f"checkpoint {cfg.checkpoint}"
-        elif cfg.epochs > 0:
+        if self.name == "embedding":  # the pretrained encoder is the whole model
+            mark_trained(model, f"pretrained {cfg.arch} {cfg.params}")
+        weights, epochs = teacher_weights(cfg, model, trust_checkpoint, log)
+        history = []
+        if epochs:
             if cfg.train == "head":  # a linear probe: the pretrained encoder stays as it is
                 for p in model.encoder.parameters():
                     p.requires_grad_(False)
             ce = build_loss("ce", {}, LossContext(num_classes=splits.num_classes), "teacher")
-            fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+            fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                                 scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
                                 device=recipe.distill.device, desc="teacher", workers=recipe.data.workers)
             history = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val,
                           evaluate=self.val_metric).history
             for p in model.parameters():
                 p.requires_grad_(True)
-            source = f"pretrained {cfg.params}, {'head' if cfg.train == 'head' else 'all layers'} trained {cfg.epochs} epochs"
+        source = weights or f"pretrained {cfg.params}"
+        if epochs:
+            source += f", {'head' if cfg.train == 'head' else 'all layers'} trained {epochs} epochs"
         model.eval()
         name, value = self.val_metric(model, splits.test)
         save_checkpoint(out_dir / "model.pt", model, arch=cfg.arch)
@@ -123,7 +130,7 @@ class _TextTask(Task):
         load_checkpoint(Path(teacher_dir) / "model.pt", model)
         return model.eval()
 
-    def build_student(self, recipe, splits: Splits, out_dir: Path) -> nn.Module:
+    def build_student(self, recipe, splits: Splits, out_dir: Path, teacher_path: Optional[Path] = None) -> nn.Module:
         from ..models import build_model, count_params, save_checkpoint
         from ..models.text import prune_vocab_, pruned_vocab, save_tokenizer
 

@@ -60,13 +60,19 @@ def loss_params(cls: type) -> dict:
             for n, p in inspect.signature(cls.__init__).parameters.items() if n not in ("self", "ctx")}
 
 
-def build_loss(name: str, params: dict, ctx: LossContext, key: str) -> DistillLoss:
-    """Instantiate a registered loss, rejecting unknown parameters with the key's path."""
+def check_loss(name: str, params: dict, key: str) -> type:
+    """The registered loss class ``name``, its ``params`` checked against what it accepts (nothing is built)."""
     cls = LOSSES.get(name, f"{key}.name")
     accepted = list(loss_params(cls))
     for p in params:
         if p not in accepted:
             raise ConfigError(f"{key}.params.{p}: unknown parameter of loss {name!r}; valid ones are: {', '.join(accepted) or 'none'}.")
+    return cls
+
+
+def build_loss(name: str, params: dict, ctx: LossContext, key: str) -> DistillLoss:
+    """Instantiate a registered loss, rejecting unknown parameters with the key's path."""
+    cls = check_loss(name, params, key)
     try:
         return cls(ctx, **params)
     except (TypeError, ValueError) as e:

@@ -1,0 +1,114 @@
+"""What the report concludes (comparisons with the teacher, warnings, the deliverable's favour) is computed
+once into report.json, and report.md and report.html say the same."""
+
+import dataclasses
+import html
+import json
+from pathlib import Path
+
+import pytest
+
+from edgedistill.plots import render_html
+from edgedistill.report import (STUDENT_GAP_POINTS, add_findings, build_report, comparisons_table,
+                                compare_with_teacher, render_markdown)
+from edgedistill.stages import MODEL_FILES
+from edgedistill.targets import Budgets, load_target
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def sample():
+    return json.loads((FIX / "report_sample.json").read_text())
+
+
+def _far_and_slow(report):
+    """The users' case: the student 19 points below its teacher, the INT8 model 2.5x slower at p90 than FP32."""
+    teacher, fp32, int8 = report["models"]
+    fp32["metric"]["value"], int8["metric"]["value"] = 0.795, 0.790
+    int8["latency_ms"]["p90"] = 0.375  # 2.5 x 0.15
+    return add_findings(report)
+
+
+def test_comparisons_against_the_teacher(sample):
+    fp32, int8 = compare_with_teacher(sample["models"])
+    assert fp32 == {"name": "student_fp32", "precision": "fp32", "teacher": "teacher", "metric": "accuracy",
+                    "value": 0.972, "teacher_value": 0.985, "smaller_x": 7.74, "faster_p90_x": 7.33, "points_lost": 1.3}
+    assert (int8["smaller_x"], int8["faster_p90_x"], int8["points_lost"]) == (26.67, 12.22, 1.6)
+    assert compare_with_teacher(sample["models"][1:]) == []  # no teacher, nothing to compare with
+
+
+def test_comparison_cells_say_larger_or_slower_below_1x(sample):
+    sample["models"][2]["size_mb"], sample["models"][2]["latency_ms"]["p90"] = 4.8, 2.2
+    header, rows = comparisons_table(add_findings(sample))
+    assert header[-1] == "accuracy points lost"
+    assert rows[1] == ["student_int8", "int8", "2.0x larger", "2.0x slower", "1.6"]
+
+
+def test_warnings_name_a_far_student_a_slow_int8_and_a_foreign_host(sample):
+    warnings = _far_and_slow(sample)["warnings"]
+    assert warnings == [
+        "The student is far below its teacher teacher (accuracy 0.9850): student_fp32 by 19.0 (0.7950), student_int8 "
+        f"by 19.5 (0.7900) accuracy points, more than the {STUDENT_GAP_POINTS:g}-point warning threshold; train the "
+        "student longer, make it wider, or try another distillation loss.",
+        "INT8 is slower at p90 than the FP32 student student_fp32 (0.150 ms) on this host: student_int8 2.50x slower "
+        "(0.375 ms). Here quantization buys a smaller file, not speed; INT8 pays off on CPUs with fast INT8 "
+        "instructions (AVX-512 VNNI, Arm dot-product) and layers large enough to outweigh the quantize/dequantize "
+        "steps.",
+        "The benchmark ran on this machine (x86_64, 2 cores), not on the target laptop-x86 (x86_64, 4 cores): "
+        "latency and memory are this host's, unscaled; run `edgedistill bench` on the device itself for its figures.",
+    ]
+
+
+def test_no_warning_within_the_thresholds(sample):
+    teacher, fp32, int8 = sample["models"]
+    fp32["metric"]["value"] = teacher["metric"]["value"] - STUDENT_GAP_POINTS / 100  # exactly at the threshold
+    int8["latency_ms"]["p90"] = fp32["latency_ms"]["p90"] * 1.04  # within the 5 % the deliverable counts as a tie
+    sample["machine"]["cores"] = 4  # the target's architecture and cores
+    assert add_findings(sample)["warnings"] == []
+
+
+def test_host_warning_without_architectures_falls_back_on_the_bench_verdict(sample):
+    del sample["machine"]["architecture"]
+    assert add_findings(sample)["warnings"][-1].startswith("The benchmark ran on this machine, not on the target")
+    sample["host_matches_target"] = True
+    assert add_findings(sample)["warnings"] == []
+
+
+def test_json_markdown_and_html_say_the_same(sample, tmp_path):
+    report = _far_and_slow(sample)
+    md = render_markdown(report)
+    page = html.unescape(render_html(report, [], tmp_path / "report.html").read_text())
+    for text in (md, page):
+        assert "Deliverable: **student_int8**" in text or "Deliverable: <b>student_int8</b>" in text
+        assert f"Why: {report['deliverable_reason']}" in text
+        assert all(w in text for w in report["warnings"]) and len(report["warnings"]) == 3
+    for row in comparisons_table(report)[1]:
+        assert "| " + " | ".join(row) + " |" in md
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" in page
+    assert "## Against the teacher (teacher)" in md and "<h2>Against the teacher (teacher)</h2>" in page
+
+
+def _inputs(root: Path, figures: dict):
+    """verify's metrics and bench's output for models with the given (accuracy, size MB, p90 ms)."""
+    metrics = {n: {"metric": {"name": "accuracy", "value": acc}} for n, (acc, _, _) in figures.items()}
+    bench = {"models": [{"path": str(root / MODEL_FILES[n][1]), "size_mb": size, "peak_rss_mb": 60.0,
+                         "latency_ms": {"p50": p90, "p90": p90, "p99": p90, "mean": p90}}
+                        for n, (_, size, p90) in figures.items()],
+             "machine": {"architecture": "x86_64", "cores": 4}, "host_matches_target": True}
+    return metrics, bench
+
+
+@pytest.mark.parametrize("favour, chosen", [("latency", "student_int8"), ("size", "student_qat_int8")])
+def test_build_report_delivers_what_the_favour_asks(tmp_path, favour, chosen):
+    root = tmp_path.resolve()
+    metrics, bench = _inputs(root, {"teacher_fp32": (0.99, 4.0, 2.0), "student_fp32": (0.97, 1.0, 1.0),
+                                    "student_int8": (0.968, 0.30, 0.40), "student_qat_int8": (0.969, 0.25, 0.60)})
+    target = dataclasses.replace(load_target("laptop-x86"), budgets=Budgets(size_mb=2.0, p90_ms=5.0))
+    report = build_report(target, metrics, bench, MODEL_FILES, root, tolerance=1.0, favour=favour)
+    assert report["deliverable"] == chosen and report["favour"] == favour
+    assert f'([report] favour = "{favour}")' in report["deliverable_reason"]
+    assert report["target"] | {"budgets": None} == {"name": "laptop-x86", "architecture": "x86_64", "cores": 4,
+                                                     "budgets": None}
+    assert [c["name"] for c in report["comparisons"]] == ["student_fp32", "student_int8", "student_qat_int8"]
+    assert report["warnings"] == []  # 2 points below the teacher, INT8 faster, measured on the target's hardware
