@@ -246,14 +246,12 @@ def _nothing_to_run(run_dir: Path, recipe: Recipe, tgt: Target) -> bool:
 def _release_heap() -> None:
     """Hand the C heap's freed pages back to the OS between stages (glibc ``malloc_trim``): a stage that read
     many batches leaves its freed buffers in the allocator, and the next stage's peak would stand on them."""
-    import ctypes
     import gc
 
+    from . import _heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
+    _heap.trim()
 
 
 def input_files(recipe: Recipe, sections: tuple[str, ...]) -> dict[str, str]:

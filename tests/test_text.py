@@ -215,6 +215,28 @@ def test_text_file_skips_blank_lines_and_reads_lines_by_offset(tmp_path):
     assert TextSamples(file=path).fingerprint() != before
 
 
+
+def test_teacher_cache_reads_texts_shortest_first_and_keeps_each_output_at_its_position(tmp_path):
+    from edgedistill.data.text import TextSamples
+    from edgedistill.distill.cache import build_cache
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice("ab cd efg hijk".split()) for _ in range(n)) for n in rng.sample(range(1, 41), 40)]
+    path = tmp_path / "s.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+
+    def teacher(xb):
+        seen.append([len(t) for t in xb])
+        return {"logits": torch.tensor([[len(t), t.count("a"), sum(map(ord, t))] for t in xb], dtype=torch.float32)}
+
+    want = np.array([[len(t), t.count("a"), sum(map(ord, t))] for t in texts], np.float32)
+    for split in (TextSamples(texts), TextSamples(file=path), TextSamples(file=path).subset(np.arange(39, -1, -1))):
+        seen = []
+        cache = build_cache(teacher, split, key="k", temperature=1.0, k=1, batch_size=8, dense=True)
+        order = [len(t) for t in split.read(np.arange(len(split)))]
+        assert split.lengths().tolist() == [n + 1 if split.file else n for n in order]  # a file line's "\n" counts
+        assert [n for b in seen for n in b] == sorted(order) and len(seen) == 5  # shortest first, 8 a batch
+        assert np.array_equal(cache.probs, want if split.rows[0] == 0 else want[::-1])  # at each sample's position
 def test_text_file_non_utf8_line_names_the_file_and_its_line(tmp_path):
     from edgedistill.data.text import TextSamples
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import _io
+from .. import _heap, _io
 from ..data import SampleSet
 from ..data.core import as_samples
 from ..data.loader import batches
@@ -122,11 +121,15 @@ class SoftLabelCache:
         return {"logits": (self.temperature * p.log()).to(device)}
 
     def save(self, path: str | Path) -> Path:
-        buf = io.BytesIO()
-        np.savez(buf, probs=self.probs, indices=self.indices, fingerprints=self.fingerprints,
-                 meta=np.array(json.dumps({"key": self.key, "temperature": self.temperature,
-                                           "num_classes": self.num_classes, "dense": self.dense})))
-        return _io.write_bytes(path, buf.getvalue())
+        """Written straight into the (atomically renamed) file: no in-memory copy of the arrays."""
+        meta = np.array(json.dumps({"key": self.key, "temperature": self.temperature,
+                                    "num_classes": self.num_classes, "dense": self.dense}))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, probs=self.probs, indices=self.indices, fingerprints=self.fingerprints, meta=meta)
+
+        return _io.atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "SoftLabelCache":
@@ -140,37 +143,52 @@ class SoftLabelCache:
 def build_cache(teacher: Callable[[torch.Tensor], dict], split: SampleSet, *, key: str, temperature: float,
                 k: int, batch_size: int = 256, device: str | torch.device = "cpu", dense: bool = False,
                 log: Callable[[str], None] | None = None) -> SoftLabelCache:
-    """Run ``teacher`` (``x -> {"logits": ...}``, already in eval mode) once over ``split`` in order.
+    """Run ``teacher`` (``x -> {"logits": ...}``, already in eval mode) once over ``split``.
 
-    ``dense`` keeps each sample's whole output in fp32 (embeddings, where top-k means nothing)."""
+    ``dense`` keeps each sample's whole output in fp32 (embeddings, where top-k means nothing). Each
+    batch's outputs go straight into arrays of the split's size, at the batch's positions (no per-batch
+    list to concatenate). Texts (a split with ``lengths()``) are read shortest first, so a batch pads
+    little; the heap's freed pages are handed back after every batch (see :mod:`edgedistill._heap`), or
+    the batches' freed activations pile up in the RSS, growing with the number of batches."""
     if k < 1:
         raise ConfigError(f"distill.cache_top_k: {k} must be >= 1.")
-    probs, indices, fps = [], [], []
+    split = as_samples(split)
+    lengths = getattr(split, "lengths", None)
+    order = np.argsort(lengths(), kind="stable") if callable(lengths) else None
+    n = len(split)
+    probs = indices = fps = None
     num_classes, done, t0 = None, 0, time.perf_counter()
-    for xb, _, _ in batches(as_samples(split), batch_size):
+    for xb, _, pos in batches(split, batch_size, order):
         xb = xb.to(device) if isinstance(xb, torch.Tensor) else xb
         logits = teacher(xb)["logits"].float()
         num_classes = logits.shape[1]
-        done += len(logits)
-        if log is not None:
-            log(f"teacher cache: {done}/{len(split)} samples, {time.perf_counter() - t0:.0f}s")
+        at = pos.numpy()
         if dense:
-            probs.append(logits.cpu().numpy())
-            continue
-        p = torch.softmax(logits / temperature, dim=1)
-        top_p, top_i = p.topk(min(k, num_classes), dim=1)
-        probs.append(top_p.cpu().numpy().astype(np.float16))
-        indices.append(top_i.cpu().numpy())
-        fps.append(_sample_fingerprints(xb).numpy())
+            if probs is None:
+                probs = np.empty((n, num_classes), np.float32)
+            probs[at] = logits.cpu().numpy()
+        else:
+            p = torch.softmax(logits / temperature, dim=1)
+            top_p, top_i = p.topk(min(k, num_classes), dim=1)
+            if probs is None:
+                idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+                probs = np.empty((n, top_p.shape[1]), np.float16)
+                indices, fps = np.empty((n, top_p.shape[1]), idx_dtype), np.empty(n, np.float32)
+            probs[at] = top_p.cpu().numpy()
+            indices[at] = top_i.cpu().numpy()
+            fps[at] = _sample_fingerprints(xb).numpy()
+            del p, top_p, top_i
+        del logits, xb
+        _heap.trim()
+        done += len(at)
+        if log is not None:
+            log(f"teacher cache: {done}/{n} samples, {time.perf_counter() - t0:.0f}s")
     if num_classes is None:
         raise StageError("teacher cache: the training split is empty; nothing to cache.")
     if dense:
-        n = sum(len(p) for p in probs)
-        return SoftLabelCache(key, float(temperature), int(num_classes), np.concatenate(probs),
-                              np.zeros((n, 0), np.int16), np.zeros(n, np.float32), dense=True)
-    idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
-    return SoftLabelCache(key, float(temperature), int(num_classes), np.concatenate(probs),
-                          np.concatenate(indices).astype(idx_dtype), np.concatenate(fps).astype(np.float32))
+        return SoftLabelCache(key, float(temperature), int(num_classes), probs, np.zeros((n, 0), np.int16),
+                              np.zeros(n, np.float32), dense=True)
+    return SoftLabelCache(key, float(temperature), int(num_classes), probs, indices, fps)
 
 
 def load_or_build(cache_dir: str | Path, teacher: Callable[[torch.Tensor], dict], teacher_fingerprint: str,
