@@ -31,7 +31,7 @@ from .losses import DistillLoss
 from .progress import Progress
 from .teachers import CallableTeacher, EnsembleTeacher, Teacher, TorchTeacher
 from .taps import Taps, check_paths, dry_run_shapes
-from ..models.core import model_forward
+from ..models.core import model_forward, torch_save as _torch_save
 
 
 @dataclass
@@ -357,13 +357,11 @@ def _load_resume_state(path: Path) -> dict:
 
 
 def _save(path: Path, model, loss_modules, opt, sched, epoch: int, step: int, partial: tuple | None = None) -> None:
-    buf = io.BytesIO()
     state = {"model": model.state_dict(), "losses": loss_modules.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}
     if partial is not None:
         state["partial"] = {"sums": dict(partial[0]), "correct": partial[1], "count": partial[2]}
-    torch.save(state, buf)
-    _io.write_bytes(path, buf.getvalue())
+    _io.atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
 
 def _write_curves(path: Path, rows: list[dict]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import io
 import pickle
 import sys
 import warnings
@@ -65,9 +64,16 @@ def model_forward(model: nn.Module, x):
 
 def save_checkpoint(path, model: nn.Module, **extra) -> None:
     """Atomically save a state dict (plus plain-data extras) that ``weights_only=True`` can read."""
-    buf = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), **extra}, buf)
-    _io.write_bytes(path, buf.getvalue())
+    state = {"state_dict": model.state_dict(), **extra}
+    _io.atomic_write(path, lambda tmp: torch_save(state, tmp))
+
+
+def torch_save(obj, tmp: str) -> None:
+    """``torch.save`` streamed into the file at ``tmp`` (no in-memory copy of the tensors). Through an open file,
+    not the path: from a path torch names the zip's top folder after the (random) temporary file, and the
+    same weights would give different bytes."""
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path, model: nn.Module | None = None, key: str = "checkpoint", trust: bool = False,
