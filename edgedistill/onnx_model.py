@@ -44,9 +44,19 @@ def load_splits(spec: str, model: str | os.PathLike, seed: int = 0) -> tuple[Spl
     from .data import load_data
     from .data.spec import data_config
 
-    input_shape, n_out = model_io(model)
-    cfg, how = data_config(spec, input_shape)
+    io = model_io(model)
+    cfg, how = data_config(spec, io[0])
     splits = load_data(cfg, seed)
+    check_fits(model, splits, spec, io)
+    if not any(labelled(p) for p in (splits.train, splits.val, splits.test)):
+        how += " (no labels: calibration only)"
+    return splits, how
+
+
+def check_fits(model: str | os.PathLike, splits: Splits, spec: str, io: tuple | None = None) -> None:
+    """``model`` takes the samples of ``splits`` and has a score for each of their labels (else one sentence);
+    ``io``: its :func:`model_io`, when already read."""
+    input_shape, n_out = io or model_io(model)
     want = tuple(splits.input_shape)
     if len(input_shape) != len(want) or any(isinstance(d, int) and d != s for d, s in zip(input_shape, want)):
         raise DataError(f"{model}: expects input of shape {list(input_shape)} (after the batch axis), but {spec} has "
@@ -55,7 +65,6 @@ def load_splits(spec: str, model: str | os.PathLike, seed: int = 0) -> tuple[Spl
     if n_out is not None and top >= n_out:
         raise DataError(f"{spec}: has label {top}, but {model} outputs {n_out} scores (labels 0..{n_out - 1}); "
                         "pass labels that index the model's outputs.")
-    return splits, how
 
 
 def whole(splits: Splits) -> SampleSet:
@@ -88,7 +97,7 @@ def evaluate_onnx(models: list[str], spec: str, seed: int = 0) -> dict:
     if not labelled(split):
         raise DataError(f"{spec}: has no labels, so there is nothing to measure; add y (integer labels) beside x.")
     for m in models[1:]:
-        load_splits(spec, m, seed)  # every model must take this data
+        check_fits(m, splits, spec)  # every model must take this data (read once)
     return {"data": how, "split": "all" if split is not splits.test else "test",
             "samples": int((split.y >= 0).sum()), "models": [_entry(m, split) for m in models]}
 

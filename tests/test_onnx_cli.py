@@ -115,6 +115,7 @@ def test_quantize_with_unlabelled_data_only_calibrates(model, tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["int8"]["metric"] is None and r["drop_points"] is None and r["calibration_samples"] == 50 and out.is_file()
+    assert r["data"].endswith("(no labels: calibration only)")
     res = CliRunner().invoke(quantize_cmd, [str(d / "m.onnx"), "--data", str(tmp_path / "calib.npz"), "--out",
                                             str(tmp_path / "x.onnx"), "--max-drop", "1"])
     assert res.exit_code == 1 and "has no labels" in res.output and not (tmp_path / "x.onnx").exists()

@@ -44,8 +44,7 @@ def data_config(spec: str, input_shape: Sequence | None = None) -> tuple[DataCon
         if path.suffix != ".npz":
             raise DataError(f"--data: {path} is neither .npz nor .toml; save arrays with np.savez(x=..., y=...) or "
                             "describe the data in a .toml [data] table.")
-        what = "x and y" if _has_labels(path) else "x (no y: calibration only)"
-        return _arrays("npz", path), f"arrays {what} from {path}, fed as stored"
+        return _arrays("npz", path), f"arrays from {path}, fed as stored"
     if any(path.glob("x*.npy")):
         return _arrays("npy", path), f"arrays from {path}/*.npy, fed as stored"
     shape = tuple(input_shape or ())
@@ -63,12 +62,3 @@ def _arrays(dataset: str, path: Path) -> DataConfig:
     return _schema.from_dict(DataConfig, {"dataset": dataset, "path": str(path), "options": {"unlabelled": True},
                                           "preprocess": RAW}, "data")
 
-
-def _has_labels(path: Path) -> bool:
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return "y" in f.files or "y_train" in f.files
-    except (OSError, ValueError):
-        return True  # the npz source says what is wrong with the file
