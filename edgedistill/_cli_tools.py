@@ -54,7 +54,7 @@ def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, se
                    err=True)
         result = benchmark(list(models), target=t, threads=threads, runs=runs, warmup=warmup, min_seconds=min_seconds,
                            batch_size=batch_size, seq_len=seq_len, providers=list(providers) or None,
-                           deliverable=deliverable)
+                           deliverable=deliverable or (models[-1] if t is not None else None))
     except EdgeDistillError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))

@@ -435,7 +435,7 @@ def test_npy_rows_read_runs_and_gathers_like_numpy(tmp_path):
 
 def test_cache_decoded_reads_the_same_samples_from_one_raw_file(tmp_path, monkeypatch):
     pytest.importorskip("PIL")
-    from edgedistill.data.core import DecodedCache
+    from edgedistill.data.decoded_cache import DecodedCache
 
     monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
     _images(tmp_path / "imgs", {"train": 3, "test": 2})
@@ -470,7 +470,7 @@ def test_cache_decoded_auto_keeps_image_files_but_not_a_users_dataset_or_what_do
         tmp_path, monkeypatch, datasets_module):
     pytest.importorskip("PIL")
     from edgedistill.data import core
-    from edgedistill.data.core import DecodedCache
+    from edgedistill.data.decoded_cache import DecodedCache
 
     _images(tmp_path / "imgs", {"train": 3, "test": 2})
     images = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=RAW)
