@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._checks import check_onnx
+from .onnx_inspect import check_onnx
 from ._io import file_size_mb
 from ._machine import architecture, cpu_count, machine_info
 from .errors import DataError, EdgeDistillError

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
-from ._checks import check_onnx
+from .onnx_inspect import check_onnx
 from .data.core import SampleSet, Splits, Subset
 from .errors import ConfigError, DataError, EdgeDistillError
 

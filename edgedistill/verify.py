@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._checks import check_onnx
+from .onnx_inspect import check_onnx
 from .data.core import SampleSet, as_samples
 from .errors import EdgeDistillError
 

@@ -43,8 +43,8 @@ def _target_file(tmp_path, **over):
 
 
 def test_import_leaves_torch_unloaded():
-    code = ("import sys, edgedistill.bench, edgedistill._machine, edgedistill.modelinfo, edgedistill.bundle, "
-            "edgedistill._cli_tools; print('torch' in sys.modules)")
+    code = ("import sys, edgedistill.bench, edgedistill._machine, edgedistill.onnx_inspect, edgedistill.bundle, "
+            "edgedistill.cli_runtime; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip() == "False"
@@ -238,7 +238,7 @@ def test_zero_warmup_and_zero_min_seconds_still_give_runs(models):
 def _cli(args):
     from click.testing import CliRunner
 
-    from edgedistill._cli_tools import bench_cmd
+    from edgedistill.cli_runtime import bench_cmd
 
     return CliRunner().invoke(bench_cmd, args)
 

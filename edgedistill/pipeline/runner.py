@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import _io, _signals
-from .._checks import check_names, os_errors_as_messages, preflight
-from ..errors import ConfigError, EdgeDistillError
+from ..preflight import check_names, preflight
+from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages
 from ..recipe import Recipe, dump_recipe
 from ..targets import Target, load_target
 from .stage import STAGES, RunContext, Stage
@@ -87,22 +87,14 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     check_names(recipe)  # architectures, model and loss parameters: before any data is read
     if from_stage is not None or not _nothing_to_run(run_dir, recipe, tgt):  # a fully skipped re-run reads no data
         preflight(recipe, ctx.task, ctx.splits)  # shapes and layer paths, before the run folder is touched
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
+    _check_writable(run_dir)
     with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
         ctx.data_cache = run_dir / "data_cache"
         _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
-        manifest_path = run_dir / "manifest.json"
-        manifest = _read_manifest(manifest_path)
-        recipe_dict = recipe.to_dict()
+        manifest = _read_manifest(run_dir / "manifest.json")
         manifest.update({"seed": recipe.seed, "versions": _versions(), "target": tgt.name})
         stages_m = manifest.setdefault("stages", {})
-        forced = False
+        recipe_dict, forced = recipe.to_dict(), False
         for s in STAGES.in_order():
             forced = forced or (from_stage == s.name)
             inputs_hash = _inputs_hash(s, recipe, recipe_dict, tgt, stages_m)
@@ -111,47 +103,58 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
                 ctx.log(f"[{s.name}] unchanged, skipped")
                 continue
             forced = True  # everything after a re-run stage re-runs too
-            stage_dir = run_dir / s.dir
             same = prev.get("inputs_hash") == inputs_hash
             # a stage stopped by Ctrl-C or killed ("running" under no lock) continues by itself; --from restarts it
             auto = same and prev.get("status") in ("running", "interrupted") and from_stage is None and not resume
             resuming = auto or (resume and same and prev.get("status") in ("running", "failed", "interrupted"))
-            if stage_dir.exists() and not resuming:
-                shutil.rmtree(stage_dir)
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
-            _io.write_json(manifest_path, manifest)
             ctx.log(f"[{s.name}] resuming the interrupted stage from its last checkpoint (`--from {s.name}` starts it "
                     "over)..." if auto else f"[{s.name}] {'resuming' if resuming else 'running'}...")
-            t0 = time.perf_counter()
-            ctx.stage = s
-            try:
-                s.fn(ctx)
-            except BaseException as e:
-                stages_m[s.name].update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
-                                         "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})
-                if isinstance(e, KeyboardInterrupt) and not getattr(e, "stage", ""):
-                    e.stage = s.name  # for the "Interrupted in the ... stage" message
-                try:
-                    _io.write_json(manifest_path, manifest)
-                except OSError:
-                    pass  # a full disk: the stage stays "running", which --resume accepts too
-                raise
-            finally:
-                ctx.stage = None
-            stages_m[s.name].update({
-                "status": "done", "seconds": round(time.perf_counter() - t0, 3),
-                "outputs": {o: _io.sha256_file(run_dir / o) for o in _outputs(run_dir, s)},
-            })
-            _io.write_json(manifest_path, manifest)
-            ctx.log(f"[{s.name}] done in {stages_m[s.name]['seconds']:.1f}s")
+            stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
+            _run_stage(ctx, s, manifest, resuming)
             _release_heap()
             if _signals.stop_requested() and s is not STAGES.in_order()[-1]:  # Ctrl-C during a stage without clean points
                 raise _signals.Interrupted(f"after the {s.name} stage")
-    import json
+    return _io.read_json(run_dir / "report" / "report.json")
 
-    with open(run_dir / "report" / "report.json") as f:
-        return json.load(f)
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
+
+
+def _run_stage(ctx: RunContext, s: Stage, manifest: dict, resuming: bool) -> None:
+    """Run one stage in its folder (emptied first unless it resumes) and record in the manifest how it ended: done
+    with its outputs' hashes, failed, or interrupted."""
+    stage_dir, manifest_path, record = ctx.run_dir / s.dir, ctx.run_dir / "manifest.json", manifest["stages"][s.name]
+    if stage_dir.exists() and not resuming:
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    _io.write_json(manifest_path, manifest)
+    t0 = time.perf_counter()
+    ctx.stage = s
+    try:
+        s.fn(ctx)
+    except BaseException as e:
+        record.update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                       "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})
+        if isinstance(e, KeyboardInterrupt) and not getattr(e, "stage", ""):
+            e.stage = s.name  # for the "Interrupted in the ... stage" message
+        try:
+            _io.write_json(manifest_path, manifest)
+        except OSError:
+            pass  # a full disk: the stage stays "running", which --resume accepts too
+        raise
+    finally:
+        ctx.stage = None
+    record.update({"status": "done", "seconds": round(time.perf_counter() - t0, 3),
+                   "outputs": {o: _io.sha256_file(ctx.run_dir / o) for o in _outputs(ctx.run_dir, s)}})
+    _io.write_json(manifest_path, manifest)
+    ctx.log(f"[{s.name}] done in {record['seconds']:.1f}s")
 
 
 def _outputs(run_dir: Path, s: Stage) -> list[str]:

@@ -16,7 +16,7 @@ def _teacher(ctx: RunContext) -> None:
     ctx.task.prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"), ctx.trust_checkpoint, ctx.log)
 
 
-@stage("student", "02_student", sections=("data", "student"), deps=("teacher",))
+@stage("student", "02_student", sections=("data", "teacher", "student"), deps=("teacher",))
 def _student(ctx: RunContext) -> None:
     """Build the untrained student (or copy the teacher, student.arch = "teacher")."""
     ctx.task.build_student(ctx.recipe, ctx.splits, ctx.path("student"), teacher_path=ctx.path("teacher", "model.pt"))
