@@ -127,6 +127,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import onnx_models
+    from benchmarks._provenance import stamp
     from edgedistill._io import write_json
     from edgedistill._machine import machine_info
 
@@ -178,7 +179,7 @@ def main() -> None:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "models": rows,
     }
-    write_json(args.out, result)
+    write_json(args.out, stamp(result))
     print(json.dumps({"overhead_ratio": result["overhead_ratio"],
                       "overhead_ratio_block_median": result["overhead_ratio_block_median"],
                       "overhead_ratio_cpu": result["overhead_ratio_cpu"],

@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import provenance  # noqa: E402
 from edgedistill._machine import machine_info  # noqa: E402
 
 
@@ -33,8 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "edgedistill"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], check=True, capture_output=True,
-                                text=True).stdout.strip()
+        prov = provenance(repo=clone)  # the clone's commit: what `make demo` ran (a clone holds no local edits)
         load_before = os.getloadavg()
         t0 = time.perf_counter()
         proc = subprocess.run(["make", "demo"], cwd=clone, capture_output=True, text=True)
@@ -47,7 +47,7 @@ def main() -> None:
         manifest = json.loads((run_dir / "manifest.json").read_text())
     result = {
         "what": "`make demo` in a fresh clone: venv, installs (pip's download cache as found), default digits pipeline",
-        "commit": commit, "make_demo_exit_code": proc.returncode, "make_demo_wall_s": round(wall, 1),
+        **prov, "make_demo_exit_code": proc.returncode, "make_demo_wall_s": round(wall, 1),
         "pipeline_stage_seconds": {k: v["seconds"] for k, v in manifest["stages"].items()},
         "pipeline_seconds": round(sum(v["seconds"] for v in manifest["stages"].values()), 1),
         "load_average_before_after": [load_before, load_after], "machine": machine_info(),

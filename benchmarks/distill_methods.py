@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._provenance import stamp  # noqa: E402
 from edgedistill._machine import machine_info  # noqa: E402
 from edgedistill.data import ArraySplit  # noqa: E402
 from edgedistill.data.fashion_mnist import MEAN, STD, read_idx  # noqa: E402
@@ -463,7 +464,7 @@ def markdown_table(result: dict) -> str:
 
 def _write(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(stamp(result), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import stamp  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill._machine import machine_info  # noqa: E402
 from edgedistill.recipe import load_recipe  # noqa: E402
@@ -154,7 +155,7 @@ def main() -> None:
         train_scratch(recipe, run_dir)
     if args.part in ("all", "measure"):
         result = measure(recipe, run_dir, args.threads)
-        _io.write_json(args.out, result)
+        _io.write_json(args.out, stamp(result))
         print(json.dumps({k: result[k] for k in ("cpu", "teacher", "student_scratch", "student_distilled",
                                                  "student_int8", "goals")}, indent=1))
     if args.part in ("all", "table"):

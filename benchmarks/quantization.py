@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import stamp  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill._machine import isa_flags, machine_info  # noqa: E402
 from edgedistill.bench import benchmark  # noqa: E402
@@ -88,7 +89,7 @@ def rebench(work: Path, out: Path, batch_size: int, repeats: int) -> None:
     result.setdefault("latency_by_batch", {})[str(batch_size)] = {
         "machine": bench["machine"], "settings": bench["settings"], "repeats": reps, "median_of_repeats": median,
         "int8_p90_speedup_ge_2.5x": all(median[k]["speedup_p90_vs_fp32"] >= 2.5 for k in median if k != "fp32")}
-    _io.write_json(out, result)
+    _io.write_json(out, stamp(result))
     print(json.dumps(median, indent=1))
 
 
@@ -173,7 +174,7 @@ def main() -> None:
         "fallback": fb_meta["fallback"], "qat_meta": {k: qat_meta[k] for k in ("parity", "export", "history")},
         "bench_raw": bench, "seconds": round(time.time() - t0, 1),
     }
-    _io.write_json(args.out, result)
+    _io.write_json(args.out, stamp(result))
     print(json.dumps({k: rows[k] for k in rows} | {"goals": result["goals"]}, indent=1))
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import stamp  # noqa: E402
 from tests._reliab import RESUME_RECIPE, _inode, popen  # noqa: E402
 
 SAME = ["03_distill/model.pt", "03_distill/curves.csv", "05_export/student_fp32.onnx",
@@ -168,7 +169,7 @@ def main() -> None:
         }
     result["machine"]["load_average_at_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(stamp(result), indent=2) + "\n")
     print(json.dumps(result["checkpoint_cost"], indent=2))
 
 

@@ -20,11 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import provenance  # noqa: E402
 from edgedistill import _io  # noqa: E402
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def main(argv=None) -> int:
@@ -37,7 +34,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     run = Path(args.run or Path("runs") / Path(args.recipe).stem)
     load_before, t0 = os.getloadavg(), time.time()
-    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))  # what runs
+    prov = provenance(argv)  # what runs: taken before the run
     cmd = [sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)]
     proc = subprocess.run(cmd + (["--from", args.from_stage] if args.from_stage else []), cwd=ROOT)
     if proc.returncode not in (0, 3):  # 3: the run finished and a budget is missed
@@ -48,8 +45,7 @@ def main(argv=None) -> int:
     params = {role: _io.read_json(run / d / "meta.json").get("parameters") for role, d in
               (("teacher", "01_teacher"), ("student", "02_student"))}
     result = {
-        "command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
-        "git_commit": commit, "dirty": dirty,
+        **prov,
         "recipe": args.recipe, "machine": report.get("machine"), "target": report["target"],
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
         "parameters": params,

@@ -68,6 +68,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _provenance  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill._machine import machine_info  # noqa: E402
 from edgedistill.errors import ConfigError  # noqa: E402
@@ -678,7 +679,7 @@ def memory_section(source: str, sizes: list[int], data_dir: Path, seed: int, com
 
 
 def git_info() -> dict:
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head, _ = _provenance.git_commit()
     status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout
     changed = [line[3:] for line in status.splitlines() if line.strip()]
     # what the package's uncommitted state was, in one hash (tracked diff + untracked files' contents)
@@ -848,7 +849,7 @@ def main() -> None:
     t0 = time.time()
     log = lambda msg: print(f"[{time.time() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
-    command = "python benchmarks/scale.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _provenance.command()
     git = git_info()
     machine = {**machine_info(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
     out = Path(args.out)

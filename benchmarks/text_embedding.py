@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import provenance  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill.bench import benchmark  # noqa: E402
 from edgedistill.data.text import _stsb_eval  # noqa: E402
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     log = sys.stderr
     run = Path(args.run)
     t0 = time.time()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    prov = provenance(argv)  # what runs: taken before the run
     cmd = [sys.executable, "-m", "edgedistill", "run", args.recipe, "--run-dir", str(run)]
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode not in (0, 3):  # 3: finished, a budget missed
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
     s_int8, mini = models["student_int8"], models["minilm_fp32"]
     distill = _io.read_json(run / "03_distill" / "meta.json")
     result = {
-        "command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
-        "git_commit": commit,
+        **prov,
         "machine": bench["machine"],
         "settings": {"threads": 1, "seq_len": 32, "batch": 1, "latency": "edgedistill.bench, models interleaved",
                      "stsb": "Spearman of cosine similarity, ONNX Runtime on the exported files, max_seq_length 128",

@@ -4,15 +4,12 @@ they overlap on the cores)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import traceback
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,29 +45,6 @@ def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     """``python -m edgedistill ARGS`` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "edgedistill", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=cli_env(), timeout=timeout)
-
-
-def cli_here(*args) -> subprocess.CompletedProcess:
-    """``edgedistill ARGS`` through ``edgedistill.cli.main()`` (what ``python -m edgedistill`` calls) in
-    this process, with stdout/stderr captured: for cases that get as far as importing torch, which
-    costs a subprocess seconds. An exception escaping main() is printed as the interpreter would."""
-    from edgedistill import cli as cli_module
-
-    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
-    sys.argv = ["edgedistill", *map(str, args)]
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                cli_module.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:  # noqa: BLE001 - what `python -m` would show: a traceback, exit 1
-                traceback.print_exc()
-                code = 1
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def popen(*args, log: Path) -> subprocess.Popen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -43,6 +44,16 @@ runs = 5
 warmup = 1
 min_seconds = 0.0
 """
+
+
+@pytest.fixture(autouse=True)
+def _reseed_torch(request):
+    """pytest-randomly runs the tests in a random order and resets ``random`` and numpy's seeds before each;
+    torch's global generator is reset here the same way, so no test depends on what ran before it."""
+    torch = sys.modules.get("torch")  # not imported here: some tests check that a light import leaves it out
+    if torch is not None:
+        seed = getattr(request.config.option, "randomly_seed", 0)
+        torch.manual_seed(seed if isinstance(seed, int) else 0)
 
 
 @pytest.fixture

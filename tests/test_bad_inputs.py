@@ -1,9 +1,10 @@
 """The bad-input battery (issue 9): every case is one sentence naming the file or key and what to do,
 exit code 1 (2 for CLI misuse), no traceback, and nothing half-written in the run folder.
 
-CLI cases run the real ``python -m edgedistill`` in subprocesses (four at a time), except those in
-IN_PROCESS: they get as far as importing torch (seconds per subprocess on a busy machine), so they
-call the same entry point, ``edgedistill.cli.main()``, in this process with stdout/stderr captured.
+CLI cases call the entry point users hit, ``edgedistill.cli.main()``, in this process through click's
+CliRunner (tests/_cli.py), except those in SUBPROCESS, where a separate ``python -m edgedistill`` is the
+point: the malicious pickle (were it ever unpickled, it would run in a process of its own) and the lock
+(held by this process, refused in another).
 Data, ONNX and disk-full cases call the library (the CLI turns every EdgeDistillError into the same
 one sentence and exit 1, which the CLI cases pin).
 """
@@ -25,7 +26,8 @@ import torch
 
 from edgedistill import _io
 from edgedistill.errors import ConfigError, DataError, EdgeDistillError
-from tests._reliab import assert_nothing_half_written, cli, cli_here
+from tests._cli import edgedistill
+from tests._reliab import assert_nothing_half_written, cli
 from tests.conftest import TINY_RECIPE
 
 
@@ -196,12 +198,8 @@ CASES = {
                        r"another edgedistill run is using this run folder; wait for it to finish or pass a different --run-dir\."),
 }
 
-# Cases past the recipe/target checks (torch is imported) that call cli.main() in this process; the
-# malicious pickle and the lock (held by this process, refused in another) stay real subprocesses.
-IN_PROCESS = {"recipe-unknown-loss", "recipe-unknown-loss-param", "recipe-unknown-student",
-              "recipe-unknown-student-param", "ckpt-missing", "ckpt-truncated", "ckpt-not-a-checkpoint",
-              "ckpt-wrong-architecture", "ckpt-wrong-width", "ckpt-no-state-dict", "ckpt-whole-model-needs-trust",
-              "ckpt-trusted-then-checked", "run-dir-under-a-file"}
+# Real ``python -m edgedistill`` subprocesses: the malicious pickle and the lock (see the module docstring).
+SUBPROCESS = {"ckpt-malicious-pickle", "run-dir-locked"}
 
 
 def _run_case(name: str, root: Path):
@@ -219,15 +217,15 @@ def _run_case(name: str, root: Path):
         (d / "out").mkdir()
         with RunLock(d / "out"):
             return d, cli(*args)
-    return d, (cli_here if name in IN_PROCESS else cli)(*args)
+    return d, (cli if name in SUBPROCESS else edgedistill)(*args)
 
 
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    with ThreadPoolExecutor(4) as pool:  # subprocesses in the pool while this thread runs the in-process ones
-        futures = {n: pool.submit(_run_case, n, root) for n in CASES if n not in IN_PROCESS}
-        here = {n: _run_case(n, root) for n in CASES if n in IN_PROCESS}
+    with ThreadPoolExecutor(2) as pool:  # subprocesses in the pool while this thread runs the in-process ones
+        futures = {n: pool.submit(_run_case, n, root) for n in CASES if n in SUBPROCESS}
+        here = {n: _run_case(n, root) for n in CASES if n not in SUBPROCESS}
         return {**here, **{n: f.result() for n, f in futures.items()}}
 
 
@@ -376,7 +374,7 @@ def test_nan_or_inf_fails_the_stage_that_reads_it(defect, bad_dataset, tmp_path)
     stage, pattern = DATA_CASES_AT_READ[defect]
     (tmp_path / "r.toml").write_text(_recipe().replace('dataset = "digits"', f'dataset = "{bad_dataset(defect)}"'))
     out = tmp_path / "out"
-    proc = cli_here("run", tmp_path / "r.toml", "--run-dir", out)
+    proc = edgedistill("run", tmp_path / "r.toml", "--run-dir", out)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert re.fullmatch(f"Error: {pattern}", _sentence(proc.stderr)), proc.stderr[-3000:]

@@ -16,11 +16,63 @@ from edgedistill.models.augment import TrainAugment
 FAMILIES = [("resnet", {"width": 8, "depth": 2, "blocks": 1}), ("mobilenet", {"base": 8, "depth": 2})]
 
 
-@pytest.mark.parametrize("arch, params", FAMILIES)
-def test_families_build_and_classify(arch, params):
-    m = build_model(arch, params, (1, 28, 28), 10, "teacher").eval()
-    assert m(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+def _user_factory(tmp_path, monkeypatch):
+    (tmp_path / "zoo_user_models.py").write_text(
+        "from torch import nn\n\n"
+        "def tiny(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(int(__import__('math').prod(input_shape)), num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zoo_user_models", raising=False)
+    return {"factory": "zoo_user_models:tiny"}
+
+
+def _effnet(tmp_path, monkeypatch):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install --no-deps efficientnet-lite-pytorch")
+    return {"pretrained": False}  # the architecture alone; the pretrained weights are tested below
+
+
+def _text_folder(tmp_path, monkeypatch):
+    pytest.importorskip("transformers", reason="the text extra: pip install -e '.[text]'")
+    from tests.test_text import _write_st_folder  # a tiny random BERT saved as a sentence-transformers folder
+
+    return _write_st_folder(tmp_path / "encoder")
+
+
+# Every registered architecture: (the params it needs, made by a function of tmp_path and monkeypatch when
+# it needs files or packages; input shape; a batch of inputs). An architecture registered without a case
+# here fails test_every_registered_architecture_builds_and_runs.
+IMAGE = ((1, 28, 28), lambda: torch.randn(3, 1, 28, 28))
+ZOO = {
+    "cnn": (lambda *_: {"width": 4, "depth": 1}, *IMAGE),
+    "mlp": (lambda *_: {"hidden": [16]}, *IMAGE),
+    "resnet": (lambda *_: dict(FAMILIES)["resnet"], *IMAGE),
+    "mobilenet": (lambda *_: dict(FAMILIES)["mobilenet"], *IMAGE),
+    "factory": (_user_factory, *IMAGE),
+    "efficientnet-lite0": (_effnet, (3, 32, 32), lambda: torch.randn(2, 3, 32, 32)),
+    "sentence-transformer": (lambda tp, mp: {"name": str(_text_folder(tp, mp))}, (), lambda: ["a cat", "the dog runs"]),
+    "transformer-layers": (lambda tp, mp: {"init": str(_text_folder(tp, mp)), "layers": [1]}, (),
+                           lambda: ["a cat", "the dog runs"]),
+}
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_every_registered_architecture_builds_and_runs(arch, tmp_path, monkeypatch):
+    from edgedistill.models.core import model_forward
+
+    assert arch in ZOO, f"architecture {arch!r} is registered but has no case in ZOO"
+    make_params, input_shape, batch = ZOO[arch]
+    params = make_params(tmp_path, monkeypatch)
     assert MODELS.describe(arch)
+    m = build_model(arch, params, input_shape, 10, "teacher").eval()
+    x = batch()
+    with torch.no_grad():
+        out = model_forward(m, x)
+    assert out.shape == (len(x), 10) and torch.isfinite(out).all()
+    assert count_params(m) > 0
+
+
+def test_zoo_cases_name_only_registered_architectures():
+    assert sorted(ZOO) == MODELS.names()
 
 
 @pytest.mark.parametrize("arch, knob, small, large", [
@@ -174,13 +226,32 @@ def test_efficientnet_lite0_pretrained_and_grayscale():
 FM = any(Path(d, "train-images-idx3-ubyte.gz").is_file() for d in ("/usr/share/datasets/fashion-mnist",))
 
 
+# What each registered architecture trains with on the sample; a reason instead of params: not trained here.
+LEARN = {
+    "cnn": {"width": 8, "depth": 2},
+    "mlp": {"hidden": [64]},
+    "resnet": {"width": 8, "depth": 2, "stem_stride": 2, "blocks": 1},
+    "mobilenet": {"base": 8, "depth": 2, "stem_stride": 2},
+    "factory": "a user's own module: nothing of edgedistill's to train (built and run above)",
+    "efficientnet-lite0": "4.65 M parameters, ImageNet-pretrained: too slow for a CPU check (built and run above)",
+    "sentence-transformer": "a text model: reads texts, not images (tests/test_text.py trains text models)",
+    "transformer-layers": "a text model: reads texts, not images (tests/test_text.py trains text models)",
+}
+
+
+def test_learn_cases_name_every_registered_architecture():
+    assert sorted(LEARN) == MODELS.names()
+
+
 @pytest.mark.skipif(not FM, reason="Debian package dataset-fashion-mnist is not installed")
-@pytest.mark.parametrize("arch, params", [("resnet", {"width": 8, "depth": 2, "stem_stride": 2, "blocks": 1}),
-                                          ("mobilenet", {"base": 8, "depth": 2, "stem_stride": 2})])
-def test_families_learn_fashion_mnist_sample(arch, params):
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_families_learn_fashion_mnist_sample(arch):
     from edgedistill.data import load_data
     from edgedistill.recipe import DataConfig
 
+    params = LEARN.get(arch, {})
+    if isinstance(params, str):
+        pytest.skip(params)
     torch.manual_seed(0)
     s = load_data(DataConfig(dataset="fashion-mnist", options={"limit": 600}, val_fraction=0.0), seed=0)
     m = build_model(arch, params, s.input_shape, s.num_classes, "student")

@@ -1,30 +1,44 @@
-"""End-to-end: the CLI runs a tiny recipe; report.json follows the contract; skip, --from, lock, exit codes."""
+"""End-to-end: the CLI runs a tiny recipe; report.json follows the contract; skip, --from, lock, exit codes.
+
+One full run is made per module (``finished_run``) and never changed: tests that only read it share it,
+tests that re-run stages in it get their own copy (``run_copy``), so the tests pass in any order.
+The CLI runs in this process (tests/_cli.py); subprocesses only where another process is the point.
+"""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests._cli import edgedistill
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "edgedistill", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """(folder, result): ``edgedistill run tiny.toml --run-dir folder/out`` finished once. Read-only: copy it
+    with ``run_copy`` to change it."""
     from tests.conftest import TINY_RECIPE
 
     d = tmp_path_factory.mktemp("run")
     (d / "tiny.toml").write_text(TINY_RECIPE)
-    proc = _cli("run", d / "tiny.toml", "--run-dir", d / "out")
+    proc = edgedistill("run", d / "tiny.toml", "--run-dir", d / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return d, proc
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the finished run (its recipe and run folder) in this test's own tmp_path, free to change."""
+    d, _ = finished_run
+    shutil.copyfile(d / "tiny.toml", tmp_path / "tiny.toml")
+    shutil.copytree(d / "out", tmp_path / "out")
+    return tmp_path
 
 
 def test_run_writes_the_report_contract(finished_run):
@@ -81,11 +95,11 @@ def test_run_folder_has_every_artifact_and_a_manifest(finished_run):
         assert st["status"] == "done" and st["seconds"] >= 0 and st["outputs"]
 
 
-def test_rerun_skips_unchanged_stages_and_from_reruns(finished_run):
+def test_rerun_skips_unchanged_stages_and_from_reruns(run_copy):
     from edgedistill.pipeline import run
     from edgedistill.recipe import load_recipe
 
-    d, _ = finished_run
+    d = run_copy
     rec = load_recipe(str(d / "tiny.toml"))
     logs = []
     run(rec, run_dir=d / "out", log=logs.append)
@@ -95,11 +109,11 @@ def test_rerun_skips_unchanged_stages_and_from_reruns(finished_run):
     assert "[export] unchanged, skipped" in logs and "[verify] running..." in logs and "[bench] running..." in logs
 
 
-def test_changed_recipe_reruns_from_the_changed_stage(finished_run):
+def test_changed_recipe_reruns_from_the_changed_stage(run_copy):
     from edgedistill.pipeline import run
     from edgedistill.recipe import load_recipe
 
-    d, _ = finished_run
+    d = run_copy
     rec = load_recipe(str(d / "tiny.toml"))
     rec.ptq.calibration = "percentile"
     logs = []
@@ -107,11 +121,11 @@ def test_changed_recipe_reruns_from_the_changed_stage(finished_run):
     assert "[distill] unchanged, skipped" in logs and "[ptq] running..." in logs
 
 
-def test_missed_budget_exits_3_and_says_so(finished_run, tmp_path):
-    d, _ = finished_run
-    tgt = tmp_path / "tight.toml"
+def test_missed_budget_exits_3_and_says_so(run_copy):
+    d = run_copy
+    tgt = d / "tight.toml"
     tgt.write_text('name = "tight"\ncores = 2\nthreads = 1\n[budgets]\nsize_mb = 0.000001\n')
-    proc = _cli("run", d / "tiny.toml", "--run-dir", d / "out", "--target", tgt)
+    proc = edgedistill("run", d / "tiny.toml", "--run-dir", d / "out", "--target", tgt)
     assert proc.returncode == 3, proc.stderr
     assert "MISSES size" in proc.stdout
     report = json.loads((d / "out" / "report" / "report.json").read_text())
@@ -121,7 +135,7 @@ def test_missed_budget_exits_3_and_says_so(finished_run, tmp_path):
 def test_bad_recipe_is_one_sentence_exit_1(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[distill]\nepochs = 'x'\n")
-    proc = _cli("run", p, "--run-dir", tmp_path / "o")
+    proc = edgedistill("run", p, "--run-dir", tmp_path / "o")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "distill.epochs: expected an integer" in proc.stderr
@@ -129,8 +143,10 @@ def test_bad_recipe_is_one_sentence_exit_1(tmp_path):
 
 
 def test_usage_errors_exit_2(tmp_path):
-    assert _cli("run", "--no-such-flag").returncode == 2
-    assert _cli("frobnicate").returncode == 2
+    for args in (["run", "--no-such-flag"], ["frobnicate"]):
+        proc = edgedistill(*args)
+        assert proc.returncode == 2, args
+        assert "Traceback" not in proc.stderr and proc.stderr.strip(), proc.stderr
 
 
 def test_unknown_from_stage(tiny_recipe, tmp_path):
@@ -145,8 +161,10 @@ def test_second_run_on_same_folder_is_refused(tiny_recipe, tmp_path):
     from edgedistill.errors import EdgeDistillError
     from edgedistill.pipeline import RunLock
 
-    with RunLock(tmp_path):
-        proc = _cli("run", "--run-dir", tmp_path)
+    with RunLock(tmp_path):  # held by this process; refused in another one (a real subprocess, as users hit it)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, "-m", "edgedistill", "run", "--run-dir", str(tmp_path)],
+                              capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 1
         assert "another edgedistill run is using this run folder" in proc.stderr
         with pytest.raises(EdgeDistillError, match="another edgedistill run"):
@@ -155,16 +173,26 @@ def test_second_run_on_same_folder_is_refused(tiny_recipe, tmp_path):
 
 
 def test_targets_command_lists_builtins():
-    proc = _cli("targets", "--json")
+    proc = edgedistill("targets", "--json")
     assert proc.returncode == 0
     names = {t["name"] for t in json.loads(proc.stdout)}
     assert {"laptop-x86", "raspberry-pi-4", "android-midrange"} <= names
 
 
+def test_console_script_smoke(tmp_path):
+    """The installed ``edgedistill`` command (the console entry point), once, in its own process."""
+    script = Path(sys.executable).parent / "edgedistill"
+    if not script.is_file():
+        pytest.skip(f"no console script beside {sys.executable} (package not installed in this environment)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, whichever checkout installed the script
+    proc = subprocess.run([str(script), "targets", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "laptop-x86" in {t["name"] for t in json.loads(proc.stdout)}
+
+
 def test_a_replaced_teacher_checkpoint_reruns_the_teacher_stage(finished_run, tmp_path):
     """Same path, new bytes: the manifest hashes the file's contents, not only the recipe's string."""
-    import shutil
-
     import torch
 
     from edgedistill.pipeline import run
@@ -247,27 +275,29 @@ def test_a_plain_rerun_resumes_an_interrupted_stage_and_from_starts_it_over(tiny
     assert meta["resumed_from"] == {"epoch": 0, "step": 1}
 
 
-def test_names_are_checked_before_any_data_is_read_and_a_skipped_rerun_reads_none(tiny_recipe, tmp_path, monkeypatch):
+def test_names_are_checked_before_any_data_is_read_and_a_skipped_rerun_reads_none(run_copy, monkeypatch):
     import edgedistill.data
     from edgedistill.errors import ConfigError
     from edgedistill.pipeline import run
+    from edgedistill.recipe import load_recipe
 
-    report = run(tiny_recipe, run_dir=tmp_path, log=lambda line: None)
+    tiny_recipe, out = load_recipe(str(run_copy / "tiny.toml")), run_copy / "out"
+    report = json.loads((out / "report" / "report.json").read_text())
 
     def no_data(*a, **kw):
         raise AssertionError("the data was read")
 
     monkeypatch.setattr(edgedistill.data, "load_data", no_data)
     said = []
-    assert run(tiny_recipe, run_dir=tmp_path, log=said.append) == report  # every stage skipped, no data read
+    assert run(tiny_recipe, run_dir=out, log=said.append) == report  # every stage skipped, no data read
     assert [line for line in said if line.startswith("[")] == [f"[{s}] unchanged, skipped" for s in (
         "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report", "bundle")]
     typo = tiny_recipe.teacher.params | {"widht": 3}
     tiny_recipe.teacher.params = typo
     with pytest.raises(ConfigError, match=r"teacher\.params\.widht: unknown parameter of 'cnn'"):
-        run(tiny_recipe, run_dir=tmp_path / "other", log=said.append)
+        run(tiny_recipe, run_dir=run_copy / "other", log=said.append)
     tiny_recipe.teacher.params = {"width": 8, "depth": 1}
     tiny_recipe.distill.losses[0].params = {"temprature": 2.0}
     with pytest.raises(ConfigError, match=r"distill\.losses\[0\]\.params\.temprature: unknown parameter of loss 'kd'"):
-        run(tiny_recipe, run_dir=tmp_path / "other", log=said.append)
-    assert not (tmp_path / "other").exists()
+        run(tiny_recipe, run_dir=run_copy / "other", log=said.append)
+    assert not (run_copy / "other").exists()
