@@ -9,7 +9,7 @@ import onnx_models
 from edgedistill.errors import DataError
 from edgedistill.onnx_inspect import inspect_model
 
-EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "modelinfo_expected.json").read_text())
+EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "onnx_inspect_expected.json").read_text())
 ROOT = Path(__file__).resolve().parents[1]
 
 
