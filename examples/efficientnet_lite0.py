@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._provenance import stamp  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill.models.efficientnet import IMAGE_SIZE, MEAN_RGB, STD_RGB  # noqa: E402
 
@@ -139,7 +140,7 @@ def main() -> None:
         "ptq": {k: ptq[k] for k in ("format", "per_channel", "calibration", "calibration_samples")},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _io.write_json(args.result, result)
+    _io.write_json(args.result, stamp(result))
     print(json.dumps({k: result[k] for k in ("cpu", "params", "fp32", "int8", "size_ratio", "p90_speedup")}, indent=1))
     print(json.dumps({k: v for k, v in agreement.items() if k != "disagreements"}, indent=1))
 
