@@ -58,11 +58,8 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / "teacher_cache"
     terms = build_terms(recipe, splits.num_classes)
-    fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                        scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                        device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill",
-                        augment=cfg.augment, workers=recipe.data.workers, warmup=cfg.warmup,
-                        clip_grad_norm=cfg.clip_grad_norm)
+    fit_cfg = FitConfig.from_section(cfg, desc="distill", batch_size=recipe.data.batch_size, seed=recipe.seed,
+                                     workers=recipe.data.workers)
     teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
     cache, cache_hit = None, None
     if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students

@@ -77,6 +77,21 @@ class FitConfig:
     #: Gradients are clipped to this total norm when set.
     clip_grad_norm: Optional[float] = None
 
+    @classmethod
+    def from_section(cls, section, *, desc: str, batch_size: int, seed: int, workers: Optional[int],
+                     **overrides) -> "FitConfig":
+        """The config of a fit from a recipe section (``[teacher]``, ``[distill]``, ``[qat]``): each of
+        :data:`SECTION_FIELDS` the section has, then ``overrides`` (what the section lacks or the caller
+        decides, e.g. ``epochs`` or ``device``); the run's ``batch_size``, ``seed`` and ``workers`` and the
+        progress label ``desc`` always come from the caller."""
+        fields = {k: getattr(section, k) for k in SECTION_FIELDS if hasattr(section, k)}
+        return cls(**{**fields, **overrides}, desc=desc, batch_size=batch_size, seed=seed, workers=workers)
+
+
+#: The FitConfig fields a recipe section may set under the same name.
+SECTION_FIELDS = ("epochs", "lr", "weight_decay", "optimizer", "scheduler", "device", "amp", "checkpoint_every",
+                  "augment", "warmup", "clip_grad_norm")
+
 
 @dataclass
 class FitResult:
