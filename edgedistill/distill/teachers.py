@@ -41,7 +41,7 @@ class Teacher:
     """Base: frozen, called on a batch, returns a dict of outputs with ``"logits"``; a black box."""
 
     kind: str = "teacher"
-    #: A white box whose layers can be read by forward hooks (``outputs(x, layers)``).
+    #: A white box whose layers can be read by forward hooks (``outputs(x, layers)``); its module is ``model``.
     tappable: bool = False
 
     def __call__(self, x) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
