@@ -34,7 +34,8 @@ from edgedistill.distill.losses import LossContext, build_loss  # noqa: E402
 from edgedistill.distill.train import FitConfig, Term, fit  # noqa: E402
 from edgedistill.export import export_onnx  # noqa: E402
 from edgedistill.models import build_model  # noqa: E402
-from edgedistill.quant.ptq import calibration_sample, quantize_int8  # noqa: E402
+from edgedistill.quant.calibration import calibration_sample  # noqa: E402
+from edgedistill.quant.ptq import quantize_int8  # noqa: E402
 from edgedistill.quant.qat import QATConfig  # noqa: E402
 from edgedistill.quant.stage import run_qat  # noqa: E402
 from edgedistill.recipe import ExportConfig, PTQConfig  # noqa: E402

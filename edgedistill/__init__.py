@@ -22,7 +22,7 @@ _EXPORTS = {
     "quantize_int8": "edgedistill.quant.ptq",
     "verify": "edgedistill.verify",
     "benchmark": "edgedistill.bench",
-    "inspect_model": "edgedistill.modelinfo",
+    "inspect_model": "edgedistill.onnx_inspect",
     "write_bundle": "edgedistill.bundle",
     "plot_report": "edgedistill.plots",
     "write_report": "edgedistill.report",

@@ -19,13 +19,25 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file (or a folder and the files in it) the permissions the umask gives new ones: ``mkstemp`` /
+    ``mkdtemp`` make owner-only entries, and a run's artifacts are meant to be shared."""
+    path = Path(path)
+    if path.is_dir():
+        path.chmod(0o777 & ~_UMASK)
+        for p in path.iterdir():
+            p.chmod(0o666 & ~_UMASK)
+    else:
+        path.chmod(0o666 & ~_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
+    make_readable(tmp)  # mkstemp makes 0600
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

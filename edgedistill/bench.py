@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._checks import check_onnx
+from .onnx_inspect import check_onnx
 from ._io import file_size_mb
 from ._machine import architecture, cpu_count, machine_info
 from .errors import DataError, EdgeDistillError
+from .budgets import judge
 from .targets import Target
 
 _ROUNDS = 10  # nominal number of interleaved rounds; blocks are sized so each model gets ~this many
@@ -44,8 +45,8 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
     target's execution provider when this onnxruntime has it, else CPU. With a target, every model
-    carries a per-budget ``verdict`` and the top-level ``verdict`` judges ``deliverable`` (default:
-    the last path given); ``ok`` is False when it misses a budget. Figures are measured on this
+    carries a per-budget ``verdict`` (:func:`edgedistill.budgets.judge`); with a ``deliverable`` too, the
+    top-level ``verdict`` judges that path and ``ok`` is False when it misses a budget. Figures are measured on this
     host and never scaled: ``host_matches_target`` says whether this host is the target.
     """
     paths = [str(p) for p in paths]
@@ -80,7 +81,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
         result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
                                               "threads share cores, so this latency is not what they give on a machine with enough cores.")
     if target is not None:
-        _judge(result, target, deliverable or paths[-1])
+        _judge(result, target, deliverable)
     return result
 
 
@@ -222,31 +223,17 @@ def _ratios(models: list[dict]) -> list[dict]:
     return out
 
 
-def verdict(model: dict, target: Target) -> dict:
-    """Per budget of ``target``: {limit, measured, ok, margin, margin_pct} for one benchmarked model."""
-    out = {}
-    b = target.budgets
-    for key, limit, measured in (("size_mb", b.size_mb, model["size_mb"]),
-                                 ("p90_ms", b.p90_ms, model["latency_ms"]["p90"]),
-                                 ("peak_ram_mb", b.peak_ram_mb, model["peak_rss_mb"])):
-        if limit is None:
-            continue
-        if measured is None:
-            out[key] = {"limit": limit, "measured": None, "ok": None, "note": "not measurable on this OS"}
-            continue
-        out[key] = {"limit": limit, "measured": round(measured, 4), "ok": measured <= limit,
-                    "margin": round(limit - measured, 4), "margin_pct": round(100 * (limit - measured) / limit, 2)}
-    return out
-
-
-def _judge(result: dict, target: Target, deliverable: str) -> None:
+def _judge(result: dict, target: Target, deliverable: str | None) -> None:
+    """Each model's verdict against ``target`` (:func:`edgedistill.budgets.judge`); the top-level ``verdict`` and
+    ``ok`` judge ``deliverable`` when one is named."""
     for m in result["models"]:
-        m["verdict"] = verdict(m, target)
-    judged = next(m for m in result["models"] if m["path"] == deliverable)
+        m["verdict"] = judge(m, target.budgets)
     result["target"] = target.to_dict()
-    result["deliverable"] = deliverable
-    result["verdict"] = judged["verdict"]
-    result["ok"] = all(v["ok"] is not False for v in judged["verdict"].values())
+    if deliverable is not None:
+        judged = next(m for m in result["models"] if m["path"] == deliverable)
+        result["deliverable"] = deliverable
+        result["verdict"] = judged["verdict"]
+        result["ok"] = all(v["ok"] is not False for v in judged["verdict"].values())
     host_arch, host_cores = architecture(), cpu_count()
     matches = host_arch == target.architecture and host_cores == target.cores
     result["host_matches_target"] = matches

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import _io
 from .errors import ConfigError, DataError, StageError
-from .modelinfo import inspect_model
+from .onnx_inspect import inspect_model
 
 METADATA_KEYS = ("name", "description", "task", "labels", "preprocessing", "metric", "teacher", "target",
                  "precision", "execution_provider")
@@ -88,7 +88,7 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
                 "ort_parity": parity, "warnings": warnings, "files": files,
                 "files_note": "sha256 of every file in the bundle except metadata.json itself"}
         _io.write_json(work / "metadata.json", meta)
-        _make_readable(work)
+        _io.make_readable(work)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -97,13 +97,6 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
         raise
     return {"out_dir": str(out), "files": {n: f["sha256"] for n, f in files.items()}, "usability": usability,
             "warnings": warnings, "ort_parity": parity}
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp / mkstemp create owner-only entries; a bundle is meant to be shared."""
-    folder.chmod(0o777 & ~_io._UMASK)
-    for p in folder.iterdir():
-        p.chmod(0o666 & ~_io._UMASK)
 
 
 def _check_keys(d: dict, allowed: tuple, what: str) -> None:

@@ -14,11 +14,12 @@ import sys
 import click
 
 from ._signals import interrupt_message
-from .errors import EdgeDistillError
+from .cli_onnx import evaluate_cmd, quantize_cmd
+from .cli_runtime import bench_cmd, bundle_cmd, inspect_cmd
+from .errors import EXIT_BUDGET_MISSED, EdgeDistillError
 from .pipeline import stage_names
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-EXIT_BUDGET_MISSED = 3
 
 
 def _err(msg: str) -> None:
@@ -109,24 +110,40 @@ def tasks(as_json):
         click.echo(f"{r['name']:<20} {r['description']}")
 
 
-def _attach_optional_commands() -> None:
-    """Commands that live beside their stage's module."""
-    for module, names in (("edgedistill._cli_tools", ("bench", "bundle", "inspect")),
-                          ("edgedistill.cli_onnx", ("evaluate", "quantize")),
-                          ("edgedistill.distill._cli", ("losses",))):
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError:
-            continue
-        for n in names:
-            cmd = getattr(mod, f"{n}_cmd", None)
-            if cmd is not None:
-                cli.add_command(cmd, n)
+def _kind(cls) -> str:
+    return cls.__module__.rsplit(".", 1)[-1]
+
+
+@cli.command("losses", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list each loss's parameters and their defaults.")
+def losses_cmd(as_json: bool, verbose: bool) -> None:
+    """List the distillation losses a recipe can name in [[distill.losses]]."""
+    from .distill.losses import LOSSES
+    from .distill.losses.base import loss_params
+
+    rows = [{"name": n, "kind": _kind(LOSSES.get(n)), "description": LOSSES.describe(n),
+             "params": loss_params(LOSSES.get(n))} for n in LOSSES.names()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    w, k = max(len(r["name"]) for r in rows), max(len(r["kind"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{w}}  {r['kind']:<{k}}  {r['description']}")
+        if verbose and r["params"]:
+            click.echo(" " * (w + k + 4) + ", ".join(f"{k}={v!r}" for k, v in r["params"].items()))
+
+
+# The commands that live beside their modules: the runtime ones need no torch (a board runs them).
+cli.add_command(bench_cmd, "bench")
+cli.add_command(bundle_cmd, "bundle")
+cli.add_command(inspect_cmd, "inspect")
+cli.add_command(evaluate_cmd, "evaluate")
+cli.add_command(quantize_cmd, "quantize")
 
 
 def main() -> None:
     """Entry point: expected failures become one sentence on stderr and exit code 1, never a traceback."""
-    _attach_optional_commands()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort as e:  # click turns KeyboardInterrupt into Abort

@@ -1,6 +1,16 @@
-"""The one error type users see: a sentence that names the file or key and what to do."""
+"""The one error type users see: a sentence that names the file or key and what to do; how an OS error in
+the middle of a run (a full disk, a read-only folder) becomes one; and the exit codes the CLI gives them."""
 
 from __future__ import annotations
+
+import errno
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+EXIT_BUDGET_MISSED = 3  # the run (or `bench --target`) finished, but the deliverable misses a budget
 
 
 class EdgeDistillError(Exception):
@@ -19,5 +29,25 @@ class StageError(EdgeDistillError):
     """A pipeline stage ran but its own check failed (parity, accuracy, NaN loss...)."""
 
 
-class BudgetMissed(EdgeDistillError):
-    """The run finished, but the deliverable misses one of the target's budgets (exit code 3)."""
+@contextmanager
+def os_errors_as_messages(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError (disk full, read-only, permissions) inside a run into one actionable sentence."""
+    try:
+        yield
+    except OSError as e:
+        raise os_error_message(e, run_dir) from None
+
+
+def os_error_message(e: OSError, run_dir: str | os.PathLike) -> EdgeDistillError:
+    where = Path(e.filename) if e.filename else Path(run_dir)
+    tmp = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", where.name)
+    if tmp:
+        where = where.with_name(tmp.group(1))  # an atomic write's temporary file: name the file it was for
+    reason = (e.strerror or str(e) or type(e).__name__).rstrip(".")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = "free some disk space (or pass another --run-dir), then continue with --resume"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "make it writable or pass another --run-dir, then continue with --resume"
+    else:
+        todo = "check the disk and the path, then continue with --resume"
+    return EdgeDistillError(f"{where}: cannot write ({reason.lower()}); {todo}.")

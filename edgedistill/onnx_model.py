@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
-from ._checks import check_onnx
+from .onnx_inspect import check_onnx
 from .data.core import SampleSet, Splits, Subset
 from .errors import ConfigError, DataError, EdgeDistillError
 
@@ -106,7 +106,8 @@ def quantize_onnx(model: str | os.PathLike, spec: str, out: str | os.PathLike, m
                   samples: int = 256, max_drop: float | None = None, seed: int = 0) -> dict:
     """INT8 static PTQ (QDQ, S8S8 per channel) of ``model`` calibrated on ``spec``'s data, written to ``out``
     only when it succeeds (and, with ``max_drop``, meets it on the validation split)."""
-    from .quant.ptq import calibration_sample, quantize_int8
+    from .quant.calibration import calibration_sample
+    from .quant.ptq import quantize_int8
     from .recipe import PTQConfig
     from ._schema import from_dict
     from .tasks import get_task

@@ -7,14 +7,13 @@ global backend state is touched and nothing needs a display.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import math
 from pathlib import Path
 
 from . import _io
 from .errors import DataError
+from .report_render import check_report
 
 _COLOURS = {"fp32": "#1f77b4", "int8": "#d62728"}
 _MARKERS = ["o", "^", "D", "v", "P", "X", "*", "h"]  # one per student model, in report order; the teacher is "s"
@@ -26,7 +25,7 @@ def plot_report(report: dict, out_dir, *, curves: dict | None = None) -> list[Pa
     ``curves``: a label (``teacher``, ``distill``, ``qat_observe``...) -> that stage's ``curves.csv``; a file
     that is absent or has no rows (nothing was trained, e.g. ``distill.epochs = 0``) is left out.
     """
-    _check_report(report)
+    check_report(report)
     out = Path(out_dir)
     paths = [_save(scatter_figure(report, "size"), out / "metric_vs_size.png"),
              _save(scatter_figure(report, "p90"), out / "metric_vs_p90.png")]
@@ -140,79 +139,6 @@ def curves_figure(rows: list[dict], title: str | None = None):
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
     return fig
-
-
-def render_html(report: dict, pngs, out_path) -> Path:
-    """A single ``report.html`` that opens offline: the deliverable and why, the warnings, the students
-    against the teacher, every model's figures, and every PNG embedded. It only formats what
-    ``report.json`` says (``edgedistill.report`` computes it)."""
-    from .report import comparisons_table, machine_line, models_table, target_line
-
-    _check_report(report, ("deliverable", "comparisons", "warnings"))
-    e = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>edgedistill report: {e(report['target']['name'])}</title>", f"<style>{_CSS}</style></head><body>",
-             "<h1>edgedistill report</h1>", f"<p>Target: <b>{e(target_line(report))}</b></p>",
-             f'<p class="deliverable">Deliverable: <b>{e(str(report["deliverable"]))}</b></p>']
-    if report.get("deliverable_reason"):
-        parts.append(f'<p class="why">Why: {e(report["deliverable_reason"])}</p>')
-    parts.append('<h2 id="warnings">Warnings</h2>')
-    parts.append('<ul class="warn">' + "".join(f"<li>{e(w)}</li>" for w in report["warnings"]) + "</ul>"
-                 if report["warnings"] else "<p>None.</p>")
-    if report["comparisons"]:
-        parts += [f'<h2>Against the teacher ({e(report["comparisons"][0]["teacher"])})</h2>',
-                  _html_table(*comparisons_table(report), "comparisons")]
-    parts.append("<h2>Models</h2>")
-    if machine_line(report):
-        parts.append(f"<p>{e(machine_line(report))}</p>")
-    parts.append(_html_table(*models_table(report), "models", _model_row_classes(report)))
-    for p in pngs:
-        parts.append(_figure(Path(p)))
-    parts.append("</body></html>")
-    return _io.write_text(out_path, "\n".join(parts) + "\n")
-
-
-def _html_table(header: list[str], rows: list[list[str]], table_id: str, row_classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(_html_row(r, c) for r, c in zip(rows, row_classes or [""] * len(rows)))
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _html_row(cells: list[str], css_class: str) -> str:
-    attr = f' class="{css_class}"' if css_class else ""
-    return f"<tr{attr}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-
-
-def _model_row_classes(report: dict) -> list[str]:
-    return [" ".join(c for c in ("deliverable" if m["name"] == report["deliverable"] else "",
-                                 "ok" if m.get("within_budget") else "miss") if c) for m in report["models"]]
-
-
-def _figure(p: Path) -> str:
-    data = p.read_bytes()
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise DataError(f"{p}: not a PNG file; pass the PNGs plot_report wrote.")
-    return (f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-            f"<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>")
-
-
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}"
-        "tr.deliverable{font-weight:bold;background:#eef8ee}tr.ok td:last-child{color:#2a7a2a}"
-        "tr.miss td:last-child{color:#b22}.warn li{color:#b25b00;font-weight:bold;margin:.3em 0}"
-        "p.deliverable{font-size:1.2em}img{max-width:100%}figure{margin:1.5em 0}")
-
-
-def _check_report(report: dict, also: tuple = ()) -> None:
-    for key in ("target", "models", *also):
-        if key not in report:
-            raise DataError(f"report: the '{key}' key is missing; pass the report.json the report stage writes.")
-    for i, m in enumerate(report["models"]):
-        for key in ("name", "role", "precision", "metric", "size_mb", "latency_ms", "peak_rss_mb"):
-            if key not in m:
-                raise DataError(f"report.models[{i}]: the '{key}' key is missing; pass the report.json the "
-                                "report stage writes.")
 
 
 def _save(fig, path: Path) -> Path:

@@ -1,4 +1,6 @@
-"""One registry implementation for losses, models, datasets and calibration methods (timm-style)."""
+"""One registry implementation for tasks, pipeline stages, losses, models and datasets (timm-style).
+
+A leaf: it imports nothing of the package but its errors, so every module can register into it."""
 
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def in_order(self) -> list[T]:
+        """The entries in the order they were registered (the pipeline's stages run in that order)."""
+        return list(self._items.values())
 
     def describe(self, name: str) -> str:
         return self._help.get(name, "")

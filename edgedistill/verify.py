@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._checks import check_onnx
+from .onnx_inspect import check_onnx
 from .data.core import SampleSet, as_samples
 from .errors import EdgeDistillError
 
@@ -59,11 +59,12 @@ def accuracy(path: str | os.PathLike, split: SampleSet) -> float:
 
 
 def verify(models: dict[str, str], split: SampleSet, task=None, roles: dict[str, str] | None = None) -> dict:
-    """``{name: {"metric": {"name": ..., "value": v}, "samples": n}}`` for every ONNX file: the task's metric,
-    measured with what the file's role (teacher or student) needs (its tokenizer)."""
-    from .tasks import get_task
-
-    task = task or get_task("classification")
+    """``{name: {"metric": {"name": ..., "value": v}, "samples": n}}`` for every ONNX file: the task's metric
+    (see :mod:`edgedistill.tasks`), measured with what the file's role (teacher or student) needs (its
+    tokenizer); without a task, top-1 accuracy."""
     roles = roles or {}
+    if task is None:
+        return {name: {"metric": {"name": "accuracy", "value": accuracy(path, split)}, "samples": len(split)}
+                for name, path in models.items()}
     return {name: {"metric": task.metric(path, split, roles.get(name, "student")), "samples": task.metric_samples(split)}
             for name, path in models.items()}

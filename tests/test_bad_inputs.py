@@ -445,7 +445,7 @@ def test_bad_onnx_is_refused_by_every_entry_point(case, entry, tmp_path, digits_
 
             verify({"m": str(path)}, digits_splits.test)
         elif entry == "inspect":
-            from edgedistill.modelinfo import inspect_model
+            from edgedistill.onnx_inspect import inspect_model
 
             inspect_model(str(path))
         elif entry == "bench":

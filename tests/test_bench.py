@@ -43,8 +43,8 @@ def _target_file(tmp_path, **over):
 
 
 def test_import_leaves_torch_unloaded():
-    code = ("import sys, edgedistill.bench, edgedistill._machine, edgedistill.modelinfo, edgedistill.bundle, "
-            "edgedistill._cli_tools; print('torch' in sys.modules)")
+    code = ("import sys, edgedistill.bench, edgedistill._machine, edgedistill.onnx_inspect, edgedistill.bundle, "
+            "edgedistill.cli_runtime; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip() == "False"
@@ -146,9 +146,10 @@ def test_batch_and_seq_len_reach_the_worker(models):
 
 def test_verdict_and_threads_from_target(models, tmp_path):
     target = _target_file(tmp_path, budgets={"p90_ms": 1e-6})
-    r = bench.benchmark([models["mlp"]], target=target, **FAST)
+    r = bench.benchmark([models["mlp"]], target=target, deliverable=models["mlp"], **FAST)
     assert r["settings"]["threads"] == 1
     v = r["verdict"]
+    assert r["models"][0]["verdict"] == v  # each model is judged; the deliverable's verdict is the top-level one
     assert v["p90_ms"]["ok"] is False and v["p90_ms"]["limit"] == 1e-6
     assert v["p90_ms"]["measured"] == pytest.approx(r["models"][0]["latency_ms"]["p90"], abs=1e-4)
     assert v["size_mb"]["ok"] is True and v["size_mb"]["margin"] > 0
@@ -161,7 +162,7 @@ def test_verdict_and_threads_from_target(models, tmp_path):
 def test_other_host_is_said_plainly_and_explicit_threads_win(models, tmp_path):
     other = "aarch64" if architecture() == "x86_64" else "x86_64"
     target = _target_file(tmp_path, architecture=other, cores=8, threads=4)
-    r = bench.benchmark([models["mlp"]], target=target, threads=1, **FAST)
+    r = bench.benchmark([models["mlp"]], target=target, threads=1, deliverable=models["mlp"], **FAST)
     assert r["settings"]["threads"] == 1
     assert r["host_matches_target"] is False
     assert "not the target" in r["host_note"] and "unscaled" in r["host_note"]
@@ -171,6 +172,9 @@ def test_other_host_is_said_plainly_and_explicit_threads_win(models, tmp_path):
 def test_deliverable_picks_the_judged_model(models, tmp_path):
     target = _target_file(tmp_path, budgets={"size_mb": 0.004})  # tok.onnx is bigger, mlp.onnx smaller
     r = bench.benchmark([models["mlp"], models["tok"]], target=target, **FAST)
+    assert "deliverable" not in r and "ok" not in r  # none named: every model judged, none singled out
+    assert [m["verdict"]["size_mb"]["ok"] for m in r["models"]] == [True, False]
+    r = bench.benchmark([models["mlp"], models["tok"]], target=target, deliverable=models["tok"], **FAST)
     assert r["deliverable"] == models["tok"] and r["ok"] is False
     r = bench.benchmark([models["mlp"], models["tok"]], target=target, deliverable=models["mlp"], **FAST)
     assert r["deliverable"] == models["mlp"] and r["ok"] is True
@@ -234,7 +238,7 @@ def test_zero_warmup_and_zero_min_seconds_still_give_runs(models):
 def _cli(args):
     from click.testing import CliRunner
 
-    from edgedistill._cli_tools import bench_cmd
+    from edgedistill.cli_runtime import bench_cmd
 
     return CliRunner().invoke(bench_cmd, args)
 

@@ -162,7 +162,7 @@ def test_bad_arguments_are_our_errors(tmp_path):
 def test_bundle_cli_with_target_labels_and_preprocessing(tmp_path):
     from click.testing import CliRunner
 
-    from edgedistill._cli_tools import bundle_cmd
+    from edgedistill.cli_runtime import bundle_cmd
 
     src = onnx_models.qdq_matmul(tmp_path / "q.onnx")
     (tmp_path / "labels.txt").write_text("cat\ndog\n\nbird\nfish\n")

@@ -435,7 +435,7 @@ def test_npy_rows_read_runs_and_gathers_like_numpy(tmp_path):
 
 def test_cache_decoded_reads_the_same_samples_from_one_raw_file(tmp_path, monkeypatch):
     pytest.importorskip("PIL")
-    from edgedistill.data.core import DecodedCache
+    from edgedistill.data.decoded_cache import DecodedCache
 
     monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
     _images(tmp_path / "imgs", {"train": 3, "test": 2})
@@ -469,8 +469,8 @@ def test_cache_decoded_names_an_undecodable_file(tmp_path):
 def test_cache_decoded_auto_keeps_image_files_but_not_a_users_dataset_or_what_does_not_fit(
         tmp_path, monkeypatch, datasets_module):
     pytest.importorskip("PIL")
-    from edgedistill.data import core
-    from edgedistill.data.core import DecodedCache
+    from edgedistill.data import decoded_cache
+    from edgedistill.data.decoded_cache import DecodedCache
 
     _images(tmp_path / "imgs", {"train": 3, "test": 2})
     images = DataConfig(dataset="image-folder", path=str(tmp_path / "imgs"), preprocess=RAW)
@@ -487,7 +487,7 @@ def test_cache_decoded_auto_keeps_image_files_but_not_a_users_dataset_or_what_do
     forced = DataConfig(dataset="factory", options={"factory": "my_datasets:one"}, preprocess=RAW, cache_decoded=True)
     assert isinstance(cache_splits(load_data(forced, 0), forced, tmp_path / "f").train, DecodedCache)
     # more than a quarter of the free disk: decoded at every read, and the log says why and what to do
-    monkeypatch.setattr(core, "AUTO_CACHE_SHARE", 0.0)
+    monkeypatch.setattr(decoded_cache, "AUTO_CACHE_SHARE", 0.0)
     said.clear()
     s = cache_splits(load_data(images, 0), images, tmp_path / "full", said.append)
     assert not isinstance(s.train, DecodedCache) and not (tmp_path / "full").exists()

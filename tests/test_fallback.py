@@ -10,10 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from edgedistill.errors import StageError
-from edgedistill.quant.deliverable import choose_deliverable
 from edgedistill.quant.fallback import accuracy_aware_fallback, rank_nodes
-from edgedistill.quant.ptq import ArrayReader
-from edgedistill.targets import Budgets
+from edgedistill.quant.calibration import ArrayReader
 
 
 def _mlp(path, planted: float) -> None:
@@ -108,57 +106,6 @@ def test_fallback_needs_an_evaluate_callback(planted, tmp_path):
     fp32, calib, quantize, _ = planted
     with pytest.raises(StageError, match="no evaluate"):
         accuracy_aware_fallback(quantize, fp32, tmp_path / "o.onnx", None, calib, max_drop=0.5)
-
-
-CANDS = [
-    {"name": "fp32", "accuracy": 0.910, "size_mb": 1.00, "p90_ms": 3.0, "reference": True},
-    {"name": "ptq", "accuracy": 0.900, "size_mb": 0.27, "p90_ms": 1.00},
-    {"name": "qat", "accuracy": 0.908, "size_mb": 0.26, "p90_ms": 1.02},
-]
-
-
-def test_deliverable_is_fastest_then_smallest_within_tolerance():
-    name, reason = choose_deliverable(CANDS, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)
-    assert name == "qat"  # ptq is 1.0 point below fp32; qat ties ptq on speed (within 5 %) and is smaller
-    assert "ptq (accuracy drop 1.00 points > tolerance 0.5)" in reason
-
-
-def test_deliverable_favouring_size_is_smallest_then_fastest():
-    cands = [CANDS[0], {**CANDS[1], "accuracy": 0.908, "size_mb": 0.20, "p90_ms": 1.50}, CANDS[2]]
-    assert choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), 0.5)[0] == "qat"  # latency: the faster
-    name, reason = choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), 0.5, favour="size")
-    assert name == "ptq" and "smallest-then-fastest such candidate ([report] favour = \"size\")" in reason
-    assert "qat (larger or slower)" in reason
-    tie = [CANDS[0], {**cands[1], "size_mb": 0.26}, {**CANDS[2], "size_mb": 0.27}]  # sizes within 5 %: p90 decides
-    assert choose_deliverable(tie, Budgets(size_mb=2.0), 0.5, favour="size")[0] == "qat"
-
-
-def test_deliverable_reason_names_the_favour_and_unknown_favours_are_refused():
-    _, reason = choose_deliverable(CANDS, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)
-    assert "fastest-then-smallest such candidate ([report] favour = \"latency\")" in reason
-    with pytest.raises(StageError, match=r"favour 'speed' is unknown; use one of: latency, size"):
-        choose_deliverable(CANDS, Budgets(), 0.5, favour="speed")
-
-
-def test_deliverable_prefers_a_qualifying_int8_over_a_faster_fp32_reference():
-    cands = [{**CANDS[0], "p90_ms": 0.5}, CANDS[2]]
-    name, reason = choose_deliverable(cands, Budgets(size_mb=2.0, p90_ms=5.0), tolerance=0.5)
-    assert name == "qat" and "fp32 (the FP32 reference, delivered only when no compressed candidate qualifies)" in reason
-
-
-def test_deliverable_falls_back_to_fp32_when_int8_misses_tolerance():
-    name, _ = choose_deliverable(CANDS, Budgets(size_mb=2.0), tolerance=0.1)
-    assert name == "fp32"
-
-
-def test_deliverable_reports_what_nothing_meets():
-    name, reason = choose_deliverable(CANDS, Budgets(size_mb=0.1), tolerance=0.5)
-    assert name == "fp32" and reason.startswith("no candidate meets") and "size 1.000 MB > budget 0.1 MB" in reason
-
-
-def test_deliverable_rejects_unmeasured_candidates():
-    with pytest.raises(StageError, match="lacks p90_ms"):
-        choose_deliverable([{"name": "qat", "accuracy": 0.9, "size_mb": 1.0}], Budgets(), 0.5)
 
 
 def test_quantize_int8_runs_the_fallback_when_max_drop_is_set(planted, tmp_path):

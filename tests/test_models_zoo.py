@@ -11,7 +11,7 @@ from torch import nn
 
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.models import MODELS, build_model, count_params, save_checkpoint
-from edgedistill.models._augment import TrainAugment
+from edgedistill.models.augment import TrainAugment
 
 FAMILIES = [("resnet", {"width": 8, "depth": 2, "blocks": 1}), ("mobilenet", {"base": 8, "depth": 2})]
 

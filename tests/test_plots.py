@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from edgedistill.errors import DataError
-from edgedistill.plots import curves_figure, has_curves, plot_report, read_curves, render_html, scatter_figure
+from edgedistill.plots import curves_figure, has_curves, plot_report, read_curves, scatter_figure
+from edgedistill.report_render import render_html
 from edgedistill.report import add_findings
 
 FIX = Path(__file__).parent / "fixtures"

@@ -10,7 +10,8 @@ import pytest
 from onnx import numpy_helper
 
 from edgedistill.quant import ptq
-from edgedistill.quant.ptq import calibration_sample, quantize_int8
+from edgedistill.quant.calibration import calibration_sample
+from edgedistill.quant.ptq import quantize_int8
 from edgedistill.recipe import PTQConfig
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgedistill.plots import render_html
-from edgedistill.report import (STUDENT_GAP_POINTS, add_findings, build_report, comparisons_table,
-                                compare_with_teacher, render_markdown)
-from edgedistill.stages import MODEL_FILES
+from edgedistill.report import STUDENT_GAP_POINTS, add_findings, build_report, compare_with_teacher
+from edgedistill.report_render import comparisons_table, render_html, render_markdown
 from edgedistill.targets import Budgets, load_target
 
 FIX = Path(__file__).parent / "fixtures"
@@ -89,23 +87,29 @@ def test_json_markdown_and_html_say_the_same(sample, tmp_path):
     assert "## Against the teacher (teacher)" in md and "<h2>Against the teacher (teacher)</h2>" in page
 
 
+MODELS = {"teacher_fp32": ("teacher", "fp32"), "student_fp32": ("student", "fp32"), "student_int8": ("student", "int8"),
+          "student_qat_int8": ("student", "int8")}
+
+
 def _inputs(root: Path, figures: dict):
-    """verify's metrics and bench's output for models with the given (accuracy, size MB, p90 ms)."""
+    """verify's metrics, bench's output and the models' (path, role, precision) for models with the given
+    (accuracy, size MB, p90 ms)."""
+    models = {n: (root / "stage" / f"{n}.onnx", *MODELS[n]) for n in figures}
     metrics = {n: {"metric": {"name": "accuracy", "value": acc}} for n, (acc, _, _) in figures.items()}
-    bench = {"models": [{"path": str(root / MODEL_FILES[n][1]), "size_mb": size, "peak_rss_mb": 60.0,
+    bench = {"models": [{"path": str(models[n][0]), "size_mb": size, "peak_rss_mb": 60.0,
                          "latency_ms": {"p50": p90, "p90": p90, "p99": p90, "mean": p90}}
                         for n, (_, size, p90) in figures.items()],
              "machine": {"architecture": "x86_64", "cores": 4}, "host_matches_target": True}
-    return metrics, bench
+    return metrics, bench, models
 
 
 @pytest.mark.parametrize("favour, chosen", [("latency", "student_int8"), ("size", "student_qat_int8")])
 def test_build_report_delivers_what_the_favour_asks(tmp_path, favour, chosen):
     root = tmp_path.resolve()
-    metrics, bench = _inputs(root, {"teacher_fp32": (0.99, 4.0, 2.0), "student_fp32": (0.97, 1.0, 1.0),
+    metrics, bench, models = _inputs(root, {"teacher_fp32": (0.99, 4.0, 2.0), "student_fp32": (0.97, 1.0, 1.0),
                                     "student_int8": (0.968, 0.30, 0.40), "student_qat_int8": (0.969, 0.25, 0.60)})
     target = dataclasses.replace(load_target("laptop-x86"), budgets=Budgets(size_mb=2.0, p90_ms=5.0))
-    report = build_report(target, metrics, bench, MODEL_FILES, root, tolerance=1.0, favour=favour)
+    report = build_report(target, metrics, bench, models, root, tolerance=1.0, favour=favour)
     assert report["deliverable"] == chosen and report["favour"] == favour
     assert f'([report] favour = "{favour}")' in report["deliverable_reason"]
     assert report["target"] | {"budgets": None} == {"name": "laptop-x86", "architecture": "x86_64", "cores": 4,

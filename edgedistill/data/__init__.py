@@ -8,7 +8,8 @@ arrays, a Python factory).
 
 from __future__ import annotations
 
-from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, as_samples, cache_splits, load_data
+from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, as_samples, load_data
+from .decoded_cache import cache_splits
 
 from . import adapters as _adapters, builtin as _builtin, fashion_mnist as _fashion_mnist, text as _text, hf as _hf  # noqa: F401  (register built-ins)
 

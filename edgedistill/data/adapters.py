@@ -25,7 +25,6 @@ samples in one streaming pass (:func:`edgedistill.data.core.channel_stats`).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import os
 from pathlib import Path
@@ -33,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..user_code import import_object
 from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, cap, channel_stats, check_options, split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_DIRS = ("train", "val", "test")
 
 
-def _need_path(cfg, dataset: str, what: str) -> Path:
+def need_path(cfg, dataset: str, what: str) -> Path:
     if not cfg.path:
         raise ConfigError(f"data.path: dataset {dataset!r} needs a path to {what}; set data.path.")
     path = Path(cfg.path)
@@ -48,7 +48,7 @@ def _need_path(cfg, dataset: str, what: str) -> Path:
     return path
 
 
-def _check_labels(y, where: str) -> np.ndarray:
+def check_labels(y, where: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
         raise DataError(f"{where}: labels must be a 1-D array of integers (-1 = unlabelled), got {y.dtype} {y.shape}.")
@@ -95,7 +95,7 @@ def resolve_preprocess(cfg, train: SampleSet, pre: Preprocess, seed: int, fixed:
     pre.mean, pre.std = channel_stats(train, p.stats_samples, seed)
 
 
-def _splits(cfg, seed, name: str, parts: dict[str, SampleSet], pre: Preprocess, labels: list[str] | None,
+def make_splits(cfg, seed, name: str, parts: dict[str, SampleSet], pre: Preprocess, labels: list[str] | None,
             fixed: tuple | None = None) -> Splits:
     """Split one set by the recipe's fractions (or take the given train/val/test), resolve the
     preprocessing on the training split, and wrap it as ``Splits``."""
@@ -137,7 +137,7 @@ def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None, suff
         if yk not in arrays and not (unlabelled_ok and s == "all"):
             raise DataError(f"{where}: has {xk} but lacks {yk}; save the labels beside the inputs.")
         label = str(Path(where) / f"{xk}{suffix}") if suffix else f"{where} ({xk})"  # errors name the file
-        y = _check_labels(arrays[yk], label) if yk in arrays else np.full(len(arrays[xk]), -1, np.int64)
+        y = check_labels(arrays[yk], label) if yk in arrays else np.full(len(arrays[xk]), -1, np.int64)
         x = _check_inputs(arrays[xk], len(y), label)
         parts[s] = ArraySplit(x, y, pre, source=label, fingerprint=None if fp is None else f"{fp}|{s}")
     return parts
@@ -147,15 +147,15 @@ def _array_parts(arrays: dict, where: str, pre: Preprocess, fp: str | None, suff
                              "options.unlabelled = true reads a lone x as unlabelled samples")
 def npz(cfg, seed: int) -> Splits:
     opts = check_options(cfg, "npz", {"labels", "unlabelled"})
-    path = _need_path(cfg, "npz", "an .npz file")
+    path = need_path(cfg, "npz", "an .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
         raise DataError(f"data.path: {path} is not a readable .npz without pickled objects ({e}); save it with np.savez.") from None
     pre = Preprocess()
-    parts = _array_parts(arrays, str(path), pre, _file_fingerprint([path]), unlabelled_ok=bool(opts.get("unlabelled")))
-    return _splits(cfg, seed, "npz", parts, pre, opts.get("labels"))
+    parts = _array_parts(arrays, str(path), pre, file_fingerprint([path]), unlabelled_ok=bool(opts.get("unlabelled")))
+    return make_splits(cfg, seed, "npz", parts, pre, opts.get("labels"))
 
 
 class NpyRows:
@@ -210,7 +210,7 @@ class NpyRows:
                              "options.unlabelled = true reads a lone x.npy as unlabelled samples")
 def npy(cfg, seed: int) -> Splits:
     opts = check_options(cfg, "npy", {"labels", "unlabelled"})
-    root = _need_path(cfg, "npy", "a folder holding x.npy and y.npy (or x_train.npy, y_train.npy, x_test.npy, y_test.npy)")
+    root = need_path(cfg, "npy", "a folder holding x.npy and y.npy (or x_train.npy, y_train.npy, x_test.npy, y_test.npy)")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is a file; pass the folder that holds x.npy and y.npy.")
     files = sorted(root.glob("*.npy"))
@@ -221,11 +221,11 @@ def npy(cfg, seed: int) -> Splits:
         except (OSError, ValueError) as e:
             raise DataError(f"{f}: not a readable .npy array ({str(e).splitlines()[0][:120]}); save it with np.save.") from None
     pre = Preprocess()
-    parts = _array_parts(arrays, str(root), pre, _file_fingerprint(files), suffix=".npy", unlabelled_ok=bool(opts.get("unlabelled")))
-    return _splits(cfg, seed, "npy", parts, pre, opts.get("labels"))
+    parts = _array_parts(arrays, str(root), pre, file_fingerprint(files), suffix=".npy", unlabelled_ok=bool(opts.get("unlabelled")))
+    return make_splits(cfg, seed, "npy", parts, pre, opts.get("labels"))
 
 
-def _file_fingerprint(files: list[Path], root: Path | None = None) -> str:
+def file_fingerprint(files: list[Path], root: Path | None = None) -> str:
     """Paths, sizes and modification times: a replaced file changes it, without reading the bytes."""
     h = hashlib.sha256()
     for f in files:
@@ -303,7 +303,7 @@ def _class_files(folder: Path, classes: list[str] | None) -> tuple[list[Path], n
 @DATASETS.register("image-folder", help="images in one sub-folder per class, or train/ val/ test/ folders of them (data.path); needs Pillow")
 def image_folder(cfg, seed: int) -> Splits:
     check_options(cfg, "image-folder", set())
-    root = _need_path(cfg, "image-folder", "a folder with one sub-folder per class")
+    root = need_path(cfg, "image-folder", "a folder with one sub-folder per class")
     try:
         from PIL import Image
     except ImportError:
@@ -332,24 +332,9 @@ def image_folder(cfg, seed: int) -> Splits:
         except (OSError, ValueError) as e:
             raise DataError(f"{every[0]}: cannot be read as an image ({e}); remove or replace it.") from None
     pre = Preprocess(scale=1 / 255.0, extra={"size": list(size), "channels": channels, "layout": "NCHW"})
-    fp = _file_fingerprint(every, root)
+    fp = file_fingerprint(every, root)
     parts = {s: ImageFiles(files, y, size, channels, pre, f"{fp}|{s}") for s, (files, y) in listed.items()}
-    return _splits(cfg, seed, "image-folder", parts, pre, classes)
-
-
-def import_object(spec: str, key: str):
-    """Import ``"pkg.module:attr"``; a bad spec is a ConfigError naming ``key``."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ConfigError(f"{key}: {spec!r} must look like 'package.module:function'.")
-    mod_name, attr = spec.split(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"{key}: cannot import {mod_name!r} ({e}); check the module name and PYTHONPATH.") from None
-    obj = getattr(module, attr, None)
-    if obj is None or not callable(obj):
-        raise ConfigError(f"{key}: {mod_name!r} has no callable {attr!r}.")
-    return obj
+    return make_splits(cfg, seed, "image-folder", parts, pre, classes)
 
 
 class DatasetSamples(SampleSet):
@@ -375,9 +360,9 @@ class DatasetSamples(SampleSet):
         if known is None:
             known = getattr(dataset, "labels", None)
         if known is not None and len(known) == n:
-            self.y = _check_labels(np.asarray(known), f"{where} (targets)")
+            self.y = check_labels(np.asarray(known), f"{where} (targets)")
         else:
-            self.y = _check_labels(np.asarray([self._label(i) for i in range(n)]), f"{where} (labels)")
+            self.y = check_labels(np.asarray([self._label(i) for i in range(n)]), f"{where} (labels)")
 
     def _item(self, i: int):
         item = self.dataset[int(i)]
@@ -442,14 +427,14 @@ def factory(cfg, seed: int) -> Splits:
         return result
     pre = Preprocess()
     if _is_dataset(result):
-        return _splits(cfg, seed, "factory", {"all": DatasetSamples(result, where, pre)}, pre, None)
+        return make_splits(cfg, seed, "factory", {"all": DatasetSamples(result, where, pre)}, pre, None)
     if isinstance(result, tuple) and len(result) in (2, 3) and all(_is_dataset(r) for r in result):
         names = ("train", "test") if len(result) == 2 else SPLIT_DIRS
         parts = {s: DatasetSamples(r, f"{where} ({s})", pre) for s, r in zip(names, result)}
-        return _splits(cfg, seed, "factory", parts, pre, None)
+        return make_splits(cfg, seed, "factory", parts, pre, None)
     if isinstance(result, tuple) and len(result) in (2, 4):
         keys = ("x", "y") if len(result) == 2 else ("x_train", "y_train", "x_test", "y_test")
         arrays = dict(zip(keys, result))  # in memory already: fingerprinted by content when needed
-        return _splits(cfg, seed, "factory", _array_parts(arrays, where, pre, None), pre, None)
+        return make_splits(cfg, seed, "factory", _array_parts(arrays, where, pre, None), pre, None)
     raise DataError(f"{where}: returned {type(result).__name__}; return Splits, (x, y), "
                     "(x_train, y_train, x_test, y_test), or map-style datasets.")

@@ -96,7 +96,7 @@ def _labels(path: Path, n: int) -> np.ndarray:
 @DATASETS.register("fashion-mnist", help="Zalando Fashion-MNIST, 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)")
 def fashion_mnist(cfg, seed: int) -> Splits:
     """The images stay uint8 in memory (47 MB for all 70,000) and are scaled and standardised a batch at a time."""
-    from .adapters import _splits
+    from .adapters import make_splits
 
     limit = check_options(cfg, "fashion-mnist", {"limit"}).get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 10):
@@ -123,4 +123,4 @@ def fashion_mnist(cfg, seed: int) -> Splits:
             n_va = max(1, int(round(len(y_tr) * cfg.val_fraction)))
             va, tr = order[:n_va], order[n_va:]
         parts.update(train=train.subset(tr), val=train.subset(va))
-    return _splits(cfg, seed, "fashion-mnist", parts, pre, list(LABELS), fixed=([MEAN], [STD]))
+    return make_splits(cfg, seed, "fashion-mnist", parts, pre, list(LABELS), fixed=([MEAN], [STD]))

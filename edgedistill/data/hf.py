@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .adapters import _check_labels, _file_fingerprint, _need_path, _splits, decode_image
+from .adapters import check_labels, file_fingerprint, need_path, make_splits, decode_image
 from .core import DATASETS, Preprocess, SampleSet, Splits, check_options
 
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -192,7 +192,7 @@ def _label_column(parts: dict, label: str, names: list[str] | None, where: dict)
     ys = {}
     for s, c in raw.items():
         a = c.to_numpy() if c.null_count == 0 else c.fill_null(-1).to_numpy()
-        ys[s] = _check_labels(a, f"{where[s]} column {label!r}")
+        ys[s] = check_labels(a, f"{where[s]} column {label!r}")
     return ys, names
 
 
@@ -201,7 +201,7 @@ def _label_column(parts: dict, label: str, names: list[str] | None, where: dict)
 def hf_datasets(cfg, seed: int) -> Splits:
     opts = check_options(cfg, "hf-datasets", {"input", "label", "labels"})
     _datasets()  # the missing package is said before anything else
-    path = _need_path(cfg, "hf-datasets", "a folder written by save_to_disk, or a .csv, .json, .jsonl or .parquet file")
+    path = need_path(cfg, "hf-datasets", "a folder written by save_to_disk, or a .csv, .json, .jsonl or .parquet file")
     parts = _pick_splits(_load(path), path)
     where = {s: f"{path} ({name})" if name else str(path) for s, (name, _) in parts.items()}
     first = next(iter(parts.values()))[1]
@@ -245,9 +245,9 @@ def hf_datasets(cfg, seed: int) -> Splits:
     out = {}
     for s, (_, ds) in parts.items():
         files = sources + [Path(f["filename"]) for f in ds.cache_files]  # names, sizes, mtimes: nothing is read
-        fp = f"{getattr(ds, '_fingerprint', '')}|{_file_fingerprint(files)}|{s}"
+        fp = f"{getattr(ds, '_fingerprint', '')}|{file_fingerprint(files)}|{s}"
         out[s] = HFSamples(ds, where[s], inputs, ys[s], pre, image, size, channels, fp)
-    return _splits(cfg, seed, "hf-datasets", out, pre, labels)
+    return make_splits(cfg, seed, "hf-datasets", out, pre, labels)
 
 
 class HFTexts(SampleSet):
@@ -283,7 +283,7 @@ def _text_splits(cfg, seed: int, parts: dict, where: dict, column: str, label: s
     """A string input column: labelled (a label column: text classification, split like the other sources)
     or not (sentence embedding: every row is transfer text, evaluated on STS-B pairs)."""
     from .core import split_indices
-    from .text import _embedding_splits
+    from .text import embedding_splits
 
     out = {}
     labelled = all(label in ds.column_names for _, ds in parts.values())
@@ -294,13 +294,13 @@ def _text_splits(cfg, seed: int, parts: dict, where: dict, column: str, label: s
     ys, labels = _label_column(parts, label, names, where) if labelled else ({}, None)
     for s, (_, ds) in parts.items():
         files = [Path(f["filename"]) for f in ds.cache_files]
-        fp = f"{getattr(ds, '_fingerprint', '')}|{_file_fingerprint(files)}|{s}"
+        fp = f"{getattr(ds, '_fingerprint', '')}|{file_fingerprint(files)}|{s}"
         out[s] = HFTexts(ds, where[s], column, ys[s] if labelled else np.full(len(ds), -1, np.int64), fp)
     if not labelled:
         if len(out) != 1:
             raise DataError(f"{next(iter(where.values()))}: unlabelled texts come as one split (the transfer text); "
                             "save them as one Dataset or add a label column.")
-        return _embedding_splits(next(iter(out.values())), "hf-datasets")
+        return embedding_splits(next(iter(out.values())), "hf-datasets")
     if "test" not in out:
         base = next(iter(out.values()))
         tr, va, te = split_indices(base.y, cfg, seed)

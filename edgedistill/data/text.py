@@ -136,7 +136,7 @@ def _stsb_eval() -> tuple[SentencePairs, SentencePairs]:
             SentencePairs(test.s1, test.s2, test.score, "STS-B test"))
 
 
-def _embedding_splits(train: TextSamples, name: str) -> Splits:
+def embedding_splits(train: TextSamples, name: str) -> Splits:
     val, test = _stsb_eval()
     return Splits(train=train, val=val, test=test, num_classes=0, input_shape=(), labels=[],
                   normalization={"input": "text"}, name=name)
@@ -149,7 +149,7 @@ def text_corpus(cfg, seed: int) -> Splits:
     opts = check_options(cfg, "text-corpus", {"max_sentences", "wordnet_share", "seed"})
     sentences = corpus.transfer_corpus(int(opts.get("max_sentences", 4000)), float(opts.get("wordnet_share", 0.25)),
                                        int(opts.get("seed", seed)))
-    return _embedding_splits(TextSamples(sentences, source="transfer corpus"), "text-corpus")
+    return embedding_splits(TextSamples(sentences, source="transfer corpus"), "text-corpus")
 
 
 @DATASETS.register("text-file", help="your own sentences, one per line in a UTF-8 file (data.path): unlabelled (eval: "
@@ -162,7 +162,7 @@ def text_file(cfg, seed: int) -> Splits:
     if not path.is_file():
         raise DataError(f"data.path: {path} is not a file; pass a UTF-8 text file with one sentence per line.")
     if not labelled:
-        return _embedding_splits(TextSamples(file=path, source=str(path)), "text-file")
+        return embedding_splits(TextSamples(file=path, source=str(path)), "text-file")
     names, y = _file_labels(path)
     base = TextSamples(file=path, source=str(path), labelled=True)
     base.y = y

@@ -14,7 +14,7 @@ from ..recipe import Recipe
 from .cache import load_or_build
 from .losses import LossContext, build_loss
 from .teachers import recipe_teacher
-from .train import FitConfig, Term, check_term_paths, fit
+from .train import FitConfig, Term, check_term_paths, evaluate_accuracy, fit
 
 
 def build_terms(recipe: Recipe, num_classes: int) -> list[Term]:
@@ -48,12 +48,10 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
 
     With ``distill.cache`` the teacher's soft labels are kept in ``cache_dir`` (default: ``teacher_cache``
     next to ``out_dir``, so a re-run of this stage or another student finds them); a teacher without
-    classes (a sentence encoder) has its whole outputs kept. ``task`` (default: classification) gives
-    the validation metric of the curves.
+    classes (a sentence encoder) has its whole outputs kept. ``task`` (see :mod:`edgedistill.tasks`) gives
+    the validation metric of the curves; without one, top-1 accuracy.
     """
-    from ..tasks import get_task
-
-    task = task or get_task("classification")
+    val_metric = task.val_metric if task is not None else _accuracy
     cfg = recipe.distill
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / "teacher_cache"
@@ -67,14 +65,18 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
                                          _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
                                          augmented=cfg.augment, dense=splits.num_classes == 0, log=log)
     result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,
-                 teacher_cache=cache, evaluate=task.val_metric)
+                 teacher_cache=cache, evaluate=val_metric)
     save_checkpoint(out_dir / "model.pt", student)
     meta = {
         "losses": [{"name": t.name, "weight": t.weight, "warmup_epochs": t.warmup_epochs} for t in terms],
         "epochs": cfg.epochs, "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 1),
-        "parameters": count_params(student), "test_metric_torch": dict(zip(("name", "value"), task.val_metric(student, splits.test))),
+        "parameters": count_params(student), "test_metric_torch": dict(zip(("name", "value"), val_metric(student, splits.test))),
         "resumed_from": result.resumed_from, "final": result.history[-1] if result.history else {},
         "teacher_cache": None if cache is None else {**cache.report(), "hit": cache_hit},
     }
     _io.write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def _accuracy(model: nn.Module, split, workers=None) -> tuple[str, float]:
+    return "acc", evaluate_accuracy(model, split, workers=workers)

@@ -302,7 +302,7 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
         if t.kind == "onnx":
             members.append(OnnxTeacher(t.path, t.output, key=f"{key}.path"))
         elif t.kind == "python":  # a black box: fn(batch) -> logits, e.g. a client of a served model
-            from ..data.adapters import import_object
+            from ..user_code import import_object
 
             members.append(CallableTeacher(import_object(t.path, f"{key}.path")))
         else:

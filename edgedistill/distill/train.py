@@ -29,7 +29,7 @@ from .. import _io, _signals
 from ..data import SampleSet
 from ..data.loader import batches
 from ..errors import ConfigError, StageError
-from ..models._augment import TrainAugment
+from ..models.augment import TrainAugment
 from .cache import SoftLabelCache, refuse_if_augmented
 from .losses import DistillLoss
 from .progress import Progress

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._augment import TrainAugment
+from .augment import TrainAugment
 
 
 class ConvClassifier(nn.Module):

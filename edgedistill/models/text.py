@@ -87,7 +87,7 @@ def check_source(name: str, key: str) -> None:
         assets.minilm_path()
     elif name == "all-mpnet-base-v2":
         if not (assets.cache_dir() / name / "modules.json").is_file():  # not assembled yet: its wheels are needed
-            assets._mpnet_parts()
+            assets.mpnet_parts()
     elif not (Path(name) / "config.json").is_file():
         resolve_folder(name, key)  # not a folder: says so, naming the key
         raise ConfigError(f"{key}: {name} has no config.json; pass a sentence-transformers or Hugging Face model folder.")

@@ -12,7 +12,7 @@ import inspect
 
 from torch import nn
 
-from ..data.adapters import import_object
+from ..user_code import import_object
 from ..errors import ConfigError
 from .core import MODELS, load_checkpoint, mark_trained
 

@@ -23,7 +23,7 @@ from onnxruntime.quantization import qdq_loss_debug as qdbg
 from .. import _io
 from ..errors import StageError
 from ..data.core import as_samples
-from .ptq import ArrayReader
+from .calibration import ArrayReader
 
 _PASS_THROUGH = ("Relu", "Clip")
 

@@ -28,13 +28,11 @@ from ..models import save_checkpoint
 from .qat import QATConfig, convert_qat, export_qat_onnx, freeze_observers_, prepare_qat
 from ._fakequant import ActFakeQuant
 
-ONNX_NAME = "student_qat_int8.onnx"
-
-
 def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cfg: QATConfig,
             out_dir: str | os.PathLike, *, batch_size: int = 64, seed: int = 0, device: str = "auto",
-            opset: int = 18, workers: Optional[int] = None) -> dict:
-    """Train, convert and export the QAT student; write ``model.pt``, ``student_qat_int8.onnx``, ``meta.json``.
+            opset: int = 18, workers: Optional[int] = None, onnx_path: str | os.PathLike | None = None) -> dict:
+    """Train, convert and export the QAT student; write ``model.pt``, ``meta.json`` and the INT8 ONNX file
+    (``onnx_path``, default ``<out_dir>/student_qat_int8.onnx``) into ``out_dir``.
 
     ``teacher`` is used when ``cfg.teacher == "teacher"``; with ``"fp32_student"`` a frozen copy of
     ``student`` teaches and ``teacher`` may be None. Returns the stage's meta record.
@@ -71,8 +69,9 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
     final = convert_qat(qmodel)
     save_checkpoint(out_dir / "model.pt", final)
     example = torch.from_numpy(splits.test.read(np.arange(min(2, len(splits.test)))))
-    export = export_qat_onnx(final, out_dir / ONNX_NAME, example, opset=opset)
-    parity = check_int8_parity(final, out_dir / ONNX_NAME, splits.test, cfg.min_agreement)
+    onnx_path = Path(onnx_path) if onnx_path is not None else out_dir / "student_qat_int8.onnx"
+    export = export_qat_onnx(final, onnx_path, example, opset=opset)
+    parity = check_int8_parity(final, onnx_path, splits.test, cfg.min_agreement)
     meta = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "export": export, "parity": parity, "history": history,

@@ -38,7 +38,7 @@ def _site_dirs() -> list[Path]:
     return dirs
 
 
-def _mpnet_parts() -> list[Path]:
+def mpnet_parts() -> list[Path]:
     parts = []
     for name in _MPNET_PARTS:
         found = None
@@ -65,7 +65,7 @@ def mpnet_path(cache: Path | None = None) -> Path:
     root = Path(cache) if cache is not None else cache_dir()
     folder = root / "all-mpnet-base-v2"
     if not (folder / "modules.json").is_file():
-        parts = _mpnet_parts()
+        parts = mpnet_parts()
         root.mkdir(parents=True, exist_ok=True)
         tmp_zip = root / "all-mpnet-base-v2.zip.tmp"
         with open(tmp_zip, "wb") as out:

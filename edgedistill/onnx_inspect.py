@@ -1,4 +1,6 @@
-"""What is inside an ONNX file: parameters, MACs, size, operator histogram, quantized share, inputs/outputs.
+"""An ONNX file looked into without running it: :func:`check_onnx` (``onnx.checker`` and the opset range, before
+any file a user gives is used) and :func:`inspect_model` (parameters, MACs, size, operator histogram, quantized
+share, inputs/outputs).
 
 Uses ``onnx`` only (no torch, no onnxruntime session). MACs count the multiply-accumulates of the
 compute operators (Conv, ConvTranspose, MatMul, Gemm and their integer / QLinear forms) for one
@@ -9,11 +11,43 @@ Element-wise operators, pooling and normalisation are not counted (as in most MA
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
+from pathlib import Path
 
-from ._checks import check_onnx
 from ._io import file_size_mb
 from .errors import DataError
+
+MIN_OPSET = 7  # ONNX Runtime only guarantees support from opset 7 on
+
+
+def check_onnx(path: str | os.PathLike, what: str = "model"):
+    """Validate an ONNX file with ``onnx.checker`` and check its opset; return the loaded ModelProto.
+
+    ``.ort`` files (ORT's own flatbuffer format) are left to ONNX Runtime and return None.
+    """
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: {what} file not found; check the path.")
+    if p.suffix == ".ort":
+        return None
+    try:
+        onnx.checker.check_model(str(p))  # by path: models over 2 GB and external data work too
+        model = onnx.load(str(p))
+    except Exception as e:  # ValidationError, protobuf DecodeError, missing external data...
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"{p}: not a valid ONNX {what} ({detail}); pass an .onnx file exported with "
+                        "torch.onnx.export or re-export it.") from None
+    opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
+    newest = onnx.defs.onnx_opset_version()
+    version = opsets.get("ai.onnx")
+    if version is not None and not MIN_OPSET <= version <= newest:
+        raise DataError(f"{p}: uses ONNX opset {version}, outside the {MIN_OPSET}..{newest} that this onnx / "
+                        "onnxruntime support; re-export it with an opset in that range (17 is a safe choice).")
+    return model
+
 
 _CONV = {"Conv", "ConvInteger", "QLinearConv"}
 _MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "QGemm", "DynamicQuantizeMatMul",

@@ -1,5 +1,5 @@
-"""``edgedistill bench``, ``bundle`` and ``inspect``: thin click commands over bench.py, bundle.py and
-modelinfo.py. The main CLI attaches them with ``cli.add_command(bench_cmd, "bench")`` and so on.
+"""``edgedistill bench``, ``bundle`` and ``inspect``: the runtime commands, thin click layers over bench.py,
+bundle.py and onnx_inspect.py that need onnxruntime and no torch. ``cli.py`` adds them to the main CLI.
 
 Progress goes to stderr, results to stdout; ``--json`` prints one JSON object. Expected failures
 are a ``click.ClickException`` with one sentence; ``bench`` exits 3 when a budget is missed.
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import click
 
-from .errors import EdgeDistillError
+from .errors import EXIT_BUDGET_MISSED, EdgeDistillError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-EXIT_BUDGET_MISSED = 3  # the same code as `edgedistill run` (cli.EXIT_BUDGET_MISSED)
 
 
 def _target(name_or_path):
@@ -54,7 +53,7 @@ def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, se
                    err=True)
         result = benchmark(list(models), target=t, threads=threads, runs=runs, warmup=warmup, min_seconds=min_seconds,
                            batch_size=batch_size, seq_len=seq_len, providers=list(providers) or None,
-                           deliverable=deliverable)
+                           deliverable=deliverable or (models[-1] if t is not None else None))
     except EdgeDistillError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
@@ -158,7 +157,7 @@ def _read(path: str, what: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object.")
 def inspect_cmd(model, as_json):
     """Show what is inside an ONNX MODEL: parameters, MACs, size, operators, quantized share, inputs/outputs."""
-    from .modelinfo import inspect_model
+    from .onnx_inspect import inspect_model
 
     try:
         info = inspect_model(model)

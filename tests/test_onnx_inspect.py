@@ -7,7 +7,7 @@ import pytest
 
 import onnx_models
 from edgedistill.errors import DataError
-from edgedistill.modelinfo import inspect_model
+from edgedistill.onnx_inspect import inspect_model
 
 EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "modelinfo_expected.json").read_text())
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_missing_and_junk_files_are_data_errors(tmp_path):
 
 
 def test_import_leaves_torch_unloaded():
-    code = "import sys, edgedistill.modelinfo; print('torch' in sys.modules)"
+    code = "import sys, edgedistill.onnx_inspect; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip() == "False"
@@ -72,7 +72,7 @@ def test_import_leaves_torch_unloaded():
 def test_inspect_cli(tmp_path):
     from click.testing import CliRunner
 
-    from edgedistill._cli_tools import inspect_cmd
+    from edgedistill.cli_runtime import inspect_cmd
 
     path = str(onnx_models.conv(tmp_path / "c.onnx"))
     res = CliRunner().invoke(inspect_cmd, [path, "--json"])

@@ -1,4 +1,4 @@
-"""``run(recipe)``: the stages in order, the manifest, skip-if-unchanged, ``--from`` and a run lock.
+"""``run(recipe)``: the registered stages in order, the manifest, skip-if-unchanged, ``--from`` and a run lock.
 
 Each stage reads its inputs from the run folder (never from memory of an earlier stage), so a
 stage whose inputs' hashes match the manifest can be skipped on a re-run and any stage can be
@@ -13,66 +13,16 @@ import hashlib
 import os
 import platform
 import shutil
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import _io, _signals
-from ._checks import check_names, os_errors_as_messages, preflight
-from .errors import ConfigError, EdgeDistillError
-from .recipe import Recipe, dump_recipe
-from .targets import Target, load_target
-
-
-@dataclass
-class Stage:
-    name: str
-    dir: str
-    sections: tuple[str, ...]          # recipe sections whose values feed this stage
-    deps: tuple[str, ...]              # stages whose outputs feed this stage
-    fn: Callable[["RunContext"], list[str]]  # returns output paths relative to the run folder
-    uses_target: bool = False
-
-
-@dataclass
-class RunContext:
-    recipe: Recipe
-    target: Target
-    run_dir: Path
-    resume: bool = False
-    trust_checkpoint: bool = False  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
-    data_cache: Optional[Path] = None  # where decoded samples are kept (data.cache_decoded), once the run folder is ours
-    _splits: object = None
-    _cached: bool = False
-    _task: object = None
-
-    @property
-    def task(self):
-        """The recipe's task (see :mod:`edgedistill.tasks`): every stage asks it how, never "which kind"."""
-        if self._task is None:
-            from .tasks import get_task
-
-            self._task = get_task(self.recipe.task, self.run_dir)
-        return self._task
-
-    @property
-    def splits(self):
-        """The recipe's data: file listings and labels only; samples are read a batch at a time by the stages.
-        Once the run folder is held (``data_cache`` set), the first stage to ask decodes what
-        ``data.cache_decoded`` keeps; preflight and skipped stages decode nothing."""
-        if self._splits is None:
-            self._splits = self.task.load_data(self.recipe.data, self.recipe.seed)
-        if self.data_cache is not None and not self._cached:
-            from .data import cache_splits
-
-            self._splits, self._cached = cache_splits(self._splits, self.recipe.data, self.data_cache, self.log), True
-        return self._splits
-
-    def path(self, stage: str, *parts: str) -> Path:
-        return self.run_dir / STAGE_BY_NAME[stage].dir / Path(*parts)
+from .. import _io, _signals
+from ..preflight import check_names, preflight
+from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages
+from ..recipe import Recipe, dump_recipe
+from ..targets import Target, load_target
+from .stage import STAGES, RunContext, Stage
 
 
 def _versions() -> dict:
@@ -85,27 +35,13 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
 
 
-STAGES: list[Stage] = []
-STAGE_BY_NAME: dict[str, Stage] = {}
-
-
-def stage(name: str, dir: str, sections=(), deps=(), uses_target: bool = False):
-    """Register a pipeline stage (in run order)."""
-    def deco(fn):
-        s = Stage(name, dir, tuple(sections), tuple(deps), fn, uses_target)
-        STAGES.append(s)
-        STAGE_BY_NAME[name] = s
-        return fn
-    return deco
-
-
 def stage_names() -> list[str]:
     _load_stages()
-    return [s.name for s in STAGES]
+    return [s.name for s in STAGES.in_order()]
 
 
 def _load_stages() -> None:
-    from . import stages  # noqa: F401  (registers the built-in stages in order)
+    from . import stages  # noqa: F401  (registers the built-in stages, in order)
 
 
 class RunLock:
@@ -142,35 +78,24 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     ``trust_checkpoint`` lets the teacher stage fully unpickle a checkpoint that ``weights_only``
     refuses (with a warning); never set it for files you did not make.
     """
-    _load_stages()
-    names = [s.name for s in STAGES]
+    names = stage_names()
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from: unknown stage {from_stage!r}; choose one of: {', '.join(names)}.")
     tgt = target if isinstance(target, Target) else load_target(target or recipe.target)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
-    ctx = RunContext(recipe=recipe, target=tgt, run_dir=run_dir, resume=resume, trust_checkpoint=trust_checkpoint)
-    if log is not None:
-        ctx.log = log
+    ctx = RunContext(recipe, tgt, run_dir, trust_checkpoint=trust_checkpoint, log=log)
     check_names(recipe)  # architectures, model and loss parameters: before any data is read
     if from_stage is not None or not _nothing_to_run(run_dir, recipe, tgt):  # a fully skipped re-run reads no data
         preflight(recipe, ctx.task, ctx.splits)  # shapes and layer paths, before the run folder is touched
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
+    _check_writable(run_dir)
     with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
         ctx.data_cache = run_dir / "data_cache"
         _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
-        manifest_path = run_dir / "manifest.json"
-        manifest = _read_manifest(manifest_path)
-        recipe_dict = recipe.to_dict()
+        manifest = _read_manifest(run_dir / "manifest.json")
         manifest.update({"seed": recipe.seed, "versions": _versions(), "target": tgt.name})
         stages_m = manifest.setdefault("stages", {})
-        forced = False
-        for s in STAGES:
+        recipe_dict, forced = recipe.to_dict(), False
+        for s in STAGES.in_order():
             forced = forced or (from_stage == s.name)
             inputs_hash = _inputs_hash(s, recipe, recipe_dict, tgt, stages_m)
             prev = stages_m.get(s.name, {})
@@ -178,56 +103,82 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
                 ctx.log(f"[{s.name}] unchanged, skipped")
                 continue
             forced = True  # everything after a re-run stage re-runs too
-            stage_dir = run_dir / s.dir
             same = prev.get("inputs_hash") == inputs_hash
             # a stage stopped by Ctrl-C or killed ("running" under no lock) continues by itself; --from restarts it
             auto = same and prev.get("status") in ("running", "interrupted") and from_stage is None and not resume
             resuming = auto or (resume and same and prev.get("status") in ("running", "failed", "interrupted"))
-            if stage_dir.exists() and not resuming:
-                shutil.rmtree(stage_dir)
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
-            _io.write_json(manifest_path, manifest)
             ctx.log(f"[{s.name}] resuming the interrupted stage from its last checkpoint (`--from {s.name}` starts it "
                     "over)..." if auto else f"[{s.name}] {'resuming' if resuming else 'running'}...")
-            t0 = time.perf_counter()
-            try:
-                outputs = s.fn(ctx)
-            except BaseException as e:
-                stages_m[s.name].update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
-                                         "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})
-                if isinstance(e, KeyboardInterrupt) and not getattr(e, "stage", ""):
-                    e.stage = s.name  # for the "Interrupted in the ... stage" message
-                try:
-                    _io.write_json(manifest_path, manifest)
-                except OSError:
-                    pass  # a full disk: the stage stays "running", which --resume accepts too
-                raise
-            stages_m[s.name].update({
-                "status": "done", "seconds": round(time.perf_counter() - t0, 3),
-                "outputs": {o: _io.sha256_file(run_dir / o) for o in outputs},
-            })
-            _io.write_json(manifest_path, manifest)
-            ctx.log(f"[{s.name}] done in {stages_m[s.name]['seconds']:.1f}s")
+            stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
+            _run_stage(ctx, s, manifest, resuming)
             _release_heap()
-            if _signals.stop_requested() and s is not STAGES[-1]:  # Ctrl-C during a stage without clean points
+            if _signals.stop_requested() and s is not STAGES.in_order()[-1]:  # Ctrl-C during a stage without clean points
                 raise _signals.Interrupted(f"after the {s.name} stage")
-    import json
+    return _io.read_json(run_dir / "report" / "report.json")
 
-    with open(run_dir / "report" / "report.json") as f:
-        return json.load(f)
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise EdgeDistillError(f"{run_dir}: cannot write the run folder ({e.strerror}); choose a writable --run-dir.") from None
+
+
+def _run_stage(ctx: RunContext, s: Stage, manifest: dict, resuming: bool) -> None:
+    """Run one stage in its folder (emptied first unless it resumes) and record in the manifest how it ended: done
+    with its outputs' hashes, failed, or interrupted."""
+    stage_dir, manifest_path, record = ctx.run_dir / s.dir, ctx.run_dir / "manifest.json", manifest["stages"][s.name]
+    if stage_dir.exists() and not resuming:
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    _io.write_json(manifest_path, manifest)
+    t0 = time.perf_counter()
+    ctx.stage = s
+    try:
+        s.fn(ctx)
+    except BaseException as e:
+        record.update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                       "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})
+        if isinstance(e, KeyboardInterrupt) and not getattr(e, "stage", ""):
+            e.stage = s.name  # for the "Interrupted in the ... stage" message
+        try:
+            _io.write_json(manifest_path, manifest)
+        except OSError:
+            pass  # a full disk: the stage stays "running", which --resume accepts too
+        raise
+    finally:
+        ctx.stage = None
+    record.update({"status": "done", "seconds": round(time.perf_counter() - t0, 3),
+                   "outputs": {o: _io.sha256_file(ctx.run_dir / o) for o in _outputs(ctx.run_dir, s)}})
+    _io.write_json(manifest_path, manifest)
+    ctx.log(f"[{s.name}] done in {record['seconds']:.1f}s")
+
+
+def _outputs(run_dir: Path, s: Stage) -> list[str]:
+    """A stage's outputs: every file in its folder, its resume checkpoints aside (relative to the run folder)."""
+    folder = run_dir / s.dir
+    return sorted(str(p.relative_to(run_dir)) for p in folder.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
 
 
 def _inputs_hash(s: Stage, recipe: Recipe, recipe_dict: dict, tgt: Target, stages_m: dict) -> str:
-    """What a stage's result depends on: its recipe sections, the seed and task, its dependencies' outputs, the
-    target where it matters and the user files its sections name."""
-    inputs = {sec: recipe_dict.get(sec) for sec in s.sections}
+    """What a stage's result depends on: its recipe sections (``target``: the resolved target), the seed and task,
+    its dependencies' outputs and the user files its sections name."""
+    inputs = {sec: tgt.to_dict() if sec == "target" else _section(recipe_dict, sec) for sec in s.sections}
     inputs["seed"], inputs["task"] = recipe.seed, recipe.task
     inputs["deps"] = {d: stages_m.get(d, {}).get("outputs") for d in s.deps}
-    if s.uses_target:
-        inputs["target"] = tgt.to_dict()
     inputs["files"] = input_files(recipe, s.sections)
     return _io.sha256_json(inputs)
+
+
+def _section(recipe_dict: dict, dotted: str):
+    """A recipe section's values, or one key's (``distill.device``)."""
+    value = recipe_dict
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _unchanged(prev: dict, inputs_hash: str, run_dir: Path) -> bool:
@@ -240,7 +191,7 @@ def _nothing_to_run(run_dir: Path, recipe: Recipe, tgt: Target) -> bool:
     stages_m = _read_manifest(run_dir / "manifest.json").get("stages", {})
     recipe_dict = recipe.to_dict()
     return all(_unchanged(stages_m.get(s.name, {}), _inputs_hash(s, recipe, recipe_dict, tgt, stages_m), run_dir)
-               for s in STAGES)
+               for s in STAGES.in_order())
 
 
 def _release_heap() -> None:
@@ -248,7 +199,7 @@ def _release_heap() -> None:
     many batches leaves its freed buffers in the allocator, and the next stage's peak would stand on them."""
     import gc
 
-    from . import _heap
+    from .. import _heap
 
     gc.collect()
     _heap.trim()

@@ -1,0 +1,147 @@
+"""What a pipeline stage is: ``Stage``, the ``@stage`` decorator that registers one, and the ``RunContext`` it
+reads. A leaf of the pipeline package: the runner and the built-in stages import it, it imports neither.
+
+A stage declares, once, in its decorator: its folder, the recipe sections it reads (``"target"`` is the
+resolved device target), the stages whose outputs it reads, and the ONNX models it writes. Its outputs are
+every file in its folder (its resume checkpoints aside), so they are never listed twice. While a stage runs,
+``ctx.recipe`` lets it read only the sections it declared: reading another one is an error on every run,
+so a declaration cannot fall behind the code and leave a stale stage skipped as unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import StageError
+from ..recipe import Recipe
+from ..registry import Registry
+from ..targets import Target
+
+ALWAYS_READ = ("seed", "task")  # in every stage's inputs hash, so any stage may read them
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """An ONNX model a stage writes: the name the verify, bench and report stages give it, its file in the
+    stage's folder, and what it is."""
+
+    name: str
+    file: str
+    role: str        # "teacher" or "student"
+    precision: str   # "fp32" or "int8"
+
+
+@dataclass
+class Stage:
+    name: str
+    dir: str
+    sections: tuple[str, ...]          # recipe sections (or "section.key") it reads; "target": the resolved target
+    deps: tuple[str, ...]              # stages whose outputs it reads
+    fn: Callable[["RunContext"], None]
+    models: tuple[ModelFile, ...] = ()
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def stage(name: str, dir: str, sections=(), deps=(), models=()):
+    """Register a pipeline stage; stages run in the order they are registered."""
+    def deco(fn):
+        STAGES.register(name, help=(fn.__doc__ or "").strip().split("\n")[0])(
+            Stage(name, dir, tuple(sections), tuple(deps), fn, tuple(models)))
+        return fn
+    return deco
+
+
+def model_files() -> dict[str, tuple[Stage, ModelFile]]:
+    """Every ONNX model the stages write, by name: the teacher, the FP32 student, then the compressed students
+    in the order of the stages that write them (the bench compares each with the first)."""
+    found = [(s, m) for s in STAGES.in_order() for m in s.models]
+    return {m.name: (s, m) for s, m in sorted(found, key=lambda sm: (sm[1].role != "teacher", sm[1].precision != "fp32"))}
+
+
+class _RecipeView:
+    """The recipe (or one of its sections, ``where``) as the running stage may read it: the sections it declares
+    (a dotted name such as ``distill.device`` declares one key of a section), the seed and the task."""
+
+    def __init__(self, obj, stage: Stage, where: str = "") -> None:
+        self._obj, self._stage, self._where = obj, stage, where
+
+    def __getattr__(self, key: str):
+        dotted = f"{self._where}{key}"
+        if (not self._where and key in ALWAYS_READ) or dotted in self._stage.sections:
+            return getattr(self._obj, key)
+        if any(s.startswith(dotted + ".") for s in self._stage.sections):
+            return _RecipeView(getattr(self._obj, key), self._stage, dotted + ".")
+        if key in {f.name for f in dataclasses.fields(self._obj)} or key == "to_dict":
+            raise StageError(f"the {self._stage.name} stage reads recipe.{dotted} but does not declare it in its "
+                             f"sections ({', '.join(self._stage.sections) or 'none'}); add it to its @stage(...).")
+        return getattr(self._obj, key)
+
+
+class RunContext:
+    """What a running stage reads: the recipe (its declared sections), the target, the run folder, the data."""
+
+    def __init__(self, recipe: Recipe, target: Target, run_dir: Path, trust_checkpoint: bool = False,
+                 log: Optional[Callable[[str], None]] = None) -> None:
+        self._recipe, self._target, self.run_dir = recipe, target, Path(run_dir)
+        self.trust_checkpoint = trust_checkpoint  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.data_cache: Optional[Path] = None  # where decoded samples are kept (data.cache_decoded), once the folder is ours
+        self.stage: Optional[Stage] = None      # the stage running now: what it may read
+        self._splits, self._cached, self._task = None, False, None
+
+    @property
+    def recipe(self):
+        """The recipe, limited to the running stage's declared sections (the whole recipe between stages)."""
+        return self._recipe if self.stage is None else _RecipeView(self._recipe, self.stage)
+
+    @property
+    def target(self) -> Target:
+        self._require("target")
+        return self._target
+
+    @property
+    def task(self):
+        """The recipe's task (see :mod:`edgedistill.tasks`): every stage asks it how, never "which kind"."""
+        if self._task is None:
+            from ..tasks import get_task
+
+            self._task = get_task(self._recipe.task, self.run_dir)
+        return self._task
+
+    @property
+    def splits(self):
+        """The recipe's data: file listings and labels only; samples are read a batch at a time by the stages.
+        Once the run folder is held (``data_cache`` set), the first stage to ask decodes what
+        ``data.cache_decoded`` keeps; preflight and skipped stages decode nothing."""
+        self._require("data")
+        if self._splits is None:
+            self._splits = self.task.load_data(self._recipe.data, self._recipe.seed)
+        if self.data_cache is not None and not self._cached:
+            from ..data.decoded_cache import cache_splits
+
+            self._splits, self._cached = cache_splits(self._splits, self._recipe.data, self.data_cache, self.log), True
+        return self._splits
+
+    def path(self, stage: str, *parts: str) -> Path:
+        """A path in a stage's folder."""
+        return self.run_dir / STAGES.get(stage).dir / Path(*parts)
+
+    def model_path(self, name: str) -> Path:
+        """Where the ONNX model ``name`` (a :class:`ModelFile` some stage declares) is written."""
+        s, m = model_files()[name]
+        return self.path(s.name, m.file)
+
+    def written_models(self) -> dict[str, Path]:
+        """The declared ONNX models that exist in the run folder, by name (a disabled stage writes none)."""
+        return {name: self.model_path(name) for name in model_files() if self.model_path(name).exists()}
+
+    def _require(self, section: str) -> None:
+        if self.stage is not None and section not in self.stage.sections:
+            raise StageError(f"the {self.stage.name} stage reads the {section} but does not declare "
+                             f"{section!r} in its sections; add it to its @stage(...).")

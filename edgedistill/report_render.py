@@ -1,0 +1,150 @@
+"""How a report reads: the tables, lines and pages that ``report.md`` and ``report.html`` print.
+
+Only formatting: every figure and conclusion comes from ``report.json``'s content (computed by
+:mod:`edgedistill.report`); both renderers take their cells from the same tables, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from . import _io
+from .errors import DataError
+
+
+def models_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The header and one row of cells per model (metric, size, latency, peak RSS, budget verdict)."""
+    header = ["model", "role", "precision", "metric", "size (MB)", "p50 (ms)", "p90 (ms)", "p99 (ms)",
+              "peak RSS (MB)", "verdict"]
+    rows = []
+    for x in report["models"]:
+        lat = x["latency_ms"]
+        verdict = "within budget" if x.get("within_budget") else "; ".join(x.get("violations") or ["—"])
+        rows.append([x["name"], x["role"], x["precision"], f"{x['metric']['name']} {x['metric']['value']:.4f}",
+                     f"{x['size_mb']:.4f}", f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
+                     f"{x['peak_rss_mb']:.1f}", verdict])
+    return header, rows
+
+
+def comparisons_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The header and one row of cells per student model against the teacher."""
+    metric = report["comparisons"][0]["metric"] if report["comparisons"] else "metric"
+    header = ["model", "precision", "size vs teacher", "p90 vs teacher", f"{metric} points lost"]
+    rows = [[c["name"], c["precision"], _times(c["smaller_x"], "smaller", "larger"),
+             _times(c["faster_p90_x"], "faster", "slower"), f"{c['points_lost']:.1f}"] for c in report["comparisons"]]
+    return header, rows
+
+
+def _times(x: float | None, better: str, worse: str) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.1f}x {better}" if x >= 1 else f"{1 / x:.1f}x {worse}"
+
+
+def target_line(report: dict) -> str:
+    """``laptop-x86 (x86_64, 4 cores); budgets: size_mb = 20.0, ...`` (plain text, for either renderer)."""
+    t = report["target"]
+    hw = f" ({t['architecture']}, {t['cores']} cores)" if t.get("architecture") else ""
+    return f"{t['name']}{hw}; budgets: " + ", ".join(f"{k} = {v}" for k, v in t.get("budgets", {}).items())
+
+
+def machine_line(report: dict) -> str:
+    """Where the benchmark ran, as a sentence (empty when the report records no machine)."""
+    m = report.get("machine") or {}
+    if not m:
+        return ""
+    isa = ", ".join(k for k, v in (m.get("isa") or {}).items() if v) or "none recorded"
+    return (f"Measured on {m.get('cpu', '?')} ({m.get('architecture', '?')}), {m.get('cores', '?')} cores "
+            f"(ISA: {isa}), onnxruntime {m.get('onnxruntime', '?')}.")
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# edgedistill report", "", f"Target: **{target_line(report)}**", "",
+             f"Deliverable: **{report['deliverable']}**"]
+    if report.get("deliverable_reason"):
+        lines += ["", f"Why: {report['deliverable_reason']}"]
+    lines += ["", "## Warnings", ""] + ([f"- {w}" for w in report["warnings"]] or ["None."])
+    if report["comparisons"]:
+        lines += ["", f"## Against the teacher ({report['comparisons'][0]['teacher']})", "",
+                  *_md_table(*comparisons_table(report))]
+    lines += ["", "## Models", ""] + ([machine_line(report), ""] if machine_line(report) else [])
+    lines += _md_table(*models_table(report))
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render_html(report: dict, pngs, out_path) -> Path:
+    """A single ``report.html`` that opens offline: the deliverable and why, the warnings, the students
+    against the teacher, every model's figures, and every PNG embedded. It only formats what
+    ``report.json`` says (``edgedistill.report`` computes it)."""
+    check_report(report, ("deliverable", "comparisons", "warnings"))
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>edgedistill report: {e(report['target']['name'])}</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>edgedistill report</h1>", f"<p>Target: <b>{e(target_line(report))}</b></p>",
+             f'<p class="deliverable">Deliverable: <b>{e(str(report["deliverable"]))}</b></p>']
+    if report.get("deliverable_reason"):
+        parts.append(f'<p class="why">Why: {e(report["deliverable_reason"])}</p>')
+    parts.append('<h2 id="warnings">Warnings</h2>')
+    parts.append('<ul class="warn">' + "".join(f"<li>{e(w)}</li>" for w in report["warnings"]) + "</ul>"
+                 if report["warnings"] else "<p>None.</p>")
+    if report["comparisons"]:
+        parts += [f'<h2>Against the teacher ({e(report["comparisons"][0]["teacher"])})</h2>',
+                  _html_table(*comparisons_table(report), "comparisons")]
+    parts.append("<h2>Models</h2>")
+    if machine_line(report):
+        parts.append(f"<p>{e(machine_line(report))}</p>")
+    parts.append(_html_table(*models_table(report), "models", _model_row_classes(report)))
+    for p in pngs:
+        parts.append(_figure(Path(p)))
+    parts.append("</body></html>")
+    return _io.write_text(out_path, "\n".join(parts) + "\n")
+
+
+def _html_table(header: list[str], rows: list[list[str]], table_id: str, row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(_html_row(r, c) for r, c in zip(rows, row_classes or [""] * len(rows)))
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _html_row(cells: list[str], css_class: str) -> str:
+    attr = f' class="{css_class}"' if css_class else ""
+    return f"<tr{attr}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _model_row_classes(report: dict) -> list[str]:
+    return [" ".join(c for c in ("deliverable" if m["name"] == report["deliverable"] else "",
+                                 "ok" if m.get("within_budget") else "miss") if c) for m in report["models"]]
+
+
+def _figure(p: Path) -> str:
+    data = p.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise DataError(f"{p}: not a PNG file; pass the PNGs plot_report wrote.")
+    return (f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+            f"<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>")
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}"
+        "tr.deliverable{font-weight:bold;background:#eef8ee}tr.ok td:last-child{color:#2a7a2a}"
+        "tr.miss td:last-child{color:#b22}.warn li{color:#b25b00;font-weight:bold;margin:.3em 0}"
+        "p.deliverable{font-size:1.2em}img{max-width:100%}figure{margin:1.5em 0}")
+
+
+def check_report(report: dict, also: tuple = ()) -> None:
+    """Refuse a report dict that lacks what the renderers and plots read, naming the key."""
+    for key in ("target", "models", *also):
+        if key not in report:
+            raise DataError(f"report: the '{key}' key is missing; pass the report.json the report stage writes.")
+    for i, m in enumerate(report["models"]):
+        for key in ("name", "role", "precision", "metric", "size_mb", "latency_ms", "peak_rss_mb"):
+            if key not in m:
+                raise DataError(f"report.models[{i}]: the '{key}' key is missing; pass the report.json the "
+                                "report stage writes.")
