@@ -117,8 +117,9 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
 
     ``teacher`` is an ``nn.Module`` or a TorchTeacher (white box: its layers can be tapped), another
     :class:`Teacher` (ONNX, callable, ensemble: outputs only) or any callable ``x -> logits``; None for a
-    scratch run or for self-distillation. It becomes one :class:`Teacher` here (``as_teacher``). ``teacher_cache`` (see :mod:`.cache`), when given, replaces the teacher's forward
-    by a lookup of its stored top-k soft labels, indexed by the sample's position in ``train``.
+    scratch run or for self-distillation; it becomes one :class:`Teacher` here (``as_teacher``).
+    ``teacher_cache`` (see :mod:`.cache`), when given, replaces the teacher's forward by a lookup of its
+    stored top-k soft labels, indexed by the sample's position in ``train``.
     ``evaluate(model, val, workers) -> (name, value)`` gives the curves' ``val_<name>`` column (default:
     top-1 accuracy, ``val_acc``).
     """
