@@ -56,10 +56,10 @@ def prepare_teacher(recipe: Recipe, splits: Splits, out_dir: str | os.PathLike, 
     history = []
     if epochs:
         ce = build_loss("ce", {}, LossContext(num_classes=splits.num_classes), "teacher")
-        fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                            scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                            device=recipe.distill.device, amp=recipe.distill.amp, desc="teacher",
-                            workers=recipe.data.workers)
+        # [teacher] has no device or AMP switch of its own: the distill section's apply
+        fit_cfg = FitConfig.from_section(cfg, desc="teacher", batch_size=recipe.data.batch_size, seed=recipe.seed,
+                                         workers=recipe.data.workers, epochs=epochs, device=recipe.distill.device,
+                                         amp=recipe.distill.amp)
         history = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val).history
     source = (f"{weights}, fine-tuned {epochs} epochs" if weights and epochs else weights) or "trained from scratch"
     model.eval()

@@ -12,7 +12,8 @@ from edgedistill.data import ArraySplit
 from edgedistill.distill.cache import (SoftLabelCache, build_cache, load_or_build, refuse_if_augmented,
                                        storage_report)
 from edgedistill.distill.losses import LossContext, build_loss
-from edgedistill.distill.teachers import CallableTeacher, EnsembleTeacher, OnnxTeacher, TorchTeacher
+from edgedistill.distill.teachers import (CachedTeacher, CallableTeacher, EnsembleTeacher, NoTeacher, OnnxTeacher,
+                                          TorchTeacher, as_teacher)
 from edgedistill.distill.train import FitConfig, Term, _term_value, check_term_paths, fit
 from edgedistill.errors import ConfigError, StageError
 from edgedistill.models import build_model
@@ -56,6 +57,40 @@ def test_feature_distillation_trains_student_not_teacher_and_removes_hooks(tmp_p
     assert not torch.equal(s0["features.0.weight"], student.state_dict()["features.0.weight"])
     assert {"loss_kd0", "loss_hint1", "loss_at2", "loss_total"} <= set(res.history[0])
     assert (tmp_path / "curves.csv").read_text().splitlines()[0].count("loss_") == 4
+
+
+def test_a_torch_teacher_wrapper_is_tapped_like_its_module(tmp_path):
+    teacher = _cnn(8, 2, seed=1)
+    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    terms = _terms(("kd", {}), ("hint", {"student_layer": "features.2", "teacher_layer": "features.2"}))
+    res = fit(_cnn(), _data(), FitConfig(**CFG), terms, tmp_path, teacher=TorchTeacher(teacher))
+    assert np.isfinite(res.history[0]["loss_hint1"]) and _hooks(teacher) == 0
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t0.items())
+
+
+def test_every_teacher_a_caller_may_pass_becomes_one_teacher():
+    module = _cnn(8, 2, seed=1).train()
+    wrapped = as_teacher(module)  # a white box, frozen: eval, no gradients, no graph
+    assert isinstance(wrapped, TorchTeacher) and wrapped.model is module and wrapped.tappable
+    assert not module.training and not any(p.requires_grad for p in module.parameters())
+    module.train()  # a parent's .train() does not wake it up
+    x = torch.from_numpy(_data(4).x)
+    out = wrapped.outputs(x, ["features.2"])
+    assert not module.training and set(out) == {"logits", "features.2"} and out["logits"].grad_fn is None
+    assert _hooks(module) == 0 and wrapped.output_shapes(x, ["features.2"])["features.2"] == out["features.2"].shape
+    assert isinstance(as_teacher(None), NoTeacher) and as_teacher(None).outputs(x) == {}
+    fn = as_teacher(lambda xb: torch.zeros(len(xb), 5))
+    assert isinstance(fn, CallableTeacher) and not fn.tappable and fn.output_shapes(x) == {"logits": torch.Size([4, 5])}
+    assert as_teacher(fn) is fn and fn.shares() is None
+    assert fn.described == "a Python callable teacher, which supplies outputs only"
+    ens = EnsembleTeacher([TorchTeacher(_cnn(4, 1, seed=2)), fn], mix="losses")
+    assert ens.to("meta") is ens and ens.teachers[0].model.head.weight.device.type == "meta"  # members follow
+    assert ens.shares() == [0.5, 0.5] and not ens.tappable
+    cache = build_cache(TorchTeacher(_cnn(8, 2, seed=1)), _data(8).x, key="k", temperature=4.0, k=2)
+    cached = CachedTeacher(cache).to("cpu")
+    assert cached.output_shapes(x) == {"logits": torch.Size([4, 5])} and not cached.tappable
+    torch.testing.assert_close(cached.outputs(x, (), torch.arange(4))["logits"],
+                               cache.teacher_outputs(torch.arange(4), x)["logits"])
 
 
 def test_bad_module_path_is_rejected_with_valid_names():
@@ -239,7 +274,8 @@ def test_recipe_teachers_main_onnx_torch_and_ensemble(tmp_path):
     main, extra = _cnn(8, 2, seed=1), _cnn(4, 1, seed=4).eval()
     onnx_path = onnx_conv(tmp_path / "t.onnx", classes=5)
     save_checkpoint(tmp_path / "extra.pt", extra)
-    assert recipe_teacher(_recipe().distill, main, (1, 8, 8), 5) is main  # no extra teachers: a white box
+    alone = recipe_teacher(_recipe().distill, main, (1, 8, 8), 5)  # no extra teachers: the main one, a white box
+    assert isinstance(alone, TorchTeacher) and alone.model is main and alone.tappable
     alone = recipe_teacher(_recipe(teacher_weight=0.0, teachers=[{"path": str(onnx_path)}]).distill, main, (1, 8, 8), 5)
     assert isinstance(alone, OnnxTeacher)
     cfg = _recipe(teacher_weight=2.0, teachers=[{"path": str(onnx_path), "weight": 1.0},
@@ -250,9 +286,10 @@ def test_recipe_teachers_main_onnx_torch_and_ensemble(tmp_path):
     with torch.no_grad():
         expected = (2 * main(x) + OnnxTeacher(onnx_path)(x)["logits"] + extra(x)) / 4
     torch.testing.assert_close(ens(x)["logits"], expected)
-    assert ens.mix == "logits" and ens.shares() == [0.5, 0.25, 0.25]
+    assert ens.mix == "logits" and ens.weights == [2.0, 1.0, 1.0] and ens.shares() is None  # one averaged output
     cfg.teacher_mix = "losses"
-    assert recipe_teacher(cfg, main, (1, 8, 8), 5).mix == "losses"
+    per_teacher = recipe_teacher(cfg, main, (1, 8, 8), 5)
+    assert per_teacher.mix == "losses" and per_teacher.shares() == [0.5, 0.25, 0.25]
     with pytest.raises(ConfigError, match=r"distill.teachers\[0\].path: .*missing.onnx does not exist"):
         recipe_teacher(_recipe(teachers=[{"path": str(tmp_path / "missing.onnx")}]).distill, main, (1, 8, 8), 5)
 

@@ -133,3 +133,24 @@ def test_without_a_terminal_training_prints_progress_lines(tmp_path, digits_spli
     assert all(got) and len(got) == 2 * steps, lines
     assert [(int(m[1]), int(m[2])) for m in got] == [(e, k) for e in (1, 2) for k in range(1, steps + 1)]
     assert got[-1][0].endswith("ETA 0m00s")
+
+
+def test_fit_config_from_a_recipe_section():
+    from edgedistill.quant.config import QATConfig
+    from edgedistill.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"distill": {"epochs": 4, "lr": 0.01, "optimizer": "sgd", "scheduler": "linear",
+                                           "device": "cpu", "amp": True, "checkpoint_every": 7, "augment": True,
+                                           "warmup": 0.1, "clip_grad_norm": 1.5}})
+    cfg = FitConfig.from_section(recipe.distill, desc="distill", batch_size=32, seed=3, workers=0)
+    assert cfg == FitConfig(epochs=4, lr=0.01, weight_decay=recipe.distill.weight_decay, optimizer="sgd",
+                            scheduler="linear", batch_size=32, seed=3, device="cpu", amp=True, checkpoint_every=7,
+                            desc="distill", augment=True, workers=0, warmup=0.1, clip_grad_norm=1.5)
+    # What a section lacks (or the caller decides) is passed: [teacher] has no device, [qat] no optimiser.
+    teacher = FitConfig.from_section(recipe.teacher, desc="teacher", batch_size=32, seed=3, workers=None, epochs=2,
+                                     device="cpu")
+    assert (teacher.epochs, teacher.lr, teacher.device, teacher.amp) == (2, recipe.teacher.lr, "cpu", False)
+    qat = FitConfig.from_section(QATConfig(lr=1e-4), desc="qat-observe", batch_size=8, seed=0, workers=None, epochs=1)
+    assert (qat.epochs, qat.lr, qat.optimizer, qat.scheduler) == (1, 1e-4, "adamw", "cosine")
+    with pytest.raises(TypeError):
+        FitConfig.from_section(recipe.distill, desc="x", batch_size=1, seed=0, workers=None, nonsense=1)

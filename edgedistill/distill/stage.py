@@ -13,8 +13,8 @@ from ..models import count_params, save_checkpoint
 from ..recipe import Recipe
 from .cache import load_or_build
 from .losses import LossContext, build_loss
-from .teachers import TorchTeacher, recipe_teacher
-from .train import FitConfig, Term, as_teacher, check_term_paths, evaluate_accuracy, fit
+from .teachers import recipe_teacher
+from .train import FitConfig, Term, check_term_paths, evaluate_accuracy, fit
 
 
 def build_terms(recipe: Recipe, num_classes: int) -> list[Term]:
@@ -39,7 +39,7 @@ def check_taps(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -
     student = build_model(*student_spec(recipe)[:2], input_shape, num_classes, "student")
     teacher = build_model(recipe.teacher.arch, recipe.teacher.params, input_shape, num_classes, "teacher")
     teacher = recipe_teacher(recipe.distill, teacher, input_shape, num_classes)  # extra teachers: outputs only
-    check_term_paths(build_terms(recipe, num_classes), student, as_teacher(teacher), cached=recipe.distill.cache)
+    check_term_paths(build_terms(recipe, num_classes), student, teacher, cached=recipe.distill.cache)
 
 
 def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Recipe,
@@ -56,16 +56,12 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / "teacher_cache"
     terms = build_terms(recipe, splits.num_classes)
-    fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                        scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                        device=cfg.device, amp=cfg.amp, checkpoint_every=cfg.checkpoint_every, desc="distill",
-                        augment=cfg.augment, workers=recipe.data.workers, warmup=cfg.warmup,
-                        clip_grad_norm=cfg.clip_grad_norm)
+    fit_cfg = FitConfig.from_section(cfg, desc="distill", batch_size=recipe.data.batch_size, seed=recipe.seed,
+                                     workers=recipe.data.workers)
     teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
     cache, cache_hit = None, None
     if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students
-        wrapped = TorchTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
-        cache, cache_hit = load_or_build(cache_dir, wrapped, wrapped.fingerprint(), splits.train,
+        cache, cache_hit = load_or_build(cache_dir, teacher, teacher.fingerprint(), splits.train,
                                          _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
                                          augmented=cfg.augment, dense=splits.num_classes == 0, log=log)
     result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,

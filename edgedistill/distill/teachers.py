@@ -1,14 +1,20 @@
-"""Teachers behind one interface: ``teacher(x) -> {"logits": tensor, ...}``, frozen.
+"""Teachers behind one interface, frozen: whatever a caller passes as the teacher becomes one
+:class:`Teacher` (:func:`as_teacher`), and the training loop asks it, never its type.
 
-* :class:`TorchTeacher` wraps an ``nn.Module`` (white box: the loop may tap its layers).
+* :class:`TorchTeacher` wraps an ``nn.Module`` (white box: ``tappable``, the loop may read its layers).
 * :class:`OnnxTeacher` runs an ONNX file through ONNX Runtime (black box: outputs only).
 * :class:`CallableTeacher` wraps any Python function of a batch (black box).
 * :class:`EnsembleTeacher` holds several teachers with weights (multi-teacher KD): their logits are
   averaged (``mix = "logits"``), or each output loss is computed once per teacher and the losses are
-  averaged (``mix = "losses"``, done by the training loop).
+  averaged (``mix = "losses"``: ``shares()`` gives the weights, the training loop does the rest).
+* :class:`CachedTeacher` stands in for a teacher with its stored soft labels (:mod:`.cache`).
+* :class:`NoTeacher`: a scratch or self-distillation run.
 
-Black-box teachers supply outputs only; ``train.check_term_paths`` refuses the losses that would
-need their internals. ``fingerprint()`` identifies a teacher for the soft-label cache key.
+The interface: ``teacher(x) -> {"logits": tensor, ...}``; ``outputs(x, layers, index)`` adds the tapped
+``layers`` (white box only); ``output_shapes(example, layers)``; ``to(device)``; ``shares()`` (None
+unless per-teacher losses); ``described`` names it in error messages. Black-box teachers supply
+outputs only; ``train.check_term_paths`` refuses the losses that would need their internals.
+``fingerprint()`` identifies a teacher for the soft-label cache key.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,34 +31,88 @@ from torch import nn
 from .._io import sha256_file
 from ..models.core import model_forward
 from ..errors import ConfigError
+from .taps import Taps, dry_run_shapes
+
+if TYPE_CHECKING:
+    from .cache import SoftLabelCache
 
 
 class Teacher:
-    """Base: frozen, called on a batch, returns a dict of outputs with ``"logits"``."""
+    """Base: frozen, called on a batch, returns a dict of outputs with ``"logits"``; a black box."""
 
     kind: str = "teacher"
+    #: A white box whose layers can be read by forward hooks (``outputs(x, layers)``); its module is ``model``.
+    tappable: bool = False
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+    def __call__(self, x) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def outputs(self, x, layers: Sequence[str] = (), index: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """The outputs for batch ``x`` (at positions ``index`` of the training split), with the tapped
+        ``layers``; a black box has none to give (``check_term_paths`` refused them before)."""
+        return self(x)
+
+    def output_shapes(self, example, layers: Sequence[str] = ()) -> dict[str, torch.Size]:
+        """One call on a real input tells the shapes (the loss heads are built from them)."""
+        return {k: v.shape for k, v in self.outputs(example, layers).items()}
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        return self
+
+    def shares(self) -> Optional[list[float]]:
+        """Per-teacher loss coefficients (an ensemble with ``mix = "losses"``); None: one teacher output."""
+        return None
+
+    @property
+    def described(self) -> str:
+        return f"{'an' if self.kind[0] in 'AEIOU' else 'a'} {self.kind} teacher, which supplies outputs only"
 
     def fingerprint(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
+class NoTeacher(Teacher):
+    """No teacher: a scratch run, self-distillation, or losses that never read the teacher."""
+
+    kind = "no teacher"
+    described = "no teacher (a scratch or self-distillation run)"
+
+    def __call__(self, x):
+        return {}
+
+    def fingerprint(self) -> str:
+        return "none"
+
+
 class TorchTeacher(Teacher):
-    """A PyTorch module, put in ``eval()`` with every parameter frozen; its layers can be tapped."""
+    """A PyTorch module, put in ``eval()`` with every parameter frozen and run under ``no_grad``; its
+    layers can be tapped."""
 
     kind = "PyTorch model"
+    tappable = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    @torch.no_grad()
     def __call__(self, x):
+        return self.outputs(x)
+
+    @torch.no_grad()
+    def outputs(self, x, layers: Sequence[str] = (), index=None):
         self.model.eval()  # stays in eval even if someone called .train() on a parent
-        return {"logits": model_forward(self.model, x)}
+        if not layers:
+            return {"logits": model_forward(self.model, x)}
+        with Taps(self.model, layers) as taps:
+            return taps.collect(model_forward(self.model, x))
+
+    def output_shapes(self, example, layers: Sequence[str] = ()):
+        return dry_run_shapes(self.model, layers, example)  # follows the model to its device
+
+    def to(self, device):
+        self.model.to(device)
+        return self
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(type(self.model).__name__.encode())
@@ -155,10 +215,18 @@ class EnsembleTeacher(Teacher):
             raise ConfigError(f"teacher mix: {mix!r} is not one of {', '.join(self.MIXES)}.")
         self.teachers, self.weights, self.mix = list(teachers), weights, mix
 
-    def shares(self) -> list[float]:
-        """Each teacher's weight over the weights' sum: the coefficients of ``mix = "losses"``."""
+    def shares(self) -> Optional[list[float]]:
+        """With ``mix = "losses"``, each teacher's weight over the weights' sum (the coefficients of the
+        per-teacher losses); None with ``mix = "logits"``, where the losses read the averaged logits."""
+        if self.mix != "losses":
+            return None
         total = sum(self.weights)
         return [w / total for w in self.weights]
+
+    def to(self, device):
+        for t in self.teachers:
+            t.to(device)
+        return self
 
     def __call__(self, x):
         total = sum(self.weights)
@@ -171,10 +239,50 @@ class EnsembleTeacher(Teacher):
         return "ensemble:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> nn.Module | Teacher:
+class CachedTeacher(Teacher):
+    """The teacher cache standing in for the teacher: its stored top-k soft labels, looked up by each
+    sample's position in the training split (outputs only; the teacher does not run)."""
+
+    kind = "teacher cache"
+    described = "the teacher cache, which stores outputs only"
+
+    def __init__(self, cache: "SoftLabelCache") -> None:
+        self.cache, self.device = cache, None
+
+    def __call__(self, x):
+        raise TypeError("a cached teacher needs the samples' positions: call outputs(x, index=...)")
+
+    def outputs(self, x, layers: Sequence[str] = (), index=None):
+        return self.cache.teacher_outputs(index, x, self.device)
+
+    def output_shapes(self, example, layers: Sequence[str] = ()):
+        return {k: v.shape for k, v in self.cache.teacher_outputs(torch.arange(len(example))).items()}
+
+    def to(self, device):
+        self.device = torch.device(device)
+        return self
+
+    def fingerprint(self) -> str:
+        return "cache:" + self.cache.key
+
+
+def as_teacher(teacher) -> Teacher:
+    """Any teacher a caller may pass, as a :class:`Teacher`: None is :class:`NoTeacher`, an ``nn.Module`` a
+    (frozen) :class:`TorchTeacher`, a plain callable ``x -> logits`` a :class:`CallableTeacher`."""
+    if teacher is None:
+        return NoTeacher()
+    if isinstance(teacher, Teacher):
+        return teacher
+    if isinstance(teacher, nn.Module):
+        return TorchTeacher(teacher)
+    return CallableTeacher(teacher)
+
+
+def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> Teacher:
     """The teacher a recipe's ``[distill]`` section asks for.
 
-    No ``[[distill.teachers]]``: the ``[teacher]`` model itself (a white box whose layers can be tapped).
+    No ``[[distill.teachers]]``: the ``[teacher]`` model itself, as a :class:`TorchTeacher` (a white box
+    whose layers can be tapped).
     Otherwise an :class:`EnsembleTeacher` (``distill.teacher_mix``) of ``main`` (weight
     ``distill.teacher_weight``, left out at 0) and each extra teacher (ONNX through ONNX Runtime, a
     Python callable, or a PyTorch checkpoint); a single remaining teacher is used alone, so one ONNX
@@ -183,7 +291,7 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
     from ..models import build_model, load_checkpoint
 
     if not cfg.teachers:
-        return main
+        return TorchTeacher(main)
     members: list[Teacher] = []
     weights: list[float] = []
     if cfg.teacher_weight > 0:
@@ -203,6 +311,5 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
             members.append(TorchTeacher(model))
         weights.append(t.weight)
     if len(members) == 1:
-        only = members[0]
-        return only.model if isinstance(only, TorchTeacher) else only
+        return members[0]
     return EnsembleTeacher(members, weights, mix=cfg.teacher_mix)

@@ -1,9 +1,13 @@
 """The training loop: one plain function for the teacher, a scratch student and distillation.
 
-Read top to bottom: build the optimiser and schedule, resume from the last checkpoint if there is
-one, then per epoch a fixed seeded permutation of the training set, the frozen teacher's outputs
-(eval + no_grad), every loss term weighted (with its warm-up ramp), a finite-loss check, a step,
-and an atomic checkpoint. Per-term losses and accuracies go to ``curves.csv``.
+Read ``fit`` top to bottom: ``_setup`` turns whatever teacher was passed into one :class:`Teacher`,
+checks every module path the losses read, builds the loss heads from a dry run, the optimiser and the
+schedule; ``_resume`` restores the last checkpoint if there is one; then per epoch a fixed seeded
+permutation of the training set and, per batch, ``_train_step``: the frozen teacher's outputs (eval +
+no_grad, or the teacher cache's), every loss term weighted (with its warm-up ramp), a finite-loss
+check, backward, clipping and a step. Each epoch ends with its ``curves.csv`` row (``_epoch_row``) and
+an atomic checkpoint; mid-epoch checkpoints (``checkpoint_every``, Ctrl-C) keep the epoch's running
+sums, so a resumed run ends with the same weights and curves as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from ..models.augment import TrainAugment
 from .cache import SoftLabelCache, refuse_if_augmented
 from .losses import DistillLoss
 from .progress import Progress
-from .teachers import CallableTeacher, EnsembleTeacher, Teacher, TorchTeacher
+from .teachers import CachedTeacher, NoTeacher, Teacher, as_teacher
 from .taps import Taps, check_paths, dry_run_shapes
 from ..models.core import model_forward, torch_save as _torch_save
 
@@ -73,6 +77,21 @@ class FitConfig:
     #: Gradients are clipped to this total norm when set.
     clip_grad_norm: Optional[float] = None
 
+    @classmethod
+    def from_section(cls, section, *, desc: str, batch_size: int, seed: int, workers: Optional[int],
+                     **overrides) -> "FitConfig":
+        """The config of a fit from a recipe section (``[teacher]``, ``[distill]``, ``[qat]``): each of
+        :data:`SECTION_FIELDS` the section has, then ``overrides`` (what the section lacks or the caller
+        decides, e.g. ``epochs`` or ``device``); the run's ``batch_size``, ``seed`` and ``workers`` and the
+        progress label ``desc`` always come from the caller."""
+        fields = {k: getattr(section, k) for k in SECTION_FIELDS if hasattr(section, k)}
+        return cls(**{**fields, **overrides}, desc=desc, batch_size=batch_size, seed=seed, workers=workers)
+
+
+#: The FitConfig fields a recipe section may set under the same name.
+SECTION_FIELDS = ("epochs", "lr", "weight_decay", "optimizer", "scheduler", "device", "amp", "checkpoint_every",
+                  "augment", "warmup", "clip_grad_norm")
+
 
 @dataclass
 class FitResult:
@@ -96,52 +115,111 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
         evaluate: Optional[Callable[..., tuple[str, float]]] = None) -> FitResult:
     """Train ``model`` on ``train`` with the weighted ``terms``; checkpoints and curves go to ``out_dir``.
 
-    ``teacher`` is an ``nn.Module`` (white box: its layers can be tapped), a :class:`Teacher` wrapper
-    (ONNX, callable, ensemble: outputs only) or any callable ``x -> logits``; None for a scratch run or
-    for self-distillation. ``teacher_cache`` (see :mod:`.cache`), when given, replaces the teacher's
-    forward by a lookup of its stored top-k soft labels, indexed by the sample's position in ``train``.
+    ``teacher`` is an ``nn.Module`` or a TorchTeacher (white box: its layers can be tapped), another
+    :class:`Teacher` (ONNX, callable, ensemble: outputs only) or any callable ``x -> logits``; None for a
+    scratch run or for self-distillation; it becomes one :class:`Teacher` here (``as_teacher``).
+    ``teacher_cache`` (see :mod:`.cache`), when given, replaces the teacher's forward by a lookup of its
+    stored top-k soft labels, indexed by the sample's position in ``train``.
     ``evaluate(model, val, workers) -> (name, value)`` gives the curves' ``val_<name>`` column (default:
     top-1 accuracy, ``val_acc``).
     """
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    ckpt_path, curves_path = out_dir / "checkpoints" / "last.pt", out_dir / "curves.csv"
+    run = _setup(model, train, cfg, terms, teacher, teacher_cache)
+    result = FitResult()
+    start_epoch, start_step, partial = 0, 0, None
+    if ckpt_path.exists():  # resume: model, loss heads, optimiser, schedule, RNG and the position in the epoch
+        start_epoch, start_step, partial = _resume(run, ckpt_path)
+        result.history = _read_curves(curves_path)
+        result.resumed_from = {"epoch": start_epoch, "step": start_step}
+
+    t_start, seen = time.perf_counter(), 0
+    progress = Progress(cfg.desc, cfg.epochs, run.steps_per_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)).numpy()
+        tally = _Tally.start(terms, start_step, cfg.batch_size, partial)
+        # Batches are read from the source as the epoch goes (worker processes decode ahead of the step).
+        loader = batches(train, cfg.batch_size, order, start_step, cfg.workers, pin_memory=run.device.type == "cuda")
+        progress.epoch(epoch, start_step)
+        for step, (xb, yb, idx) in zip(range(start_step, run.steps_per_epoch), loader):
+            xb, yb = _to_device(run, xb, yb)
+            total, values, logits = _train_step(run, xb, yb, idx, epoch, step)
+            step_loss = tally.add(values, total, logits, yb)
+            seen += len(idx)
+            progress.step(step, len(idx), step_loss)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < run.steps_per_epoch:
+                _save(ckpt_path, run, epoch, step + 1, tally)
+            if _signals.stop_requested():  # Ctrl-C: a clean point, after a whole step
+                _save(ckpt_path, run, epoch, step + 1, tally)
+                raise _signals.Interrupted(f"epoch {epoch + 1}, step {step + 1}", str(ckpt_path))
+        result.history.append(_epoch_row(run, tally, epoch, len(train), val, evaluate, cfg))
+        start_step, partial = 0, None
+        _write_curves(curves_path, result.history)
+        _save(ckpt_path, run, epoch + 1, 0)
+    progress.close()
+    if not result.history:  # no epoch to run (epochs = 0): the curves file still says so
+        _write_curves(curves_path, [])
+    result.seconds = time.perf_counter() - t_start
+    result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
+    model.to("cpu").eval()
+    return result
+
+
+@dataclass
+class _Run:
+    """What ``fit`` sets up once and every step reads."""
+
+    model: nn.Module
+    teacher: Teacher
+    terms: list[Term]
+    losses: nn.ModuleList  # the terms as modules: their heads train and are checkpointed with the model
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    s_paths: list[str]  # the student's and the teacher's tapped module paths
+    t_paths: list[str]
+    shares: Optional[list[float]]  # teacher_mix = "losses": each loss that reads the teacher runs per teacher
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+    scaler: torch.amp.GradScaler
+    augment: Optional[TrainAugment]
+    clip_grad_norm: Optional[float]
+
+
+def _setup(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], teacher,
+           teacher_cache: Optional[SoftLabelCache]) -> _Run:
+    """The teacher as one :class:`Teacher`, every tap checked before any training, the loss heads built
+    from a dry run, the models on the device, the optimiser and the learning-rate schedule."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = as_teacher(teacher)
     if not any(t.loss.needs_teacher for t in terms):  # scratch / self-distillation: the teacher never runs
-        teacher, teacher_cache = None, None
-
-    # Taps: every module path a loss reads, checked against the models before any training.
+        teacher, teacher_cache = NoTeacher(), None
     check_term_paths(terms, model, teacher, cached=teacher_cache is not None)
+    if teacher_cache is not None:  # stored soft labels stand in for the teacher's forward
+        refuse_if_augmented(cfg.augment)
+        if len(teacher_cache) != len(train):
+            raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
+                             f"{len(train)}; rebuild the cache for this data.")
+        teacher = CachedTeacher(teacher_cache)
+    teacher.to(device)
     s_paths = sorted({p for t in terms for p in t.loss.student_layers()})
     t_paths = sorted({p for t in terms for p in t.loss.teacher_layers()})
-    if teacher_cache is not None:
-        refuse_if_augmented(cfg.augment)
-    # teacher_mix = "losses": each loss that reads the teacher runs once per teacher (see _term_value)
-    shares = teacher.shares() if isinstance(teacher, EnsembleTeacher) and teacher.mix == "losses" else None
-    if teacher_cache is not None and len(teacher_cache) != len(train):
-        raise StageError(f"teacher cache: it holds {len(teacher_cache)} samples but the training split has "
-                         f"{len(train)}; rebuild the cache for this data.")
 
+    # A dry run on two real samples tells the tapped shapes the loss heads are built for.
     example = _as_batch(train.read(np.arange(min(len(train), 2))))
     s_shapes = dry_run_shapes(model, s_paths, example)
-    if teacher_cache is not None:
-        t_shapes = {k: v.shape for k, v in teacher_cache.teacher_outputs(torch.arange(len(example))).items()}
-    elif isinstance(teacher, nn.Module):
-        t_shapes = dry_run_shapes(teacher, t_paths, example)
-    else:  # a black box: one call tells the output shapes; None: nothing to read
-        t_shapes = {k: v.shape for k, v in _teacher_forward(teacher, [], example).items()}
+    t_shapes = teacher.output_shapes(example.to(device) if isinstance(example, torch.Tensor) else example, t_paths)
     for t in terms:
         t.loss.build(s_shapes, t_shapes)
-
     model.to(device)
-    loss_modules = nn.ModuleList([t.loss for t in terms]).to(device)
-    if isinstance(teacher, nn.Module):
-        teacher.to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+    losses = nn.ModuleList([t.loss for t in terms]).to(device)
 
-    params = list(model.parameters()) + list(loss_modules.parameters())
+    params = list(model.parameters()) + list(losses.parameters())
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     else:
@@ -149,104 +227,110 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.scheduler, total_steps, cfg.warmup))
-
-    result = FitResult()
-    start_epoch, start_step, partial = 0, 0, None
-    if ckpt_path.exists():  # resume: model, loss heads, optimiser, schedule, RNG and the position in the epoch
-        state = _load_resume_state(ckpt_path)
-        model.load_state_dict(state["model"])
-        loss_modules.load_state_dict(state["losses"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, start_step = int(state["epoch"]), int(state["step"])
-        partial = state.get("partial")  # the interrupted epoch's running sums, so its curves row is exact
-        result.history = _read_curves(out_dir / "curves.csv")
-        result.resumed_from = {"epoch": start_epoch, "step": start_step}
-
-    augment = TrainAugment().to(device) if cfg.augment else None
-    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    t_start, seen = time.perf_counter(), 0
-    progress = Progress(cfg.desc, cfg.epochs, steps_per_epoch)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)).numpy()
-        sums: dict[str, float] = {t.name: 0.0 for t in terms}
-        sums["total"], correct, count = 0.0, 0, 0
-        skipped = start_step * cfg.batch_size
+    return _Run(model, teacher, terms, losses, params, opt, sched, steps_per_epoch, s_paths, t_paths,
+                teacher.shares(), device, use_amp, torch.bfloat16 if device.type == "cpu" else torch.float16,
+                torch.amp.GradScaler("cuda", enabled=use_amp), TrainAugment().to(device) if cfg.augment else None,
+                cfg.clip_grad_norm)
+
+
+def _resume(run: _Run, ckpt_path: Path) -> tuple[int, int, Optional[dict]]:
+    """Restore the model, loss heads, optimiser, schedule and RNG from ``ckpt_path``; return the epoch and
+    step to go on from and the interrupted epoch's running sums (None at an epoch's end)."""
+    state = _load_resume_state(ckpt_path)
+    run.model.load_state_dict(state["model"])
+    run.losses.load_state_dict(state["losses"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"]), int(state["step"]), state.get("partial")
+
+
+def _to_device(run: _Run, xb, yb: torch.Tensor):
+    """The batch on the device, augmented when asked: one view, read by the teacher and the student alike."""
+    yb = yb.to(run.device, non_blocking=True)
+    if isinstance(xb, torch.Tensor):  # texts stay texts: each model tokenises them its own way
+        xb = xb.to(run.device, non_blocking=True)
+    if run.augment is not None:
+        xb = run.augment(xb)
+    return xb, yb
+
+
+def _train_step(run: _Run, xb, yb: torch.Tensor, idx: torch.Tensor, epoch: int,
+                step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step; returns the weighted total, each term's value (detached) and the student's logits."""
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        with torch.no_grad():  # the teacher is frozen (or the cache answers for it)
+            teacher_out = run.teacher.outputs(xb, run.t_paths, idx)
+        with Taps(run.model, run.s_paths) as taps:
+            student_out = taps.collect(model_forward(run.model, xb))
+        total = student_out["logits"].new_zeros(())
+        values = {}
+        for t in run.terms:
+            value = _term_value(t, student_out, teacher_out, yb, run.shares)
+            if not torch.isfinite(value):
+                raise StageError(f"distill: loss {t.name!r} became {value.item()} at epoch {epoch + 1}, step "
+                                 f"{step + 1}; lower the learning rate or this term's weight.")
+            values[t.name] = value.detach()
+            total = total + t.scale(epoch, step / run.steps_per_epoch) * value
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    if run.clip_grad_norm is not None:
+        run.scaler.unscale_(run.opt)
+        torch.nn.utils.clip_grad_norm_(run.params, run.clip_grad_norm)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    return total.detach(), values, student_out["logits"].detach()
+
+
+@dataclass
+class _Tally:
+    """An epoch's running sums (per-sample weighted); a mid-epoch checkpoint keeps them, so the row of a
+    resumed epoch is exact."""
+
+    sums: dict[str, float]
+    correct: int = 0
+    count: int = 0
+    skipped: int = 0  # samples of a resumed epoch whose sums were not kept (a checkpoint without them)
+
+    @classmethod
+    def start(cls, terms: list[Term], start_step: int, batch_size: int, partial: Optional[dict]) -> "_Tally":
         if start_step and partial:
-            sums, correct, count, skipped = dict(partial["sums"]), int(partial["correct"]), int(partial["count"]), 0
-        # Batches are read from the source as the epoch goes (worker processes decode ahead of the step).
-        loader = batches(train, cfg.batch_size, order, start_step, cfg.workers, pin_memory=device.type == "cuda")
-        progress.epoch(epoch, start_step)
-        for step, (xb, yb, idx) in zip(range(start_step, steps_per_epoch), loader):
-            yb = yb.to(device, non_blocking=True)
-            if isinstance(xb, torch.Tensor):  # texts stay texts: each model tokenises them its own way
-                xb = xb.to(device, non_blocking=True)
-            if augment is not None:  # one view, read by the teacher and the student alike
-                xb = augment(xb)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                if teacher_cache is not None:  # stored soft labels: the teacher does not run
-                    teacher_out = teacher_cache.teacher_outputs(idx, xb, device)
-                else:
-                    teacher_out = _teacher_forward(teacher, t_paths, xb)
-                with Taps(model, s_paths) as taps:
-                    student_out = taps.collect(model_forward(model, xb))
-                total = student_out["logits"].new_zeros(())
-                values = {}
-                for t in terms:
-                    value = _term_value(t, student_out, teacher_out, yb, shares)
-                    if not torch.isfinite(value):
-                        raise StageError(f"distill: loss {t.name!r} became {value.item()} at epoch {epoch + 1}, step "
-                                         f"{step + 1}; lower the learning rate or this term's weight.")
-                    values[t.name] = value.detach()
-                    total = total + t.scale(epoch, step / steps_per_epoch) * value
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if cfg.clip_grad_norm is not None:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            n = len(idx)
-            for k, v in values.items():
-                sums[k] += float(v) * n
-            step_loss = float(total.detach())
-            sums["total"] += step_loss * n
-            mask = yb >= 0
-            correct += int((student_out["logits"].detach().argmax(1)[mask] == yb[mask]).sum())
-            count += int(mask.sum())
-            seen += n
-            progress.step(step, n, step_loss)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1, (sums, correct, count))
-            if _signals.stop_requested():  # Ctrl-C: a clean point, after a whole step
-                _save(ckpt_path, model, loss_modules, opt, sched, epoch, step + 1, (sums, correct, count))
-                raise _signals.Interrupted(f"epoch {epoch + 1}, step {step + 1}", str(ckpt_path))
-        n_epoch = max(1, len(train) - skipped)
-        row = {"epoch": epoch + 1, **{f"loss_{k}": v / n_epoch for k, v in sums.items()},
-               "train_acc": correct / count if count else float("nan"), "lr": opt.param_groups[0]["lr"]}
-        if val is not None and len(val) > 0:
-            if evaluate is None:
-                row["val_acc"] = evaluate_accuracy(model, val, cfg.batch_size * 4, device, cfg.workers)
-            else:
-                name, value = evaluate(model, val, cfg.workers)
-                row[f"val_{name}"] = value
-        result.history.append(row)
-        start_step = 0
-        _write_curves(out_dir / "curves.csv", result.history)
-        _save(ckpt_path, model, loss_modules, opt, sched, epoch + 1, 0)
-    progress.close()
-    if not result.history:  # no epoch to run (epochs = 0): the curves file still says so
-        _write_curves(out_dir / "curves.csv", [])
-    result.seconds = time.perf_counter() - t_start
-    result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
-    model.to("cpu").eval()
-    return result
+            return cls(dict(partial["sums"]), int(partial["correct"]), int(partial["count"]))
+        return cls({**{t.name: 0.0 for t in terms}, "total": 0.0}, skipped=start_step * batch_size)
+
+    def add(self, values: dict[str, torch.Tensor], total: torch.Tensor, logits: torch.Tensor,
+            labels: torch.Tensor) -> float:
+        """Add one step; returns its loss."""
+        n = len(labels)
+        for k, v in values.items():
+            self.sums[k] += float(v) * n
+        step_loss = float(total)
+        self.sums["total"] += step_loss * n
+        mask = labels >= 0  # unlabelled samples (-1) count in no accuracy
+        self.correct += int((logits.argmax(1)[mask] == labels[mask]).sum())
+        self.count += int(mask.sum())
+        return step_loss
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "correct": self.correct, "count": self.count}
+
+
+def _epoch_row(run: _Run, tally: _Tally, epoch: int, n_train: int, val: Optional[SampleSet],
+               evaluate: Optional[Callable[..., tuple[str, float]]], cfg: FitConfig) -> dict:
+    """The epoch's ``curves.csv`` row: mean losses per sample, train accuracy, learning rate, validation."""
+    n_epoch = max(1, n_train - tally.skipped)
+    row = {"epoch": epoch + 1, **{f"loss_{k}": v / n_epoch for k, v in tally.sums.items()},
+           "train_acc": tally.correct / tally.count if tally.count else float("nan"),
+           "lr": run.opt.param_groups[0]["lr"]}
+    if val is not None and len(val) > 0:
+        if evaluate is None:
+            row["val_acc"] = evaluate_accuracy(run.model, val, cfg.batch_size * 4, run.device, cfg.workers)
+        else:
+            name, value = evaluate(run.model, val, cfg.workers)
+            row[f"val_{name}"] = value
+    return row
 
 
 def lr_schedule(kind: str, total_steps: int, warmup: float = 0.0) -> Callable[[int], float]:
@@ -270,21 +354,12 @@ def _as_batch(x):
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
 
 
-def as_teacher(teacher) -> Optional[nn.Module | Teacher]:
-    """An ``nn.Module`` stays as it is (white box); a TorchTeacher gives its module; a plain callable is wrapped."""
-    if teacher is None or isinstance(teacher, nn.Module):
-        return teacher
-    if isinstance(teacher, TorchTeacher):
-        return teacher.model
-    if isinstance(teacher, Teacher):
-        return teacher
-    return CallableTeacher(teacher)
-
-
 def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool = False) -> None:
     """Reject, before any training, module paths that do not exist, teacher taps nobody can supply, and
-    per-teacher losses (``teacher_mix = "losses"``) that cannot be had."""
-    if isinstance(teacher, EnsembleTeacher) and teacher.mix == "losses":
+    per-teacher losses (``teacher_mix = "losses"``) that cannot be had. ``cached``: the teacher cache will
+    stand in for ``teacher`` (any teacher :func:`as_teacher` takes)."""
+    teacher = as_teacher(teacher)
+    if teacher.shares() is not None:
         if cached:
             raise ConfigError("distill.teacher_mix: 'losses' needs each teacher's own outputs, but the teacher cache "
                               "stores the averaged ones; set cache = false or teacher_mix = \"logits\".")
@@ -294,22 +369,17 @@ def check_term_paths(terms: list[Term], model: nn.Module, teacher, cached: bool 
                                   "queue), so it cannot run once per teacher; set distill.teacher_mix = \"logits\".")
     for i, t in enumerate(terms):
         check_paths(model, t.loss.student_layers(), f"distill.losses[{i}].params.student_layer")
-    if isinstance(teacher, nn.Module) and not cached:
-        for i, t in enumerate(terms):
-            check_paths(teacher, t.loss.teacher_layers(), f"distill.losses[{i}].params.teacher_layer")
-        return
     for i, t in enumerate(terms):
-        if not t.loss.teacher_layers():
+        layers = t.loss.teacher_layers()
+        if not layers:
             continue
-        if cached:
-            what = "the teacher cache, which stores outputs only"
-        elif teacher is None:
-            what = "no teacher (a scratch or self-distillation run)"
-        else:
-            what = f"{'an' if teacher.kind[0] in 'AEIOU' else 'a'} {teacher.kind} teacher, which supplies outputs only"
+        if teacher.tappable and not cached:
+            check_paths(teacher.model, layers, f"distill.losses[{i}].params.teacher_layer")
+            continue
+        what = CachedTeacher.described if cached else teacher.described
         raise ConfigError(
-            f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(t.loss.teacher_layers())}, but "
-            f"there is {what}; use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
+            f"distill.losses[{i}]: loss {t.name!r} reads teacher layer(s) {', '.join(layers)}, but there is {what}; "
+            "use an output loss (kd, dkd, or teacher_layer = \"logits\") or a PyTorch teacher."
         )
 
 
@@ -321,16 +391,6 @@ def _term_value(term: Term, student_out: dict, teacher_out: dict, labels: torch.
         return term.loss(student_out, teacher_out, labels)
     return sum(w * term.loss(student_out, {"logits": teacher_out[f"logits@{i}"]}, labels)
                for i, w in enumerate(shares))
-
-
-def _teacher_forward(teacher, t_paths: list[str], xb: torch.Tensor) -> dict[str, torch.Tensor]:
-    if teacher is None:
-        return {}
-    with torch.no_grad():
-        if isinstance(teacher, nn.Module):
-            with Taps(teacher, t_paths) as taps:
-                return taps.collect(model_forward(teacher, xb))
-        return teacher(xb)
 
 
 @torch.no_grad()
@@ -356,11 +416,12 @@ def _load_resume_state(path: Path) -> dict:
                          "this stage from its beginning, or run without --resume.") from None
 
 
-def _save(path: Path, model, loss_modules, opt, sched, epoch: int, step: int, partial: tuple | None = None) -> None:
-    state = {"model": model.state_dict(), "losses": loss_modules.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}
-    if partial is not None:
-        state["partial"] = {"sums": dict(partial[0]), "correct": partial[1], "count": partial[2]}
+def _save(path: Path, run: _Run, epoch: int, step: int, tally: Optional[_Tally] = None) -> None:
+    """An atomic checkpoint at (epoch, step); mid-epoch, with the epoch's running sums."""
+    state = {"model": run.model.state_dict(), "losses": run.losses.state_dict(), "optimizer": run.opt.state_dict(),
+             "scheduler": run.sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}
+    if tally is not None:
+        state["partial"] = tally.state()
     _io.atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
 

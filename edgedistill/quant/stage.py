@@ -61,8 +61,8 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
             freeze_observers_(qmodel)
         if epochs == 0:
             continue
-        fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler="cosine",
-                            batch_size=batch_size, seed=seed, device=device, desc=f"qat-{name}", workers=workers)
+        fit_cfg = FitConfig.from_section(cfg, desc=f"qat-{name}", batch_size=batch_size, seed=seed, workers=workers,
+                                         epochs=epochs, device=device, scheduler="cosine")
         result = fit(qmodel, splits.train, fit_cfg, terms, out_dir / name, teacher=guide, val=splits.val)
         history += [{**row, "phase": name} for row in result.history]
 

@@ -104,9 +104,9 @@ class _TextTask(Task):
                 for p in model.encoder.parameters():
                     p.requires_grad_(False)
             ce = build_loss("ce", {}, LossContext(num_classes=splits.num_classes), "teacher")
-            fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                                scheduler=cfg.scheduler, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                                device=recipe.distill.device, desc="teacher", workers=recipe.data.workers)
+            fit_cfg = FitConfig.from_section(cfg, desc="teacher", batch_size=recipe.data.batch_size,
+                                             seed=recipe.seed, workers=recipe.data.workers, epochs=epochs,
+                                             device=recipe.distill.device)
             history = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val,
                           evaluate=self.val_metric).history
             for p in model.parameters():
