@@ -38,7 +38,7 @@ from edgedistill.models import build_model  # noqa: E402
 from edgedistill.quant.calibration import calibration_sample  # noqa: E402
 from edgedistill.quant.ptq import quantize_int8  # noqa: E402
 from edgedistill.quant.qat import QATConfig  # noqa: E402
-from edgedistill.quant.stage import run_qat  # noqa: E402
+from edgedistill.quant.qat_train import run_qat  # noqa: E402
 from edgedistill.recipe import ExportConfig, PTQConfig  # noqa: E402
 from edgedistill.verify import accuracy  # noqa: E402
 

@@ -197,7 +197,7 @@ def test_feature_flags():
 def test_losses_cli_lists_every_loss():
     from click.testing import CliRunner
 
-    from edgedistill.cli import losses as losses_cmd
+    from edgedistill.cli import losses_cmd
 
     out = CliRunner().invoke(losses_cmd, ["--json"])
     assert out.exit_code == 0

@@ -198,7 +198,7 @@ def test_ort_int8_agrees_with_torch_fake_quant(exported):
 def test_run_qat_trains_with_kd_exports_int8_and_checks_parity(tmp_path):
     from edgedistill.data import load_data
     from edgedistill.distill.train import evaluate_accuracy
-    from edgedistill.quant.stage import run_qat
+    from edgedistill.quant.qat_train import run_qat
     from edgedistill.recipe import DataConfig
 
     splits = load_data(DataConfig(dataset="digits"), seed=0)

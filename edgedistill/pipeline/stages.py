@@ -45,7 +45,7 @@ def _qat(ctx: RunContext) -> None:
     cfg = ctx.recipe.qat
     if not cfg.enabled:
         return _disabled(ctx, "qat.enabled is false: no QAT model (set it true to train one)")
-    from ..quant.stage import run_qat
+    from ..quant.qat_train import run_qat
 
     student = ctx.task.load_student(ctx.recipe, ctx.splits, ctx.path("distill", "model.pt"))
     teacher = ctx.task.load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher")) if cfg.teacher == "teacher" else None
