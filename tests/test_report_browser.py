@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from benchmarks.report_screenshot import dump_dom, find_chromium, screenshot
-from edgedistill.plots import plot_report, render_html
-from edgedistill.report import add_findings, comparisons_table
+from edgedistill.plots import plot_report
+from edgedistill.report import add_findings
+from edgedistill.report_render import comparisons_table, render_html
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (Debian: apt-get install "
                                 "chromium; .ci/run installs it for CI)")
