@@ -139,7 +139,8 @@ class RunContext:
 
     def written_models(self) -> dict[str, Path]:
         """The declared ONNX models that exist in the run folder, by name (a disabled stage writes none)."""
-        return {name: self.model_path(name) for name in model_files() if self.model_path(name).exists()}
+        paths = {name: self.path(s.name, m.file) for name, (s, m) in model_files().items()}
+        return {name: p for name, p in paths.items() if p.exists()}
 
     def _require(self, section: str) -> None:
         if self.stage is not None and section not in self.stage.sections:

@@ -103,8 +103,8 @@ def _models(ctx: RunContext) -> dict[str, tuple]:
     """Every model the run wrote: name -> (path, role, precision)."""
     from .stage import model_files
 
-    return {name: (path, model_files()[name][1].role, model_files()[name][1].precision)
-            for name, path in ctx.written_models().items()}
+    files = model_files()
+    return {name: (path, files[name][1].role, files[name][1].precision) for name, path in ctx.written_models().items()}
 
 
 @stage("verify", "07_verify", sections=("data",), deps=("qat", "export", "ptq"))
