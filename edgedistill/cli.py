@@ -61,6 +61,10 @@ def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, as_json):
             args += [flag, value] if value else []
         e.resume_command = shlex.join(["edgedistill", "run", *args] + ["--trust-checkpoint"] * trust_checkpoint + ["--resume"])
         raise
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 alone reports
+        return
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

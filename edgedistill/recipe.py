@@ -127,9 +127,14 @@ class DistillConfig:
     teacher_weight: float = field(1.0, ge=0.0, help="weight of the [teacher] model among distill.teachers; 0 leaves it out")
     cache: bool = field(False, help="store the teacher's top-k soft labels once and reuse them every epoch")
     cache_top_k: int = field(50, ge=1, help="probabilities kept per sample by the teacher cache")
+    cache_shard_size: int = field(1 << 20, ge=1, help="samples per teacher-cache shard: the unit a torchrun rank "
+                                                      "builds and an interrupted build redoes")
     checkpoint_every: int = field(0, ge=0, help="steps between mid-epoch checkpoints (0: end of epoch only)")
-    device: Device = "auto"
-    amp: bool = False
+    device: Device = field("auto", help="auto: cuda:LOCAL_RANK when CUDA is there (one GPU per torchrun process), else cpu")
+    amp: Literal["off", "bf16", "fp16"] = field("off", help="mixed precision: bf16 (CPU or GPU) or fp16 (GPU, with loss "
+                                                            "scaling); off keeps fp32")
+    accumulate: int = field(1, ge=1, le=4096, help="batches whose gradients add up before each optimiser step "
+                                                    "(a larger effective batch in the same memory)")
     augment: bool = field(False, help="random 2-pixel shifts and horizontal flips of image batches, the same view "
                                       "for teacher and student (refused with the cache)")
     warmup: float = field(0.0, ge=0.0, le=1.0, help="share of the steps over which the learning rate ramps up from 0")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _io
+from . import _io, distributed as dist
 from .data import Splits
 from .distill.losses import LossContext, build_loss
 from .distill.train import FitConfig, Term, evaluate_accuracy, fit
@@ -61,6 +61,8 @@ def prepare_teacher(recipe: Recipe, splits: Splits, out_dir: str | os.PathLike, 
                                          workers=recipe.data.workers, epochs=epochs, device=recipe.distill.device,
                                          amp=recipe.distill.amp)
         history = fit(model, splits.train, fit_cfg, [Term("ce", ce)], out_dir, val=splits.val).history
+    if not dist.is_main():  # under torchrun rank 0 alone writes the stage's files
+        return model
     source = (f"{weights}, fine-tuned {epochs} epochs" if weights and epochs else weights) or "trained from scratch"
     model.eval()
     accuracy = evaluate_accuracy(model, splits.test)  # before anything is written: a bad test sample leaves no model.pt

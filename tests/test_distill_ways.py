@@ -197,9 +197,10 @@ def test_cache_round_trip_and_reuse(tmp_path):
     assert not hit and sum(calls) == 70
     again, hit = load_or_build(tmp_path, wrapped, wrapped.fingerprint(), train.x, {"norm": 1}, temperature=4.0, k=3)
     assert hit and sum(calls) == 70  # the second student does not run the teacher
-    np.testing.assert_array_equal(again.probs, cache.probs)
-    np.testing.assert_array_equal(again.indices, cache.indices)
-    assert cache.probs.dtype == np.float16 and cache.indices.dtype == np.int16 and cache.probs.shape == (70, 3)
+    rows, rows_again = cache.rows(np.arange(70)), again.rows(np.arange(70))
+    np.testing.assert_array_equal(rows_again["probs"], rows["probs"])
+    np.testing.assert_array_equal(rows_again["indices"], rows["indices"])
+    assert rows["probs"].dtype == np.float16 and rows["indices"].dtype == np.int16 and rows["probs"].shape == (70, 3)
     _, hit = load_or_build(tmp_path, wrapped, wrapped.fingerprint(), train.x, {"norm": 2}, temperature=4.0, k=3)
     assert not hit  # other preprocessing, other key
 
@@ -218,8 +219,8 @@ def test_cache_with_all_classes_matches_the_live_teacher_loss(tmp_path):
     teacher = _cnn(8, 2, seed=1).eval()
     train = _data(40)
     cache = build_cache(TorchTeacher(teacher), train.x, key="k", temperature=4.0, k=5)
-    cache.save(tmp_path / "c.npz")
-    loaded = SoftLabelCache.load(tmp_path / "c.npz")
+    cache.save(tmp_path / "c")
+    loaded = SoftLabelCache.load(tmp_path / "c")
     kd = build_loss("kd", {}, LossContext(alpha=0.3, temperature=4.0), "x")
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
     s = {"logits": torch.randn(40, 5)}
@@ -302,7 +303,8 @@ def test_distill_stage_with_onnx_teacher_and_cache(tmp_path):
                      losses=[{"name": "kd"}])
     meta = distill(_cnn(), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "a")
     assert meta["teacher_cache"]["k"] == 3 and meta["teacher_cache"]["hit"] is False
-    assert len(list((tmp_path / "teacher_cache").glob("teacher_*.npz"))) == 1  # beside the stage folder
+    assert meta["teacher_cache"]["shards"] == 1
+    assert len(list((tmp_path / "teacher_cache").glob("teacher_*/meta.json"))) == 1  # beside the stage folder
     again = distill(_cnn(seed=5), _cnn(8, 2, seed=1), _splits(), recipe, tmp_path / "b")  # a second student
     assert again["teacher_cache"]["hit"] is True
     bad = _recipe(teacher_weight=0.0, teachers=[{"path": str(onnx_path)}],

@@ -236,7 +236,8 @@ def test_teacher_cache_reads_texts_shortest_first_and_keeps_each_output_at_its_p
         order = [len(t) for t in split.read(np.arange(len(split)))]
         assert split.lengths().tolist() == [n + 1 if split.file else n for n in order]  # a file line's "\n" counts
         assert [n for b in seen for n in b] == sorted(order) and len(seen) == 5  # shortest first, 8 a batch
-        assert np.array_equal(cache.probs, want if split.rows[0] == 0 else want[::-1])  # at each sample's position
+        got = cache.rows(np.arange(len(split)))["outputs"]
+        assert np.array_equal(got, want if split.rows[0] == 0 else want[::-1])  # at each sample's position
 def test_text_file_non_utf8_line_names_the_file_and_its_line(tmp_path):
     from edgedistill.data.text import TextSamples
 
@@ -669,8 +670,8 @@ def test_embedding_task_end_to_end_with_the_dense_teacher_cache(st_folder, tmp_p
     dist = json.loads((run_dir / "03_distill" / "meta.json").read_text())
     assert dist["test_metric_torch"]["name"] == "spearman"
     assert dist["teacher_cache"] == {"num_samples": 200, "dim": HIDDEN, "dense": True, "cache_bytes": 200 * HIDDEN * 4 + 200 * 4,
-                                     "hit": False}
-    caches = sorted((run_dir / "03_distill").parent.joinpath("teacher_cache").glob("teacher_*.npz"))
+                                     "shards": 1, "shard_size": 1 << 20, "hit": False}
+    caches = sorted((run_dir / "03_distill").parent.joinpath("teacher_cache").glob("teacher_*/shard_00000.done"))
     assert len(caches) == 1
     stamp = caches[0].stat().st_mtime_ns
 
@@ -683,7 +684,8 @@ def test_embedding_task_end_to_end_with_the_dense_teacher_cache(st_folder, tmp_p
     assert "[student] unchanged, skipped" in logs and "[distill] running..." in logs
     dist = json.loads((run_dir / "03_distill" / "meta.json").read_text())
     assert dist["teacher_cache"]["hit"] is True
-    assert sorted((run_dir / "teacher_cache").glob("teacher_*.npz")) == caches and caches[0].stat().st_mtime_ns == stamp
+    assert sorted((run_dir / "teacher_cache").glob("teacher_*/shard_00000.done")) == caches
+    assert caches[0].stat().st_mtime_ns == stamp
 
 
 def test_text_classification_task_end_to_end(st_folder, tmp_path):

@@ -22,17 +22,20 @@ MAX_AUTO_WORKERS = 4
 
 
 class OrderedBatches:
-    """Index lists of ``batch_size`` along ``order``, from batch ``start`` on (a DataLoader batch sampler)."""
+    """Index lists of ``batch_size`` along ``order``, from batch ``start`` on (a DataLoader batch sampler).
+    ``part`` (rank, processes): this process's share of each batch, every ``processes``-th position from ``rank``
+    on, so processes training together split one global batch."""
 
-    def __init__(self, order: np.ndarray, batch_size: int, start: int = 0) -> None:
+    def __init__(self, order: np.ndarray, batch_size: int, start: int = 0, part: tuple[int, int] = (0, 1)) -> None:
         self.order, self.batch_size, self.start = np.asarray(order, dtype=np.int64), batch_size, start
+        self.rank, self.processes = part
 
     def __len__(self) -> int:
         return max(0, -(-len(self.order) // self.batch_size) - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
         for b in range(self.start, -(-len(self.order) // self.batch_size)):
-            yield self.order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            yield self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.processes].tolist()
 
 
 class _Reads:
@@ -74,12 +77,14 @@ def auto_workers(split: SampleSet, workers: Optional[int]) -> int:
 
 
 def batches(split: SampleSet, batch_size: int, order: Optional[np.ndarray] = None, start: int = 0,
-            workers: Optional[int] = None, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(x, y, positions)`` tensors for each batch of ``split`` along ``order`` (default: in order)."""
+            workers: Optional[int] = None, pin_memory: bool = False,
+            part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(x, y, positions)`` tensors for each batch of ``split`` along ``order`` (default: in order); with ``part``
+    (rank, processes), this process's share of each batch."""
     order = np.arange(len(split)) if order is None else order
     n_workers = auto_workers(split, workers)
     loader = torch.utils.data.DataLoader(
-        _Reads(split), batch_sampler=OrderedBatches(order, batch_size, start), collate_fn=_to_tensors,
+        _Reads(split), batch_sampler=OrderedBatches(order, batch_size, start, part), collate_fn=_to_tensors,
         num_workers=n_workers, pin_memory=pin_memory, prefetch_factor=2 if n_workers else None,
     )
     return _raising(iter(loader))

@@ -21,8 +21,10 @@ def _duration(seconds: float) -> str:
 class Progress:
     """One fit's progress: ``epoch(...)`` at the start of each epoch, ``step(...)`` after each step."""
 
-    def __init__(self, desc: str, epochs: int, steps_per_epoch: int, stream=None, interval: float | None = None) -> None:
-        self.desc, self.epochs, self.steps_per_epoch = desc, epochs, steps_per_epoch
+    def __init__(self, desc: str, epochs: int, steps_per_epoch: int, stream=None, interval: float | None = None,
+                 quiet: bool = False) -> None:
+        """``quiet``: say nothing (the ranks other than 0 under torchrun)."""
+        self.desc, self.epochs, self.steps_per_epoch, self.quiet = desc, epochs, steps_per_epoch, quiet
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         env = os.environ.get("EDGEDISTILL_PROGRESS_SECONDS")
@@ -34,7 +36,7 @@ class Progress:
     def epoch(self, epoch: int, start_step: int) -> None:
         self.close()
         self.e, self.loss_sum, self.loss_n = epoch, 0.0, 0
-        if self.tty:
+        if self.tty and not self.quiet:
             self.bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{self.desc} {epoch + 1}/{self.epochs}",
                             file=self.stream, leave=False)
 
@@ -45,7 +47,7 @@ class Progress:
             self.bar.update(1)
             return
         now = time.perf_counter()
-        if now - self.last < self.interval:
+        if self.quiet or now - self.last < self.interval:
             return
         self.last = now
         elapsed = max(now - self.t0, 1e-9)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 from torch import nn
 
-from .. import _io, _schema
+from .. import _io, _schema, distributed as dist
 from ..data import Splits
 from ..models import count_params, save_checkpoint
 from ..recipe import Recipe
-from .cache import load_or_build
 from .losses import LossContext, build_loss
-from .teachers import recipe_teacher
-from .train import FitConfig, Term, check_term_paths, evaluate_accuracy, fit
+from .teachers import cache_teacher, recipe_teacher
+from .train import FitConfig, Term, check_term_paths, evaluate_accuracy, fit, resolve_device
 
 
 def build_terms(recipe: Recipe, num_classes: int) -> list[Term]:
@@ -47,9 +46,12 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     """Distill ``teacher`` into ``student`` in place; write ``model.pt``, ``curves.csv``, ``meta.json``.
 
     With ``distill.cache`` the teacher's soft labels are kept in ``cache_dir`` (default: ``teacher_cache``
-    next to ``out_dir``, so a re-run of this stage or another student finds them); a teacher without
-    classes (a sentence encoder) has its whole outputs kept. ``task`` (see :mod:`edgedistill.tasks`) gives
-    the validation metric of the curves; without one, top-1 accuracy.
+    next to ``out_dir``, so a re-run of this stage or another student finds them), one sharded folder per
+    teacher (an ensemble's members each have theirs); a teacher without classes (a sentence encoder) has its
+    whole outputs kept. Under torchrun every rank builds its share of the shards on its own device, so
+    ``cache_dir`` must be one folder every rank sees. ``meta.json``'s ``teacher_cache`` says its size, shards and whether it was a hit.
+    ``task`` (see :mod:`edgedistill.tasks`) gives the validation metric of the curves; without one, top-1
+    accuracy.
     """
     val_metric = task.val_metric if task is not None else _accuracy
     cfg = recipe.distill
@@ -60,16 +62,23 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
                                      workers=recipe.data.workers)
     teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
     cache, cache_hit = None, None
-    if cfg.cache:  # teacher outputs once, as top-k fp16 soft labels, reused every epoch and by later students
-        cache, cache_hit = load_or_build(cache_dir, teacher, teacher.fingerprint(), splits.train,
-                                         _schema.to_dict(recipe.data), temperature=cfg.temperature, k=cfg.cache_top_k,
-                                         augmented=cfg.augment, dense=splits.num_classes == 0, log=log)
+    if cfg.cache:  # teacher outputs once (per member of an ensemble), as top-k fp16 soft labels in memory-mapped
+        # shards, reused every epoch and by later students
+        device = resolve_device(cfg.device)
+        cache, cache_hit = cache_teacher(cache_dir, teacher.to(device), splits.train, _schema.to_dict(recipe.data),
+                                         temperature=cfg.temperature, k=cfg.cache_top_k, augmented=cfg.augment,
+                                         dense=splits.num_classes == 0, log=log, device=device,
+                                         shard_size=cfg.cache_shard_size, rank=dist.rank(), world=dist.world(),
+                                         barrier=dist.barrier)
     result = fit(student, splits.train, fit_cfg, terms, out_dir, teacher=teacher, val=splits.val,
                  teacher_cache=cache, evaluate=val_metric)
+    if not dist.is_main():  # under torchrun rank 0 alone writes the stage's files
+        return {}
     save_checkpoint(out_dir / "model.pt", student)
     meta = {
         "losses": [{"name": t.name, "weight": t.weight, "warmup_epochs": t.warmup_epochs} for t in terms],
         "epochs": cfg.epochs, "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 1),
+        "processes": result.processes,
         "parameters": count_params(student), "test_metric_torch": dict(zip(("name", "value"), val_metric(student, splits.test))),
         "resumed_from": result.resumed_from, "final": result.history[-1] if result.history else {},
         "teacher_cache": None if cache is None else {**cache.report(), "hit": cache_hit},

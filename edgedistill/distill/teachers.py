@@ -7,7 +7,8 @@
 * :class:`EnsembleTeacher` holds several teachers with weights (multi-teacher KD): their logits are
   averaged (``mix = "logits"``), or each output loss is computed once per teacher and the losses are
   averaged (``mix = "losses"``: ``shares()`` gives the weights, the training loop does the rest).
-* :class:`CachedTeacher` stands in for a teacher with its stored soft labels (:mod:`.cache`).
+* :class:`CachedTeacher` stands in for a teacher with its stored soft labels (:mod:`.cache`);
+  :func:`cache_teacher` builds or opens them, an ensemble's once per member (:class:`EnsembleCache`).
 * :class:`NoTeacher`: a scratch or self-distillation run.
 
 The interface: ``teacher(x) -> {"logits": tensor, ...}``; ``outputs(x, layers, index)`` adds the tapped
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
@@ -30,7 +32,7 @@ from torch import nn
 
 from .._io import sha256_file
 from ..models.core import model_forward
-from ..errors import ConfigError
+from ..errors import ConfigError, StageError
 from .taps import Taps, dry_run_shapes
 
 if TYPE_CHECKING:
@@ -239,14 +241,53 @@ class EnsembleTeacher(Teacher):
         return "ensemble:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+class EnsembleCache:
+    """An ensemble's cache: each member teacher's own cache (keyed by its own fingerprint), mixed as
+    :class:`EnsembleTeacher` mixes the live outputs: ``logits`` is the weighted mean of the members' (rebuilt)
+    logits, ``logits@i`` each member's; ``shares()`` the per-teacher loss coefficients with ``mix = "losses"``.
+    Rebuilt top-k logits are the teacher's log-probabilities (times ``T``), i.e. its logits shifted by one
+    constant per sample, so the mix has the same softmax as the live mix wherever the members' top-k hold."""
+
+    def __init__(self, members: Sequence["SoftLabelCache"], weights: Sequence[float], mix: str = "logits") -> None:
+        if len({len(m) for m in members}) != 1:
+            raise StageError("teacher cache: the ensemble members' caches hold different numbers of samples.")
+        self.members, self.weights, self.mix = list(members), [float(w) for w in weights], mix
+        blob = json.dumps([[m.key for m in self.members], self.weights, mix])
+        self.key = "ensemble:" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def __len__(self) -> int:
+        return len(self.members[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self.members)
+
+    def shares(self) -> Optional[list[float]]:
+        total = sum(self.weights)
+        return [w / total for w in self.weights] if self.mix == "losses" else None
+
+    def report(self) -> dict:
+        members = [{"key": m.key, **m.report()} for m in self.members]
+        return {"num_samples": len(self), "teachers": len(self.members), "weights": self.weights, "mix": self.mix,
+                "cache_bytes": self.nbytes, "shards": sum(r["shards"] for r in members), "members": members}
+
+    def teacher_outputs(self, index: torch.Tensor, x=None, device=None, check: bool = True) -> dict[str, torch.Tensor]:
+        """Each member's logits at ``index`` (the inputs checked once, against the first member's fingerprints)."""
+        logits = [m.teacher_outputs(index, x, device, check=check and i == 0)["logits"]
+                  for i, m in enumerate(self.members)]
+        mixed = sum(w * o for w, o in zip(self.weights, logits)) / sum(self.weights)
+        return {"logits": mixed, **{f"logits@{i}": o for i, o in enumerate(logits)}}
+
+
 class CachedTeacher(Teacher):
-    """The teacher cache standing in for the teacher: its stored top-k soft labels, looked up by each
-    sample's position in the training split (outputs only; the teacher does not run)."""
+    """The teacher cache standing in for the teacher: its stored top-k soft labels (or an ensemble's members'
+    ones, mixed: :class:`EnsembleCache`), looked up by each sample's position in the training split (outputs
+    only; the teacher does not run)."""
 
     kind = "teacher cache"
     described = "the teacher cache, which stores outputs only"
 
-    def __init__(self, cache: "SoftLabelCache") -> None:
+    def __init__(self, cache: "SoftLabelCache | EnsembleCache") -> None:
         self.cache, self.device = cache, None
 
     def __call__(self, x):
@@ -262,8 +303,37 @@ class CachedTeacher(Teacher):
         self.device = torch.device(device)
         return self
 
+    def shares(self) -> Optional[list[float]]:
+        """An ensemble's per-teacher loss coefficients (``mix = "losses"``: ``outputs`` gives each ``logits@i``)."""
+        shares = getattr(self.cache, "shares", None)
+        return shares() if callable(shares) else None
+
     def fingerprint(self) -> str:
         return "cache:" + self.cache.key
+
+
+def cache_teacher(cache_dir: str | Path, teacher: Teacher, split, preprocessing: dict, *, temperature: float, k: int,
+                  augmented: bool = False, dense: bool = False, batch_size: int = 256, device="cpu", log=None,
+                  shard_size: Optional[int] = None, rank: int = 0, world: int = 1,
+                  barrier: Optional[Callable[[], None]] = None) -> tuple["SoftLabelCache | EnsembleCache", bool]:
+    """The cache standing in for ``teacher`` (see :func:`.cache.load_or_build`): an :class:`EnsembleTeacher`
+    is cached once per member, each keyed by its own fingerprint (new weights, or one more teacher, reuse the
+    members already cached), and mixed at lookup (:class:`EnsembleCache`). Returns ``(cache, hit)``, ``hit``
+    True when no teacher ran in this process."""
+    from .cache import SHARD_SIZE, load_or_build
+
+    members = teacher.teachers if isinstance(teacher, EnsembleTeacher) else [teacher]
+    caches, hits = [], []
+    for member in members:
+        cache, hit = load_or_build(cache_dir, member, member.fingerprint(), split, preprocessing,
+                                   temperature=temperature, k=k, augmented=augmented, batch_size=batch_size,
+                                   device=device, dense=dense, log=log, shard_size=shard_size or SHARD_SIZE,
+                                   rank=rank, world=world, barrier=barrier)
+        caches.append(cache)
+        hits.append(hit)
+    if not isinstance(teacher, EnsembleTeacher):
+        return caches[0], hits[0]
+    return EnsembleCache(caches, teacher.weights, teacher.mix), all(hits)
 
 
 def as_teacher(teacher) -> Teacher:

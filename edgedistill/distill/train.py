@@ -8,6 +8,12 @@ no_grad, or the teacher cache's), every loss term weighted (with its warm-up ram
 check, backward, clipping and a step. Each epoch ends with its ``curves.csv`` row (``_epoch_row``) and
 an atomic checkpoint; mid-epoch checkpoints (``checkpoint_every``, Ctrl-C) keep the epoch's running
 sums, so a resumed run ends with the same weights and curves as an uninterrupted one.
+
+Under ``torchrun`` (see :mod:`edgedistill.distributed`) the same loop runs on every rank: each reads its share
+of every global batch (``data.batch_size``) of the same seeded order, padded so every rank takes the same
+number of steps; gradients are summed over samples and averaged over all of them across ranks after
+``backward`` (``accumulate`` batches at a time), buffers are averaged, and the epoch's sums are reduced before
+rank 0 alone validates, logs, writes the curves and the checkpoints.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _io, _signals
+from .. import _io, _signals, distributed as dist
 from ..data import SampleSet
 from ..data.loader import batches
 from ..errors import ConfigError, StageError
@@ -64,7 +70,10 @@ class FitConfig:
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    #: Mixed precision: "bf16" (CPU or GPU) or "fp16" (GPU, with loss scaling); "off" keeps fp32.
+    amp: str = "off"
+    #: Batches whose gradients add up before each optimiser step.
+    accumulate: int = 1
     checkpoint_every: int = 0
     desc: str = "train"
     #: Random shifts and flips applied to each batch before the teacher and the student see it, so both
@@ -89,8 +98,8 @@ class FitConfig:
 
 
 #: The FitConfig fields a recipe section may set under the same name.
-SECTION_FIELDS = ("epochs", "lr", "weight_decay", "optimizer", "scheduler", "device", "amp", "checkpoint_every",
-                  "augment", "warmup", "clip_grad_norm")
+SECTION_FIELDS = ("epochs", "lr", "weight_decay", "optimizer", "scheduler", "device", "amp", "accumulate",
+                  "checkpoint_every", "augment", "warmup", "clip_grad_norm")
 
 
 @dataclass
@@ -99,14 +108,14 @@ class FitResult:
     seconds: float = 0.0
     samples_per_s: float = 0.0
     resumed_from: Optional[dict] = None
+    processes: int = 1  # how many ranks trained together (torchrun)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``distill.device`` for this process: ``auto`` is CUDA when there (``cuda:LOCAL_RANK`` under torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise StageError("distill.device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return dist.device(name)
 
 
 def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], out_dir: str | os.PathLike,
@@ -126,45 +135,63 @@ def fit(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], o
     out_dir = Path(out_dir)
     ckpt_path, curves_path = out_dir / "checkpoints" / "last.pt", out_dir / "curves.csv"
     run = _setup(model, train, cfg, terms, teacher, teacher_cache)
-    result = FitResult()
-    start_epoch, start_step, partial = 0, 0, None
-    if ckpt_path.exists():  # resume: model, loss heads, optimiser, schedule, RNG and the position in the epoch
-        start_epoch, start_step, partial = _resume(run, ckpt_path)
-        result.history = _read_curves(curves_path)
+    result = FitResult(processes=dist.world())
+    # Resume (rank 0 reads the checkpoint, every rank gets it): model, loss heads, optimiser, schedule, RNG and
+    # the position in the epoch.
+    start_epoch, start_step, partial = _resume(run, ckpt_path)
+    if (start_epoch, start_step) != (0, 0):
+        result.history = _read_curves(curves_path) if dist.is_main() else []
         result.resumed_from = {"epoch": start_epoch, "step": start_step}
 
     t_start, seen = time.perf_counter(), 0
-    progress = Progress(cfg.desc, cfg.epochs, run.steps_per_epoch)
+    progress = Progress(cfg.desc, cfg.epochs, run.steps_per_epoch, quiet=not dist.is_main())
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)).numpy()
+        order = _epoch_order(len(train), cfg, epoch)
         tally = _Tally.start(terms, start_step, cfg.batch_size, partial)
-        # Batches are read from the source as the epoch goes (worker processes decode ahead of the step).
-        loader = batches(train, cfg.batch_size, order, start_step, cfg.workers, pin_memory=run.device.type == "cuda")
+        # Batches are read from the source as the epoch goes (worker processes decode ahead of the step);
+        # under torchrun each rank reads its share of every batch.
+        loader = batches(train, cfg.batch_size, order, start_step, cfg.workers, pin_memory=run.device.type == "cuda",
+                         part=(dist.rank(), dist.world()) if dist.active() else (0, 1))
         progress.epoch(epoch, start_step)
         for step, (xb, yb, idx) in zip(range(start_step, run.steps_per_epoch), loader):
             xb, yb = _to_device(run, xb, yb)
-            total, values, logits = _train_step(run, xb, yb, idx, epoch, step)
+            total, values, logits, stop = _train_step(run, xb, yb, idx, epoch, step)
             step_loss = tally.add(values, total, logits, yb)
             seen += len(idx)
-            progress.step(step, len(idx), step_loss)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < run.steps_per_epoch:
+            progress.step(step, len(idx) * dist.world(), step_loss)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < run.steps_per_epoch \
+                    and run.at_boundary(step):
                 _save(ckpt_path, run, epoch, step + 1, tally)
-            if _signals.stop_requested():  # Ctrl-C: a clean point, after a whole step
+            if stop:  # Ctrl-C (on any rank): a clean point, after a whole optimiser step
                 _save(ckpt_path, run, epoch, step + 1, tally)
                 raise _signals.Interrupted(f"epoch {epoch + 1}, step {step + 1}", str(ckpt_path))
-        result.history.append(_epoch_row(run, tally, epoch, len(train), val, evaluate, cfg))
+        result.history.append(_epoch_row(run, tally, epoch, len(order), val, evaluate, cfg))
         start_step, partial = 0, None
-        _write_curves(curves_path, result.history)
+        if dist.is_main():
+            _write_curves(curves_path, result.history)
         _save(ckpt_path, run, epoch + 1, 0)
     progress.close()
-    if not result.history:  # no epoch to run (epochs = 0): the curves file still says so
+    if not result.history and dist.is_main():  # no epoch to run (epochs = 0): the curves file still says so
         _write_curves(curves_path, [])
+    if not (dist.same_weights(model) and dist.same_weights(run.losses)):
+        raise StageError(f"{cfg.desc}: the {dist.world()} processes ended with different weights; please report it "
+                         "with the recipe (set distill.device and the data identically on every machine).")
     result.seconds = time.perf_counter() - t_start
-    result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
+    result.samples_per_s = seen * dist.world() / result.seconds if result.seconds > 0 else 0.0
     model.to("cpu").eval()
     return result
+
+
+def _epoch_order(n: int, cfg: FitConfig, epoch: int) -> np.ndarray:
+    """The epoch's order: a permutation that depends only on (seed, epoch), so a resumed run sees the same
+    batches. Under torchrun it is padded (with its own first samples, as ``DistributedSampler`` pads) until the
+    last batch has a sample for every rank, so every rank takes the same number of steps."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)).numpy()
+    pad = 0
+    while 0 < (n + pad) % cfg.batch_size < dist.world():
+        pad += 1
+    return np.concatenate([order, np.resize(order, pad)]) if pad else order
 
 
 @dataclass
@@ -188,6 +215,13 @@ class _Run:
     scaler: torch.amp.GradScaler
     augment: Optional[TrainAugment]
     clip_grad_norm: Optional[float]
+    accumulate: int = 1
+    weighted: bool = False  # gradients summed over samples, then divided by all samples (several ranks, accumulate)
+    window: float = 0.0     # samples in the current accumulation window, on this rank
+
+    def at_boundary(self, step: int) -> bool:
+        """Whether an optimiser step follows this batch (every ``accumulate`` batches, and at the epoch's end)."""
+        return (step + 1) % self.accumulate == 0 or step + 1 == self.steps_per_epoch
 
 
 def _setup(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term], teacher,
@@ -195,6 +229,9 @@ def _setup(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term]
     """The teacher as one :class:`Teacher`, every tap checked before any training, the loss heads built
     from a dry run, the models on the device, the optimiser and the learning-rate schedule."""
     device = resolve_device(cfg.device)
+    if cfg.batch_size < dist.world():
+        raise ConfigError(f"data.batch_size: {cfg.batch_size} is smaller than the {dist.world()} processes that share "
+                          "each batch; make it at least the process count.")
     torch.manual_seed(cfg.seed)
     teacher = as_teacher(teacher)
     if not any(t.loss.needs_teacher for t in terms):  # scratch / self-distillation: the teacher never runs
@@ -218,31 +255,40 @@ def _setup(model: nn.Module, train: SampleSet, cfg: FitConfig, terms: list[Term]
         t.loss.build(s_shapes, t_shapes)
     model.to(device)
     losses = nn.ModuleList([t.loss for t in terms]).to(device)
+    dist.sync_module_(model, losses)  # every rank starts from rank 0's weights
 
     params = list(model.parameters()) + list(losses.parameters())
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.scheduler, total_steps, cfg.warmup))
-    use_amp = cfg.amp and device.type == "cuda"
+    steps_per_epoch = max(1, math.ceil(len(_epoch_order(len(train), cfg, 0)) / cfg.batch_size))
+    optimiser_steps = -(-steps_per_epoch // cfg.accumulate)  # the schedule counts optimiser steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.scheduler, max(1, optimiser_steps * cfg.epochs),
+                                                                cfg.warmup))
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("distill.amp: 'fp16' needs a CUDA device (its loss scaling is CUDA's); use 'bf16' on the CPU.")
+    use_amp = cfg.amp in ("bf16", "fp16")
     return _Run(model, teacher, terms, losses, params, opt, sched, steps_per_epoch, s_paths, t_paths,
-                teacher.shares(), device, use_amp, torch.bfloat16 if device.type == "cpu" else torch.float16,
-                torch.amp.GradScaler("cuda", enabled=use_amp), TrainAugment().to(device) if cfg.augment else None,
-                cfg.clip_grad_norm)
+                teacher.shares(), device, use_amp, torch.float16 if cfg.amp == "fp16" else torch.bfloat16,
+                torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
+                TrainAugment().to(device) if cfg.augment else None, cfg.clip_grad_norm, cfg.accumulate,
+                weighted=dist.active() or cfg.accumulate > 1)
 
 
 def _resume(run: _Run, ckpt_path: Path) -> tuple[int, int, Optional[dict]]:
-    """Restore the model, loss heads, optimiser, schedule and RNG from ``ckpt_path``; return the epoch and
-    step to go on from and the interrupted epoch's running sums (None at an epoch's end)."""
-    state = _load_resume_state(ckpt_path)
+    """Restore the model, loss heads, optimiser, schedule and RNG from ``ckpt_path`` when it exists (rank 0 reads
+    it; every rank gets it); return the epoch and step to go on from and the interrupted epoch's running sums
+    (None at an epoch's end). (0, 0, None) when there is nothing to resume."""
+    state = dist.broadcast(_load_resume_state(ckpt_path) if dist.is_main() and ckpt_path.exists() else None)
+    if state is None:
+        return 0, 0, None
     run.model.load_state_dict(state["model"])
     run.losses.load_state_dict(state["losses"])
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    rng = state["rng"]  # one state per rank (a single one: a checkpoint of one process)
+    torch.set_rng_state(rng[dist.rank() % len(rng)] if isinstance(rng, list) else rng)
     return int(state["epoch"]), int(state["step"]), state.get("partial")
 
 
@@ -257,8 +303,10 @@ def _to_device(run: _Run, xb, yb: torch.Tensor):
 
 
 def _train_step(run: _Run, xb, yb: torch.Tensor, idx: torch.Tensor, epoch: int,
-                step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """One optimiser step; returns the weighted total, each term's value (detached) and the student's logits."""
+                step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, bool]:
+    """One batch: forward, backward and, at the end of an accumulation window, the optimiser step; returns the
+    weighted total, each term's value (detached), the student's logits and whether to stop here (Ctrl-C on
+    any rank, asked at an optimiser step)."""
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         with torch.no_grad():  # the teacher is frozen (or the cache answers for it)
             teacher_out = run.teacher.outputs(xb, run.t_paths, idx)
@@ -273,15 +321,25 @@ def _train_step(run: _Run, xb, yb: torch.Tensor, idx: torch.Tensor, epoch: int,
                                  f"{step + 1}; lower the learning rate or this term's weight.")
             values[t.name] = value.detach()
             total = total + t.scale(epoch, step / run.steps_per_epoch) * value
-    run.opt.zero_grad(set_to_none=True)
-    run.scaler.scale(total).backward()
+    if step % run.accumulate == 0:
+        run.opt.zero_grad(set_to_none=True)
+        run.window = 0.0
+    n = len(yb)
+    run.window += n
+    # Weighted: the gradient of the batch's summed loss, divided below by every sample of the window on every rank.
+    run.scaler.scale(total * n if run.weighted else total).backward()
+    if not run.at_boundary(step):
+        return total.detach(), values, student_out["logits"].detach(), False
+    stops = float(_signals.stop_requested())
+    if run.weighted:  # one all-reduce: gradients, BatchNorm statistics (QAT observers), samples, Ctrl-C
+        _, [stops] = dist.reduce_step_(run.params, (run.model, run.losses), run.window, [stops])
     if run.clip_grad_norm is not None:
         run.scaler.unscale_(run.opt)
         torch.nn.utils.clip_grad_norm_(run.params, run.clip_grad_norm)
     run.scaler.step(run.opt)
     run.scaler.update()
     run.sched.step()
-    return total.detach(), values, student_out["logits"].detach()
+    return total.detach(), values, student_out["logits"].detach(), stops > 0
 
 
 @dataclass
@@ -296,8 +354,10 @@ class _Tally:
 
     @classmethod
     def start(cls, terms: list[Term], start_step: int, batch_size: int, partial: Optional[dict]) -> "_Tally":
-        if start_step and partial:
-            return cls(dict(partial["sums"]), int(partial["correct"]), int(partial["count"]))
+        if start_step and partial:  # the sums over every rank: rank 0 carries them on, the others start at 0
+            if dist.is_main():
+                return cls(dict(partial["sums"]), int(partial["correct"]), int(partial["count"]))
+            return cls({k: 0.0 for k in partial["sums"]})
         return cls({**{t.name: 0.0 for t in terms}, "total": 0.0}, skipped=start_step * batch_size)
 
     def add(self, values: dict[str, torch.Tensor], total: torch.Tensor, logits: torch.Tensor,
@@ -316,10 +376,20 @@ class _Tally:
     def state(self) -> dict:
         return {"sums": dict(self.sums), "correct": self.correct, "count": self.count}
 
+    def reduced(self) -> "_Tally":
+        """The sums over every rank (the same tally on one process)."""
+        keys = list(self.sums)
+        *sums, correct, count = dist.sum_([self.sums[k] for k in keys] + [self.correct, self.count])
+        return _Tally(dict(zip(keys, sums)), int(correct), int(count), self.skipped)
+
 
 def _epoch_row(run: _Run, tally: _Tally, epoch: int, n_train: int, val: Optional[SampleSet],
                evaluate: Optional[Callable[..., tuple[str, float]]], cfg: FitConfig) -> dict:
-    """The epoch's ``curves.csv`` row: mean losses per sample, train accuracy, learning rate, validation."""
+    """The epoch's ``curves.csv`` row: mean losses per sample, train accuracy, learning rate, validation; over
+    every rank, validated by rank 0 alone and given to the others."""
+    tally = tally.reduced()
+    if not dist.is_main():
+        return dist.broadcast(None)
     n_epoch = max(1, n_train - tally.skipped)
     row = {"epoch": epoch + 1, **{f"loss_{k}": v / n_epoch for k, v in tally.sums.items()},
            "train_acc": tally.correct / tally.count if tally.count else float("nan"),
@@ -330,7 +400,7 @@ def _epoch_row(run: _Run, tally: _Tally, epoch: int, n_train: int, val: Optional
         else:
             name, value = evaluate(run.model, val, cfg.workers)
             row[f"val_{name}"] = value
-    return row
+    return dist.broadcast(row)
 
 
 def lr_schedule(kind: str, total_steps: int, warmup: float = 0.0) -> Callable[[int], float]:
@@ -417,11 +487,17 @@ def _load_resume_state(path: Path) -> dict:
 
 
 def _save(path: Path, run: _Run, epoch: int, step: int, tally: Optional[_Tally] = None) -> None:
-    """An atomic checkpoint at (epoch, step); mid-epoch, with the epoch's running sums."""
+    """An atomic checkpoint at (epoch, step), written by rank 0 with every rank's RNG state; mid-epoch, with the
+    epoch's running sums over every rank. Every rank calls it (the sums and RNG states are gathered)."""
+    partial = tally.reduced().state() if tally is not None else None
+    rngs = dist.gather(torch.get_rng_state())
+    if not dist.is_main():
+        return
     state = {"model": run.model.state_dict(), "losses": run.losses.state_dict(), "optimizer": run.opt.state_dict(),
-             "scheduler": run.sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step}
-    if tally is not None:
-        state["partial"] = tally.state()
+             "scheduler": run.sched.state_dict(), "rng": rngs if dist.active() else rngs[0], "epoch": epoch,
+             "step": step}
+    if partial is not None:
+        state["partial"] = partial
     _io.atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import _io, _signals
+from .. import _io, _signals, distributed as dist
 from ..preflight import check_names, preflight
 from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages
 from ..recipe import Recipe, dump_recipe
@@ -76,31 +76,54 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     """Run the pipeline; returns ``report.json``'s content. Raises EdgeDistillError on failure.
 
     ``trust_checkpoint`` lets the teacher stage fully unpickle a checkpoint that ``weights_only``
-    refuses (with a warning); never set it for files you did not make.
+    refuses (with a warning); never set it for files you did not make. Under ``torchrun`` every rank calls
+    it: rank 0 runs the pipeline, the other ranks join the stages that train (see :func:`_follow`) and
+    return an empty dict.
     """
     names = stage_names()
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from: unknown stage {from_stage!r}; choose one of: {', '.join(names)}.")
     tgt = target if isinstance(target, Target) else load_target(target or recipe.target)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
-    ctx = RunContext(recipe, tgt, run_dir, trust_checkpoint=trust_checkpoint, log=log)
-    check_names(recipe)  # architectures, model and loss parameters: before any data is read
-    if from_stage is not None or not _nothing_to_run(run_dir, recipe, tgt):  # a fully skipped re-run reads no data
-        preflight(recipe, ctx.task, ctx.splits)  # shapes and layer paths, before the run folder is touched
-    _check_writable(run_dir)
-    with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
-        ctx.data_cache = run_dir / "data_cache"
-        _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
-        manifest = _read_manifest(run_dir / "manifest.json")
-        manifest.update({"seed": recipe.seed, "versions": _versions(), "target": tgt.name})
-        stages_m = manifest.setdefault("stages", {})
-        recipe_dict, forced = recipe.to_dict(), False
-        for s in STAGES.in_order():
+    started = dist.world() > 1 and not dist.active()
+    dist.init()
+    try:
+        _same_recipe_on_every_rank(recipe, tgt)
+        ctx = RunContext(recipe, tgt, run_dir, trust_checkpoint=trust_checkpoint,
+                         log=log if dist.is_main() else (lambda msg: None))
+        check_names(recipe)  # architectures, model and loss parameters: before any data is read
+        if not dist.is_main():
+            return _follow(ctx)
+        if from_stage is not None or not _nothing_to_run(run_dir, recipe, tgt):  # a fully skipped re-run reads no data
+            preflight(recipe, ctx.task, ctx.splits)  # shapes and layer paths, before the run folder is touched
+        _check_writable(run_dir)
+        with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
+            _run_stages(ctx, from_stage, resume)
+        return _io.read_json(run_dir / "report" / "report.json")
+    finally:
+        if started:
+            dist.shutdown()
+
+
+def _run_stages(ctx: RunContext, from_stage: str | None, resume: bool) -> None:
+    """Rank 0's loop: each stage skipped when unchanged, else run (resumed when it was stopped), in order. Under
+    torchrun it tells the other ranks each training stage it runs, then that no more will come."""
+    recipe, run_dir = ctx.recipe, ctx.run_dir
+    ctx.data_cache = run_dir / "data_cache"
+    _io.write_text(run_dir / "recipe.toml", dump_recipe(recipe))
+    manifest = _read_manifest(run_dir / "manifest.json")
+    manifest.update({"seed": recipe.seed, "versions": _versions(), "target": ctx.target.name, "processes": dist.world()})
+    stages_m = manifest.setdefault("stages", {})
+    recipe_dict, forced, stages = recipe.to_dict(), False, STAGES.in_order()
+    followers = _Followers(last=max(i for i, s in enumerate(stages) if s.trains))
+    with followers:
+        for i, s in enumerate(stages):
             forced = forced or (from_stage == s.name)
-            inputs_hash = _inputs_hash(s, recipe, recipe_dict, tgt, stages_m)
+            inputs_hash = _inputs_hash(s, recipe, recipe_dict, ctx.target, stages_m)
             prev = stages_m.get(s.name, {})
             if not forced and _unchanged(prev, inputs_hash, run_dir):
                 ctx.log(f"[{s.name}] unchanged, skipped")
+                followers.passed(i)
                 continue
             forced = True  # everything after a re-run stage re-runs too
             same = prev.get("inputs_hash") == inputs_hash
@@ -110,11 +133,82 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
             ctx.log(f"[{s.name}] resuming the interrupted stage from its last checkpoint (`--from {s.name}` starts it "
                     "over)..." if auto else f"[{s.name}] {'resuming' if resuming else 'running'}...")
             stages_m[s.name] = {"status": "running", "inputs_hash": inputs_hash, "started": time.time()}
+            if s.trains:
+                followers.join(ctx, s)
             _run_stage(ctx, s, manifest, resuming)
+            followers.passed(i)
             _release_heap()
-            if _signals.stop_requested() and s is not STAGES.in_order()[-1]:  # Ctrl-C during a stage without clean points
+            if _signals.stop_requested() and s is not stages[-1]:  # Ctrl-C during a stage without clean points
                 raise _signals.Interrupted(f"after the {s.name} stage")
-    return _io.read_json(run_dir / "report" / "report.json")
+
+
+class _Followers:
+    """Rank 0's messages to the other ranks under torchrun (nothing on one process): ``{"stage": name}`` before
+    each training stage it runs, ``{"stage": None}`` once the last training stage is passed, ``{"error": ...}``
+    when it stops before that outside a training stage (inside one, torchrun stops every rank)."""
+
+    def __init__(self, last: int) -> None:
+        self.last, self.done, self.training = last, not dist.active(), False
+
+    def join(self, ctx: RunContext, s: Stage) -> None:
+        if self.done:
+            return
+        if "data" in s.sections:
+            ctx.splits  # noqa: B018  (decoded once here, before the other ranks read the same data cache)
+        dist.broadcast({"stage": s.name})
+        self.training = True
+
+    def passed(self, i: int) -> None:
+        self.training = False
+        if not self.done and i >= self.last:
+            dist.broadcast({"stage": None})
+            self.done = True
+
+    def __enter__(self) -> "_Followers":
+        return self
+
+    def __exit__(self, kind, e, tb) -> None:
+        if e is not None and not self.done and not self.training:
+            dist.broadcast({"error": str(e) or type(e).__name__})
+            self.done = True
+
+
+def _follow(ctx: RunContext) -> dict:
+    """The loop of a rank other than 0 under torchrun: run each training stage rank 0 names, writing nothing into
+    the run folder (its own stage's folder is a scratch folder), until rank 0 says no more will come."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"edgedistill-rank{dist.rank()}-") as scratch:
+        ctx.scratch, ctx.data_cache = Path(scratch), ctx.run_dir / "data_cache"
+        while True:
+            with dist.failures_as_errors("a wait for rank 0"):
+                msg = dist.broadcast(None)
+            if "error" in msg:
+                raise EdgeDistillError(f"rank {dist.rank()}: rank 0 stopped the run: {msg['error']}")
+            if msg["stage"] is None:
+                return {}
+            if not (ctx.run_dir / "recipe.toml").exists():  # rank 0 wrote it before naming the first stage
+                raise EdgeDistillError(f"rank {dist.rank()}: cannot see the run folder {ctx.run_dir.resolve()} that "
+                                       "rank 0 writes; on several machines put it on a filesystem they all share "
+                                       "(NFS, Lustre) and pass the same --run-dir on each.")
+            ctx.stage = STAGES.get(msg["stage"])
+            try:
+                with dist.failures_as_errors(f"the {ctx.stage.name} stage"):
+                    ctx.stage.fn(ctx)
+            finally:
+                ctx.stage = None
+
+
+def _same_recipe_on_every_rank(recipe: Recipe, tgt: Target) -> None:
+    """Under torchrun, every rank must have read the same resolved recipe and target (a hash of both, compared)."""
+    if not dist.active():
+        return
+    mine = _io.sha256_json({"recipe": recipe.to_dict(), "target": tgt.to_dict()})
+    hashes = dist.gather(mine)
+    if len(set(hashes)) > 1:
+        differ = [r for r, h in enumerate(hashes) if h != hashes[0]]
+        raise ConfigError(f"the recipe or target differs between ranks: rank(s) {', '.join(map(str, differ))} read "
+                          "another one than rank 0; give every machine the same recipe file and edgedistill version.")
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -138,7 +232,8 @@ def _run_stage(ctx: RunContext, s: Stage, manifest: dict, resuming: bool) -> Non
     t0 = time.perf_counter()
     ctx.stage = s
     try:
-        s.fn(ctx)
+        with dist.failures_as_errors(f"the {s.name} stage"):
+            s.fn(ctx)
     except BaseException as e:
         record.update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                        "error": str(e)[:500], "seconds": round(time.perf_counter() - t0, 3)})

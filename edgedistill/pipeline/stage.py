@@ -43,16 +43,17 @@ class Stage:
     deps: tuple[str, ...]              # stages whose outputs it reads
     fn: Callable[["RunContext"], None]
     models: tuple[ModelFile, ...] = ()
+    trains: bool = False               # under torchrun every rank runs it (rank 0 alone runs the others)
 
 
 STAGES: Registry[Stage] = Registry("stage")
 
 
-def stage(name: str, dir: str, sections=(), deps=(), models=()):
+def stage(name: str, dir: str, sections=(), deps=(), models=(), trains: bool = False):
     """Register a pipeline stage; stages run in the order they are registered."""
     def deco(fn):
         STAGES.register(name, help=(fn.__doc__ or "").strip().split("\n")[0])(
-            Stage(name, dir, tuple(sections), tuple(deps), fn, tuple(models)))
+            Stage(name, dir, tuple(sections), tuple(deps), fn, tuple(models), trains))
         return fn
     return deco
 
@@ -93,6 +94,7 @@ class RunContext:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.data_cache: Optional[Path] = None  # where decoded samples are kept (data.cache_decoded), once the folder is ours
         self.stage: Optional[Stage] = None      # the stage running now: what it may read
+        self.scratch: Optional[Path] = None     # a rank other than 0 writes its own stage's files here, not in run_dir
         self._splits, self._cached, self._task = None, False, None
 
     @property
@@ -129,8 +131,9 @@ class RunContext:
         return self._splits
 
     def path(self, stage: str, *parts: str) -> Path:
-        """A path in a stage's folder."""
-        return self.run_dir / STAGES.get(stage).dir / Path(*parts)
+        """A path in a stage's folder (the running stage's own folder is a scratch folder on ranks other than 0)."""
+        mine = self.scratch is not None and self.stage is not None and stage == self.stage.name
+        return (self.scratch if mine else self.run_dir) / STAGES.get(stage).dir / Path(*parts)
 
     def model_path(self, name: str) -> Path:
         """Where the ONNX model ``name`` (a :class:`ModelFile` some stage declares) is written."""

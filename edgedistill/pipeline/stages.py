@@ -10,7 +10,7 @@ from .. import _io
 from .stage import ModelFile, RunContext, stage
 
 
-@stage("teacher", "01_teacher", sections=("data", "teacher", "distill.device", "distill.amp"))
+@stage("teacher", "01_teacher", sections=("data", "teacher", "distill.device", "distill.amp"), trains=True)
 def _teacher(ctx: RunContext) -> None:
     """Load the user's teacher as given, or train one."""
     ctx.task.prepare_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"), ctx.trust_checkpoint, ctx.log)
@@ -22,14 +22,17 @@ def _student(ctx: RunContext) -> None:
     ctx.task.build_student(ctx.recipe, ctx.splits, ctx.path("student"), teacher_path=ctx.path("teacher", "model.pt"))
 
 
-@stage("distill", "03_distill", sections=("data", "teacher", "student", "distill"), deps=("teacher", "student"))
+@stage("distill", "03_distill", sections=("data", "teacher", "student", "distill"), deps=("teacher", "student"),
+       trains=True)
 def _distill(ctx: RunContext) -> None:
     """Train the student from the teacher with the recipe's losses."""
     from ..distill.stage import distill
 
     teacher = ctx.task.load_teacher(ctx.recipe, ctx.splits, ctx.path("teacher"))
     student = ctx.task.load_student(ctx.recipe, ctx.splits, ctx.path("student", "model.pt"))
-    distill(student, teacher, ctx.splits, ctx.recipe, ctx.path("distill"), task=ctx.task, log=ctx.log)
+    # The teacher cache is the run folder's on every rank: under torchrun each rank writes its shards there.
+    distill(student, teacher, ctx.splits, ctx.recipe, ctx.path("distill"), cache_dir=ctx.run_dir / "teacher_cache",
+            task=ctx.task, log=ctx.log)
 
 
 def _disabled(ctx: RunContext, why: str) -> None:
@@ -38,7 +41,7 @@ def _disabled(ctx: RunContext, why: str) -> None:
 
 
 @stage("qat", "04_qat", sections=("data", "teacher", "student", "qat", "export.opset", "distill.device"),
-       deps=("teacher", "distill"),
+       deps=("teacher", "distill"), trains=True,
        models=[ModelFile("student_qat_int8", "student_qat_int8.onnx", "student", "int8")])
 def _qat(ctx: RunContext) -> None:
     """Fine-tune the distilled student with fake quantization and export its INT8 model."""

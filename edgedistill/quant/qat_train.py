@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _io
+from .. import _io, distributed as dist
 from ..data import SampleSet, Splits
 from ..data.core import as_samples
 from ..distill.losses import LossContext, build_loss
@@ -66,6 +66,8 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
         result = fit(qmodel, splits.train, fit_cfg, terms, out_dir / name, teacher=guide, val=splits.val)
         history += [{**row, "phase": name} for row in result.history]
 
+    if not dist.is_main():  # under torchrun rank 0 alone converts, exports, checks and writes
+        return {}
     final = convert_qat(qmodel)
     save_checkpoint(out_dir / "model.pt", final)
     example = torch.from_numpy(splits.test.read(np.arange(min(2, len(splits.test)))))
