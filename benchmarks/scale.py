@@ -39,8 +39,16 @@ deduplicated, seeded shuffle: N sentences are the first N of one order), written
 until other processes use fewer than --quiet-cores cores, and it keeps, per run, the load average before
 and after and the CPU time other processes took meanwhile (machine busy time minus the run's own).
 
+4. Teacher cache (section ``cache``, ``--section cache``): a top-50 cache of 1,000 classes for 1 M and 10 M
+   samples (``--cache-sizes``), each built in a fresh subprocess by ``distill.cache.load_or_build`` from a
+   stand-in teacher that costs nothing (logits ``sin(position * f_c)``) over a SampleSet whose input is the
+   sample's position (nothing held per sample), into a temporary folder deleted afterwards: peak RSS of the
+   build (VmHWM), build time, file bytes, memory-mapped lookup time per batch of 256 random positions (mean of
+   200), the RSS after the lookups, and every figure extrapolated linearly to 100 M samples (labelled so).
+
     python benchmarks/scale.py [--sizes 4000,16000,64000] [--sources image-folder,npy[,text-file]] \
         [--data-dir /tmp/edgedistill-scale] [--skip-baseline] [--out benchmarks/results/scale.json]
+    python benchmarks/scale.py --section cache [--cache-sizes 1000000,10000000]
 
 Sections of an existing --out file that this invocation does not measure (e.g. ``text``) are kept.
 """
@@ -59,9 +67,11 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -410,8 +420,10 @@ QUIET = {"max_cores": 0.0, "timeout": 0.0, "memory_timeout": 0.0}  # set from th
 
 
 def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, pss: bool = True, log=print,
-                 quiet_timeout: float | None = None) -> dict:
-    """One `edgedistill run` subprocess, measured; the recipe is written beside the run folder."""
+                 quiet_timeout: float | None = None, launch: Callable[[list[str]], list[str]] | None = None,
+                 env_extra: dict | None = None) -> dict:
+    """One `edgedistill run` subprocess, measured; the recipe is written beside the run folder. ``launch`` turns
+    the edgedistill arguments into the command (a torchrun line); ``env_extra`` is added to its environment."""
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a run folder with a manifest would skip finished stages
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -422,9 +434,13 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
     if old_code is not None:  # the worktree first on sys.path; cwd outside the repo (python -m puts cwd first)
         env["PYTHONPATH"] = str(old_code)
         cmd = [sys.executable, "-m", "edgedistill", "run", str(recipe_path), "--run-dir", str(run_dir)]
+    elif launch is not None:
+        cmd = launch(["run", str(recipe_path), "--run-dir", str(run_dir)])
     else:
         cmd = [str(Path(sys.executable).parent / "edgedistill"), "run", str(recipe_path), "--run-dir", str(run_dir)]
-    shown = (f"PYTHONPATH={old_code} " if old_code else "") + " ".join(shlex.quote(c) for c in cmd)
+    env.update(env_extra or {})
+    shown = (f"PYTHONPATH={old_code} " if old_code else "") + " ".join(f"{k}={v}" for k, v in (env_extra or {}).items()) \
+        + (" " if env_extra else "") + " ".join(shlex.quote(c) for c in cmd)
     log(f"$ {shown}")
     quiet = wait_quiet(QUIET["max_cores"], QUIET["timeout"] if quiet_timeout is None else quiet_timeout, log)
     # the tree may change between runs (others work in it): the HEAD and the uncommitted paths at this run's start
@@ -464,6 +480,7 @@ def run_pipeline(recipe: str, run_dir: Path, *, old_code: Path | None = None, ps
     distill = json.loads((run_dir / "03_distill" / "meta.json").read_text())
     out["distill_samples_per_s"] = distill.get("samples_per_s")
     out["distill_seconds"] = distill.get("seconds")
+    out["processes"] = distill.get("processes", 1)
     try:
         metrics = json.loads((run_dir / "07_verify" / "metrics.json").read_text())["models"]
         out["test_accuracy"] = {k: round(m["metric"]["value"], 4) for k, m in metrics.items()}
@@ -783,6 +800,211 @@ def throughput_section(n: int, repeats: int, data_dir: Path, seed: int, command:
     }
 
 
+# --- one process against two (section ``processes``) ----------------------------------------------------
+
+def _torchrun(*options: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *options, "-m", "edgedistill"]
+
+
+def _two_machines(args: list[str]) -> list[str]:
+    """Two torchrun invocations, one process each, joined by a c10d rendezvous on 127.0.0.1, as two machines would
+    be started (each with the same command); the exit status is non-zero if either fails."""
+    port = 29400 + random.randrange(500)
+    one = " ".join(shlex.quote(c) for c in _torchrun("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+                                                     "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "scale") + args)
+    return ["bash", "-c", f"{one} & a=$!; {one} & b=$!; wait $a; ra=$?; wait $b; rb=$?; exit $(( ra | rb ))"]
+
+
+def processes_section(n: int, repeats: int, data_dir: Path, seed: int, command: str, git: dict, log) -> dict:
+    arrays = ensure_npy(data_dir, n, seed, True, log)
+    te, de = 1, 3
+    recipe = recipe_text("procs", "npy", arrays, teacher_epochs=te, distill_epochs=de)
+    variants = {
+        "1_process": None,
+        "2_processes": lambda args: _torchrun("--standalone", "--nproc_per_node", "2") + args,
+        "2_machines_x_1_process": _two_machines,
+    }
+    runs = []
+    for rep in range(repeats):
+        for name, launch in variants.items():
+            r = run_pipeline(recipe, data_dir / "runs" / f"procs-{name}", pss=False, log=log, launch=launch,
+                             env_extra={"OMP_NUM_THREADS": "1"})
+            runs.append({"variant": name, "repeat": rep, **r})
+    summary = {}
+    for name in variants:
+        ok = [r for r in runs if r["variant"] == name and "error" not in r]
+        summary[name] = {"runs_ok": len(ok)}
+        if ok:
+            summary[name].update(
+                distill_samples_per_s_median=round(statistics.median(r["distill_samples_per_s"] for r in ok), 1),
+                distill_samples_per_s_all=[r["distill_samples_per_s"] for r in ok],
+                processes=sorted({r["processes"] for r in ok}),
+                wall_s_all=[r["wall_s"] for r in ok], test_accuracy=[r.get("test_accuracy") for r in ok],
+                load_average_before_all=[r["load_average_before"][0] for r in ok])
+    one = summary["1_process"].get("distill_samples_per_s_median")
+    ratios = {f"{name} / 1_process": round(summary[name]["distill_samples_per_s_median"] / one, 3)
+              for name in variants if name != "1_process" and one and summary[name]["runs_ok"]}
+    return {
+        "command": command, "git_commit": git,
+        "what": (f"the distill stage's samples/s (03_distill/meta.json: samples over the stage's training seconds, "
+                 f"validation included) of `edgedistill run` on {n} 64x64 RGB images (npy) with 1 process, with 2 "
+                 f"processes (torchrun --standalone --nproc_per_node 2, gloo) and with two torchrun invocations of "
+                 f"one process each joined by --nnodes 2 and a c10d rendezvous on 127.0.0.1 (two 'machines'); "
+                 f"OMP_NUM_THREADS=1 in every process, the same recipe and data, global batch 64 (32 per rank), "
+                 f"teacher {te} epoch, distill {de} epochs, runs interleaved, medians"),
+        "recipe": recipe, "runs": runs, "summary": summary, "ratios_distill_samples_per_s": ratios,
+    }
+
+
+# --- the teacher cache at scale (section ``cache``) ----------------------------------------------------
+
+CACHE_CLASSES, CACHE_K, CACHE_BUILD_BATCH, LOOKUP_BATCH, LOOKUPS = 1000, 50, 1024, 256, 200
+
+
+def _proc_status() -> dict[str, float]:
+    """This process's VmRSS, VmHWM, RssAnon, RssFile in MB."""
+    return {k: round(v / 1024, 1) for k, v in _status(os.getpid()).items() if k != "RssShmem"}
+
+
+def _reset_hwm() -> bool:
+    """Reset this process's VmHWM to its current RSS (``5`` > /proc/self/clear_refs, Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _positions_set(n: int):
+    """A SampleSet of ``n`` samples whose input is its own position (one float): nothing held per sample (the
+    labels are one broadcast -1), so the inputs cost no memory and the cache is what is measured."""
+    from edgedistill.data import Preprocess, SampleSet
+
+    class Positions(SampleSet):
+        input_shape, preprocess = (1,), Preprocess()
+
+        def __init__(self) -> None:
+            self.y = np.broadcast_to(np.int64(-1), (n,))
+
+        def _read(self, idx):
+            return idx.astype(np.float32)[:, None]
+
+        def where(self, i):
+            return f"position {i}"
+
+        def _fingerprint(self):
+            return f"positions:{n}"
+
+    return Positions()
+
+
+def _stand_in_teacher():
+    """Logits that cost almost nothing and differ per sample: ``sin(position * f_c)`` for fixed frequencies."""
+    import torch
+
+    freq = torch.rand(CACHE_CLASSES, generator=torch.Generator().manual_seed(0)) * 0.37 + 0.01
+    return lambda xb: {"logits": torch.sin(xb * freq[None, :])}
+
+
+def cache_worker(n: int, folder: Path) -> dict:
+    """One size, in its own (fresh) process: build the cache, then time memory-mapped lookups; peaks from
+    /proc/self/status (VmHWM reset between the phases)."""
+    import torch
+
+    from edgedistill.distill.cache import load_or_build
+
+    torch.set_num_threads(1)
+    split, teacher = _positions_set(n), _stand_in_teacher()
+    before = _proc_status()
+    _reset_hwm()
+    t0 = time.perf_counter()
+    cache, hit = load_or_build(folder, teacher, "stand-in", split, {}, temperature=4.0, k=CACHE_K,
+                               batch_size=CACHE_BUILD_BATCH)
+    build_s = time.perf_counter() - t0
+    after_build = _proc_status()
+    files = sorted(cache.folder.iterdir())
+    rng = np.random.default_rng(0)
+    hwm_reset = _reset_hwm()
+    times = {"rows": [], "teacher_outputs": []}
+    for _ in range(LOOKUPS):
+        idx = torch.from_numpy(rng.integers(0, n, LOOKUP_BATCH))
+        for what, fn in (("rows", cache.rows), ("teacher_outputs", cache.teacher_outputs)):
+            t = time.perf_counter()
+            fn(idx)
+            times[what].append(time.perf_counter() - t)
+    after_lookups = _proc_status()
+    return {"samples": n, "hit": hit, "shards": cache.num_shards, "build_s": round(build_s, 1),
+            "build_samples_per_s": round(n / build_s), "rss_before_build_mb": before["VmRSS"],
+            "build_peak_rss_vmhwm_mb": after_build["VmHWM"], "rss_after_build_mb": after_build["VmRSS"],
+            "file_bytes": sum(f.stat().st_size for f in files), "files": len(files),
+            "array_bytes": cache.nbytes, "report": cache.report(),
+            "lookup_ms_per_batch_rows_mean": round(1e3 * statistics.mean(times["rows"]), 3),
+            "lookup_ms_per_batch_rows_median": round(1e3 * statistics.median(times["rows"]), 3),
+            "lookup_ms_per_batch_teacher_outputs_mean": round(1e3 * statistics.mean(times["teacher_outputs"]), 3),
+            "lookup_peak_rss_vmhwm_mb": after_lookups["VmHWM"] if hwm_reset else None,
+            "rss_after_lookups_mb": after_lookups["VmRSS"], "rss_file_after_lookups_mb": after_lookups["RssFile"]}
+
+
+def _extrapolate(small: dict, big: dict, to: int) -> dict:
+    """Each figure on the line through the two measured sizes, at ``to`` samples (an extrapolation)."""
+    keys = ("build_s", "build_peak_rss_vmhwm_mb", "file_bytes", "lookup_ms_per_batch_rows_mean",
+            "lookup_ms_per_batch_teacher_outputs_mean", "lookup_peak_rss_vmhwm_mb", "rss_after_lookups_mb")
+    out = {}
+    for k in keys:
+        if small.get(k) is None or big.get(k) is None:
+            continue
+        slope = (big[k] - small[k]) / (big["samples"] - small["samples"])
+        out[k] = round(big[k] + slope * (to - big["samples"]), 3)
+        if "rss" in k:  # a memory figure that fell between the sizes (noise) is not extrapolated below what was seen
+            out[k] = max(out[k], small[k], big[k])
+    return out
+
+
+def cache_section(sizes: list[int], command: str, git: dict, log) -> dict:
+    """Section ``cache``: a top-50 cache of 1,000 classes built for each size in a fresh subprocess."""
+    usage = shutil.disk_usage(tempfile.gettempdir())
+    need = max(sizes) * (CACHE_K * 4 + 4) * 1.1
+    if usage.free < 2 * need:
+        sys.exit(f"--section cache: {usage.free / 1e9:.1f} GB free in {tempfile.gettempdir()}, {need / 1e9:.1f} GB needed")
+    runs = {}
+    for n in sizes:
+        tmp = Path(tempfile.mkdtemp(prefix=f"edgedistill-cache-{n}-"))
+        try:
+            loadavg = Path("/proc/loadavg").read_text().split()[:3]
+            proc = subprocess.run([sys.executable, __file__, "--cache-worker", str(n), str(tmp)], capture_output=True,
+                                  text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if proc.returncode:
+                runs[str(n)] = {"error": proc.stderr[-2000:], "exit_code": proc.returncode}
+                continue
+            runs[str(n)] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "load_average_before": loadavg,
+                            "load_average_after": Path("/proc/loadavg").read_text().split()[:3]}
+            log(f"cache {n}: {runs[str(n)]['build_s']}s, peak {runs[str(n)]['build_peak_rss_vmhwm_mb']} MB")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    ok = [runs[str(n)] for n in sizes if "error" not in runs[str(n)]]
+    return {"command": command, "git_commit": git, "what": CACHE_WHAT, "runs": runs,
+            "extrapolated_to_100M_linear": (_extrapolate(ok[0], ok[-1], 100_000_000) if len(ok) > 1 else None),
+            "peak_rss_ratio_largest_over_smallest": (round(ok[-1]["build_peak_rss_vmhwm_mb"]
+                                                           / ok[0]["build_peak_rss_vmhwm_mb"], 3) if len(ok) > 1 else None)}
+
+
+CACHE_WHAT = (
+    f"edgedistill.distill.cache.load_or_build: top-{CACHE_K} of {CACHE_CLASSES} classes (fp16 probabilities, int16 "
+    "indices, fp32 fingerprints) in shards of 1,048,576 samples, memory-mapped .npy files, in a temporary folder "
+    "deleted afterwards; each size in a fresh `python benchmarks/scale.py --cache-worker N DIR` subprocess, "
+    "torch.set_num_threads(1). Data: a SampleSet whose input is the sample's position as one float32 (nothing held "
+    "per sample; labels one broadcast -1). Teacher: a stand-in costing ~nothing, logits sin(position * f_c) for "
+    f"{CACHE_CLASSES} fixed frequencies. Build batch {CACHE_BUILD_BATCH}. Memory: VmHWM / VmRSS / RssFile from "
+    "/proc/self/status, VmHWM reset (/proc/self/clear_refs) before the build and before the lookups, so "
+    "build_peak_rss_vmhwm_mb includes the interpreter + torch baseline (rss_before_build_mb). Lookups: "
+    f"{LOOKUPS} batches of {LOOKUP_BATCH} uniformly random positions, page cache warm (just written): `rows` reads "
+    "the stored rows only, `teacher_outputs` also rebuilds the 1,000-class logits. extrapolated_to_100M_linear: "
+    "each figure on the line through the smallest and largest measured sizes, at 100 M samples (not measured); a "
+    "memory figure whose line falls is given as the largest measured instead."
+)
+
+
 # --- output ------------------------------------------------------------------------------------------
 
 def table(result: dict) -> str:
@@ -835,7 +1057,16 @@ def main() -> None:
     ap.add_argument("--quiet-timeout-memory", type=float, default=120,
                     help="the same before each memory run (memory hardly depends on the load; its times do)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    ap.add_argument("--section", choices=("runs", "cache", "processes"), default="runs",
+                    help="runs: the memory sections of --sources and the throughput comparison; cache: the teacher "
+                         "cache at --cache-sizes samples; processes: the distill stage with 1 and 2 processes "
+                         "(--baseline-size images, --repeats)")
+    ap.add_argument("--cache-sizes", default="1000000,10000000", help="comma-separated sample counts (section cache)")
+    ap.add_argument("--cache-worker", nargs=2, metavar=("N", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cache_worker:  # one size of the cache section, in a fresh process: its result as one JSON line
+        print(json.dumps(cache_worker(int(args.cache_worker[0]), Path(args.cache_worker[1]))))
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     bad = [s for s in sources if s not in SOURCES]
@@ -855,6 +1086,21 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}  # sections not measured now are kept
     result.update(command=command, git_commit=git, machine=machine)
+    if args.section == "cache":
+        sizes = sorted(int(s) for s in args.cache_sizes.split(","))
+        result["cache"] = {**cache_section(sizes, command, git, log), "machine": machine,
+                           "load_average_at_start": Path("/proc/loadavg").read_text().split()[:3]}
+        _io.write_json(out, result)
+        print(json.dumps({k: v for k, v in result["cache"].items() if k != "what"}, indent=1))
+        log(f"wrote {out}")
+        return
+    if args.section == "processes":
+        result["processes"] = {**processes_section(args.baseline_size, args.repeats, data_dir, args.seed, command, git,
+                                                   log), "machine": machine}
+        _io.write_json(out, result)
+        print(json.dumps(result["processes"]["summary"], indent=1), json.dumps(result["processes"]["ratios_distill_samples_per_s"]))
+        log(f"wrote {out}")
+        return
     for source in sources:
         result[SECTION[source]] = memory_section(source, sizes, data_dir, args.seed, command, git, log)
         _io.write_json(out, result)
