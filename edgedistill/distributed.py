@@ -5,10 +5,11 @@ and ``LOCAL_RANK`` set; :func:`init` joins them into one process group (``nccl``
 ``cuda:LOCAL_RANK``; ``gloo`` on CPU). Without torchrun (``WORLD_SIZE`` unset or 1) every function here is a
 no-op on one process, so the training loop is the same code either way.
 
-Gradients are averaged by hand after ``backward`` (:func:`reduce_gradients`), not by
-``DistributedDataParallel``: DDP fails with feature losses that read layers through forward hooks, and its
-``static_graph`` escape let the ranks' weights drift apart. Each rank's gradient is weighted by its number of
-samples, so N ranks sharing a global batch take the step one process would take on that batch.
+Gradients are averaged by hand after ``backward`` (:func:`reduce_step_`: one all-reduce of one flat buffer per
+optimiser step), not by ``DistributedDataParallel``: DDP fails with feature losses that read layers through
+forward hooks, and its ``static_graph`` escape let the ranks' weights drift apart. Each rank's gradient is
+weighted by its number of samples, so N ranks sharing a global batch take the step one process would take on
+that batch.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch  # here, not at the top: the runner imports this module, and `bench` runs without torch
 
 from .errors import EdgeDistillError, StageError
 
@@ -46,11 +49,15 @@ def is_main() -> bool:
 
 
 def active() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    """Whether a process group is joined; torch is not imported for it (``bench`` and ``inspect`` run without it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def init() -> None:
     """Join the process group torchrun describes (once); a no-op on one process."""
+    import torch
+
     if world() <= 1 or active():
         return
     cuda = torch.cuda.is_available()
@@ -68,12 +75,16 @@ def init() -> None:
 
 
 def shutdown() -> None:
+    import torch
+
     if active():
         torch.distributed.destroy_process_group()
 
 
 def device(name: str) -> torch.device:
     """``distill.device`` for this rank: ``auto`` is ``cuda:LOCAL_RANK`` when CUDA is there, else the CPU."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -82,12 +93,16 @@ def device(name: str) -> torch.device:
 
 
 def barrier() -> None:
+    import torch
+
     if active():
         torch.distributed.barrier()
 
 
 def broadcast(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s picklable ``obj`` on every rank."""
+    import torch
+
     if not active():
         return obj
     box = [obj]
@@ -97,6 +112,8 @@ def broadcast(obj: Any, src: int = 0) -> Any:
 
 def gather(obj: Any) -> list:
     """Every rank's picklable ``obj``, in rank order, on every rank."""
+    import torch
+
     if not active():
         return [obj]
     out = [None] * world()
@@ -106,6 +123,8 @@ def gather(obj: Any) -> list:
 
 def sum_(values: list[float], device: torch.device | None = None) -> list[float]:
     """The sums over ranks of a few numbers (one small all-reduce)."""
+    import torch
+
     if not active():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -115,6 +134,8 @@ def sum_(values: list[float], device: torch.device | None = None) -> list[float]
 
 def sync_module_(*modules: torch.nn.Module) -> None:
     """Every parameter and buffer of ``modules`` set to rank 0's (the same start on every rank)."""
+    import torch
+
     if not active():
         return
     for m in modules:
@@ -132,6 +153,8 @@ def reduce_step_(params: Iterable[torch.nn.Parameter], modules: Iterable[torch.n
     gradients are divided by ``n_local`` and nothing else changes.
 
     One collective per step, not one per tensor: on small models the step's cost is the collectives' latency."""
+    import torch
+
     params, flags = [p for p in params if p.requires_grad], [float(f) for f in flags]
     if not active():
         for p in params:
@@ -158,6 +181,8 @@ def reduce_step_(params: Iterable[torch.nn.Parameter], modules: Iterable[torch.n
 
 def same_weights(module: torch.nn.Module) -> bool:
     """Whether every rank holds exactly the same parameters and buffers (compared by a hash of their bytes)."""
+    import torch
+
     if not active():
         return True
     import hashlib
@@ -177,6 +202,8 @@ def failures_as_errors(where: str) -> Iterator[None]:
     """Under torchrun, the ways another rank's failure reaches this one become one sentence (a StageError): a
     collective that fails because a peer is gone or silent (gloo / NCCL ``RuntimeError``), and the SIGTERM with
     which torchrun stops every rank once one has failed. A no-op on one process."""
+    import torch
+
     if not active():
         yield
         return
