@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgedistill.data.adapters import NpyRows
+from edgedistill.data.npy_rows import NpyRows
 from edgedistill.data import cache_splits, load_data
 from edgedistill.data.core import ArraySplit, Preprocess, channel_stats
 from edgedistill.data.loader import batches

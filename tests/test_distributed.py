@@ -39,6 +39,10 @@ cfg = FitConfig(epochs=2, lr=0.01, batch_size=int(sys.argv[2]), accumulate=int(s
 fit(model, splits.train, cfg, [Term("ce", ce)], sys.argv[1] + "/out", val=None)
 if dist.is_main():
     torch.save(model.state_dict(), sys.argv[1] + "/weights.pt")
+if dist.active():  # the check fit ends with sees a drift of one weight on one rank
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += dist.rank() * 1e-6
+    print("drift seen:", not dist.same_weights(model))
 dist.shutdown()
 """
 
@@ -75,6 +79,7 @@ def _fit(tmp_path: Path, name: str, world: int, batch: int, accumulate: int) -> 
     else:
         for p in _ranks(["-c", FIT_SCRIPT, str(d), str(batch), str(accumulate)], world, tmp_path):
             assert p.returncode == 0, p.stdout
+            assert "drift seen: True" in p.stdout, p.stdout
     return torch.load(d / "weights.pt")
 
 

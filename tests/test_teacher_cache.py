@@ -1,4 +1,4 @@
-"""The sharded, memory-mapped teacher cache: layout, resuming a killed build, ranks, corrupt shards, ensembles
+"""The sharded teacher cache (memory-mapped writes, positioned reads): layout, resuming a killed build, ranks, corrupt shards, ensembles
 cached per member, text fingerprints."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgedistill.data import ArraySplit
+from edgedistill.data.npy_rows import NpyRows
 from edgedistill.distill.cache import (build_cache, build_shards, cache_key, load_or_build, open_cache,
                                        _sample_fingerprints)
 from edgedistill.distill.teachers import (CachedTeacher, CallableTeacher, EnsembleCache, EnsembleTeacher,
@@ -66,7 +67,7 @@ def test_layout_on_disk_dtypes_and_memory_mapped_reads(tmp_path):
     for i in range(4):
         assert (folder / f"shard_{i:05d}.done").is_file()
     shard = cache.arrays[3]
-    assert isinstance(shard["probs"], np.memmap) and shard["probs"].dtype == np.float16 and shard["probs"].shape == (2, 3)
+    assert isinstance(shard["probs"], NpyRows) and shard["probs"].dtype == np.float16 and shard["probs"].shape == (2, 3)
     assert shard["indices"].dtype == np.int16 and shard["fingerprints"].dtype == np.float32
     # the rows are the teacher's top-k at T, across shard boundaries, in the asked order
     idx = np.array([49, 0, 17, 16, 15])

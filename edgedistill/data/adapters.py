@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..user_code import import_object
 from .core import DATASETS, ArraySplit, Preprocess, SampleSet, Splits, cap, channel_stats, check_options, split_indices
+from .npy_rows import NpyRows
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_DIRS = ("train", "val", "test")
@@ -156,54 +156,6 @@ def npz(cfg, seed: int) -> Splits:
     pre = Preprocess()
     parts = _array_parts(arrays, str(path), pre, file_fingerprint([path]), unlabelled_ok=bool(opts.get("unlabelled")))
     return make_splits(cfg, seed, "npz", parts, pre, opts.get("labels"))
-
-
-class NpyRows:
-    """An ``.npy`` array on disk whose rows are read with positioned reads (``os.pread``), a run of
-    consecutive rows at a time. Unlike a memory map, rows once read do not stay in the process's resident
-    memory (they sit in the kernel's page cache, which it reclaims as it likes), so the process's RSS is
-    bounded by the batch however large the file. Offers what ``ArraySplit`` uses of an array: ``shape``,
-    ``dtype``, ``ndim``, ``len`` and indexing by a slice or by sorted positions."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            self.offset = f.tell()
-        if dtype.hasobject:
-            raise ValueError("it holds Python objects")
-        if fortran and len(shape) > 1:
-            raise ValueError("it is in Fortran order; save it with np.save(np.ascontiguousarray(x))")
-        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        if self.path.stat().st_size < self.offset + self.row_bytes * (shape[0] if shape else 0):
-            raise ValueError("the file is shorter than its header says (truncated)")
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _rows(self, fd: int, start: int, count: int) -> np.ndarray:
-        raw = os.pread(fd, count * self.row_bytes, self.offset + start * self.row_bytes)
-        return np.frombuffer(raw, dtype=self.dtype).reshape((count, *self.shape[1:]))
-
-    def __getitem__(self, key) -> np.ndarray:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            if isinstance(key, slice):
-                start, stop, step = key.indices(len(self))
-                if step != 1:
-                    return self[np.arange(start, stop, step)]
-                return self._rows(fd, start, max(0, stop - start))
-            idx = np.asarray(key, dtype=np.int64).reshape(-1)
-            if len(idx) == 0:
-                return np.zeros((0, *self.shape[1:]), self.dtype)
-            breaks = np.flatnonzero(np.diff(idx) != 1) + 1  # runs of consecutive rows: one read each
-            parts = [self._rows(fd, int(run[0]), len(run)) for run in np.split(idx, breaks)]
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
-        finally:
-            os.close(fd)
 
 
 @DATASETS.register("npy", help="a folder of .npy arrays (x.npy + y.npy, or x_train.npy ... y_test.npy), read by rows; "

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .adapters import NpyRows
+from .npy_rows import NpyRows
 from .core import SampleSet, Splits
 from .loader import auto_workers
 

@@ -1,11 +1,11 @@
-"""Teacher soft-label cache: teacher outputs computed once, stored shard by shard on disk, memory-mapped.
+"""Teacher soft-label cache: teacher outputs computed once, stored shard by shard on disk.
 
 Each training sample keeps the teacher's ``k`` largest probabilities (at the distillation temperature
 ``T``) in fp16 with their class indices (int16 when the classes fit, else int32), plus one fp32
 fingerprint of its input; a dense cache (embeddings, ``dense=True``) keeps the teacher's whole fp32
 output instead. The files (:mod:`.cache_shards`) are written shard by shard (``shard_size`` samples each)
-as memory-mapped ``.npy`` arrays in ``<cache_dir>/teacher_<key>/`` and read memory-mapped: a lookup
-touches only its batch's rows, and neither a build nor the lookups hold more than a batch in memory,
+as memory-mapped ``.npy`` arrays in ``<cache_dir>/teacher_<key>/`` and read by positioned reads: a lookup
+reads only its batch's rows, and neither a build nor the lookups hold more than a batch in memory,
 so 100 M samples cost disk, not RAM.
 
 The key is a hash of the teacher's fingerprint, the data source's own fingerprint (never a hash of all
@@ -122,7 +122,7 @@ def _check_inputs(x, then: np.ndarray) -> None:
 
 
 class SoftLabelCache:
-    """A built cache, opened memory-mapped from its folder (:func:`open_cache`); lookups by dataset position."""
+    """A built cache, opened from its folder (read by rows) (:func:`open_cache`); lookups by dataset position."""
 
     def __init__(self, folder: str | Path, meta: dict, arrays: list[dict[str, np.ndarray]]) -> None:
         self.folder, self.meta, self.arrays = Path(folder), meta, arrays
@@ -160,13 +160,11 @@ class SoftLabelCache:
         for i in np.unique(shard_of):
             sel = shard_of == i
             at = idx[sel] - int(i) * self.shard_size
-            order = np.argsort(at, kind="stable")  # sorted reads: the file in order
-            rows = at[order]
+            order = np.argsort(at, kind="stable")  # sorted reads: the file in order, one read per run of rows
             for name, arr in self.arrays[int(i)].items():
                 got = np.empty((len(at),) + arr.shape[1:], arr.dtype)
-                got[order] = arr[rows]
+                got[order] = arr[at[order]]
                 out[name][sel] = got
-                shards.release(arr, rows)
         return out
 
     def teacher_outputs(self, index: torch.Tensor, x=None, device=None, check: bool = True) -> dict[str, torch.Tensor]:
@@ -280,7 +278,7 @@ def _order(split: SampleSet, shard_size: int, i: int) -> np.ndarray:
 
 
 def open_cache(folder: str | Path) -> SoftLabelCache:
-    """The cache in ``folder``, every shard memory-mapped and checked (a StageError names a missing or bad one)."""
+    """The cache in ``folder``, every shard opened and checked (a StageError names a missing or bad one)."""
     folder = Path(folder)
     meta = shards.read_meta(folder)
     if meta is None:
@@ -317,7 +315,7 @@ def load_or_build(cache_dir: str | Path, teacher: Callable[[torch.Tensor], dict]
                   world: int = 1, barrier: Callable[[], None] | None = None) -> tuple[SoftLabelCache, bool]:
     """The cache for this teacher + data + preprocessing in ``cache_dir/teacher_<key>/``: the shards of this
     rank that are not done are built (on ``device``), then ``barrier()`` (every rank's shards written), then
-    the whole cache is opened memory-mapped and every shard checked.
+    the whole cache is opened and every shard checked.
 
     Returns ``(cache, hit)``; ``hit`` is True when this process did not run the teacher.
     """

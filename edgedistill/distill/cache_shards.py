@@ -10,10 +10,13 @@ shard_size, the shard list) and, per shard ``i`` (samples ``i * shard_size ..``,
 * ``shard_{i:05d}.done``: written (atomically) only after the shard's arrays are complete and flushed; it
   records their byte sizes. A shard without it, or whose files do not match it, is not done.
 
-Arrays are written through ``np.lib.format.open_memmap`` and read with ``np.load(mmap_mode="r")``. Pages
-a process has touched count in its RSS until unmapped, so writers and readers hand them back
-(``madvise(MADV_DONTNEED)``, :func:`release`; the data stays in the file and the page cache): the RSS of a
-build or of lookups is bounded by a batch, not by the number of samples.
+Arrays are written through ``np.lib.format.open_memmap`` (pages a writer has touched count in its RSS until
+unmapped, so it hands them back every ``RELEASE_BYTES``, ``madvise(MADV_DONTNEED)``, :func:`release`; the data
+stays in the file and the page cache) and read by rows with positioned reads (``NpyRows``, ``os.pread``): a
+lookup of random rows through a memory map kept growing the RSS, as the kernel maps the pages around each one
+it faults in (fault-around), and handing back only the rows' pages left those mapped; handing back whole
+arrays bounded the RSS but made every lookup fault its pages in again. So the RSS of a build or of lookups is
+bounded by a batch, not by the number of samples, and a lookup costs one read per run of consecutive rows.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from .. import _io
+from ..data.npy_rows import NpyRows
 from ..errors import StageError
 
 SHARD_SIZE = 1 << 20  # samples per shard (1,048,576): ~100 MB of fp16 top-50 probabilities
@@ -75,32 +79,15 @@ def read_meta(folder: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def release(arr: np.ndarray, rows: Optional[np.ndarray] = None) -> None:
-    """Unmap the pages of a memory-mapped array from this process (they stay in the file / page cache): all of
-    them, or only those holding the sorted ``rows`` (a lookup's: the kernel's cost then follows the rows read,
-    not the size of the mapping, which is what kept a lookup's time growing with the number of shards)."""
+def release(arr: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped array from this process (they stay in the file / page cache)."""
     mm = getattr(arr, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    if rows is None or not len(rows):
-        if rows is None:
-            mm.madvise(mmap.MADV_DONTNEED)
-        return
-    # np.memmap maps from the allocation boundary below the array's offset in the file
-    base = getattr(arr, "offset", 0) % mmap.ALLOCATIONGRANULARITY
-    start = base + np.asarray(rows, np.int64) * arr.strides[0]
-    first, last = start // mmap.PAGESIZE, (start + arr.strides[0] - 1) // mmap.PAGESIZE
-    lo, hi = int(first[0]), int(last[0])
-    for f, la in zip(first[1:].tolist(), last[1:].tolist()):  # adjacent or overlapping page runs merged
-        if f > hi + 1:
-            mm.madvise(mmap.MADV_DONTNEED, lo * mmap.PAGESIZE, (hi - lo + 1) * mmap.PAGESIZE)
-            lo = f
-        hi = max(hi, la)
-    mm.madvise(mmap.MADV_DONTNEED, lo * mmap.PAGESIZE, min((hi - lo + 1) * mmap.PAGESIZE, len(mm) - lo * mmap.PAGESIZE))
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
-def open_shard(folder: Path, meta: dict, i: int) -> dict[str, np.ndarray]:
-    """Shard ``i``'s arrays, memory-mapped read-only; a StageError (one sentence naming the file) when it is
+def open_shard(folder: Path, meta: dict, i: int) -> dict[str, NpyRows]:
+    """Shard ``i``'s arrays, read by rows; a StageError (one sentence naming the file) when it is
     not done, or its files are missing, truncated or of another shape / dtype than ``meta`` says."""
     folder = Path(folder)
     entry = meta["shards"][i]
@@ -124,7 +111,7 @@ def open_shard(folder: Path, meta: dict, i: int) -> dict[str, np.ndarray]:
 
 
 def _problem(path: Path, shape: tuple, dtype: np.dtype, size: Optional[int]):
-    """The array at ``path`` memory-mapped, or what is wrong with it (a string)."""
+    """The array at ``path``, read by rows, or what is wrong with it (a string)."""
     try:
         actual = path.stat().st_size
     except OSError:
@@ -132,7 +119,7 @@ def _problem(path: Path, shape: tuple, dtype: np.dtype, size: Optional[int]):
     if size is not None and actual != size:
         return f"has {actual} bytes, {size} were written"
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = NpyRows(path)
     except (OSError, ValueError) as e:
         return f"is unreadable ({str(e)[:80]})"
     if arr.shape != shape or arr.dtype != dtype:
