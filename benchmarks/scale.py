@@ -926,10 +926,10 @@ def cache_worker(n: int, folder: Path) -> dict:
     files = sorted(cache.folder.iterdir())
     rng = np.random.default_rng(0)
     hwm_reset = _reset_hwm()
-    times = {"rows": [], "teacher_outputs": []}
+    times = {"rows": [], "rows_again": [], "teacher_outputs": []}
     for _ in range(LOOKUPS):
         idx = torch.from_numpy(rng.integers(0, n, LOOKUP_BATCH))
-        for what, fn in (("rows", cache.rows), ("teacher_outputs", cache.teacher_outputs)):
+        for what, fn in (("rows", cache.rows), ("rows_again", cache.rows), ("teacher_outputs", cache.teacher_outputs)):
             t = time.perf_counter()
             fn(idx)
             times[what].append(time.perf_counter() - t)
@@ -941,6 +941,7 @@ def cache_worker(n: int, folder: Path) -> dict:
             "array_bytes": cache.nbytes, "report": cache.report(),
             "lookup_ms_per_batch_rows_mean": round(1e3 * statistics.mean(times["rows"]), 3),
             "lookup_ms_per_batch_rows_median": round(1e3 * statistics.median(times["rows"]), 3),
+            "lookup_ms_per_batch_rows_again_mean": round(1e3 * statistics.mean(times["rows_again"]), 3),
             "lookup_ms_per_batch_teacher_outputs_mean": round(1e3 * statistics.mean(times["teacher_outputs"]), 3),
             "lookup_peak_rss_vmhwm_mb": after_lookups["VmHWM"] if hwm_reset else None,
             "rss_after_lookups_mb": after_lookups["VmRSS"], "rss_file_after_lookups_mb": after_lookups["RssFile"]}
@@ -998,8 +999,11 @@ CACHE_WHAT = (
     f"{CACHE_CLASSES} fixed frequencies. Build batch {CACHE_BUILD_BATCH}. Memory: VmHWM / VmRSS / RssFile from "
     "/proc/self/status, VmHWM reset (/proc/self/clear_refs) before the build and before the lookups, so "
     "build_peak_rss_vmhwm_mb includes the interpreter + torch baseline (rss_before_build_mb). Lookups: "
-    f"{LOOKUPS} batches of {LOOKUP_BATCH} uniformly random positions, page cache warm (just written): `rows` reads "
-    "the stored rows only, `teacher_outputs` also rebuilds the 1,000-class logits. extrapolated_to_100M_linear: "
+    f"{LOOKUPS} batches of {LOOKUP_BATCH} uniformly random positions right after the build (positioned reads, "
+    "os.preadv, one per run of consecutive rows): `rows` reads the stored rows only, the first read of the batch (on "
+    "this VM the kernel had not kept all the just-written pages in its page cache, so part of it comes from disk); "
+    "`rows_again` reads the same rows again at once (page cache warm); `teacher_outputs` (third) also rebuilds the "
+    "1,000-class logits. extrapolated_to_100M_linear: "
     "each figure on the line through the smallest and largest measured sizes, at 100 M samples (not measured); a "
     "memory figure whose line falls is given as the largest measured instead."
 )
