@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install clean arm-check
 
 # torch is pinned and installed first: an open range would pull the newest CUDA build (several GB).
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,13 @@ test: $(VENV)/.extras
 
 test-fast: $(VENV)/.extras
 	$(PY) -m pytest -m "not slow"
+
+# ARM parity under emulation (root; builds an aarch64 Debian once, kept in ~/.cache/edgedistill/arm64):
+# every model of each run in RUNS, in ONNX Runtime on emulated Cortex-A72 and A76, against this host's outputs.
+RUNS ?= runs/demo
+arm-check: $(VENV)/.installed
+	@if [ "$(RUNS)" = "runs/demo" ] && [ ! -f runs/demo/bundle/model.onnx ]; then $(MAKE) demo; fi
+	$(PY) benchmarks/arm_check.py $(RUNS)
 
 clean:
 	rm -rf runs .pytest_cache
