@@ -168,8 +168,9 @@ def run_models(run: Path) -> dict[str, Path]:
     return found
 
 
-def test_inputs(run: Path, n: int, names: set[str]) -> dict[str, np.ndarray]:
-    """The first ``n`` samples of the run's test split, as its recipe reads and preprocesses them."""
+def test_inputs(run: Path, n: int, names: set[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """The first ``n`` samples of the run's test split, as its recipe reads and preprocesses them, and what the
+    recipe trained (name, epochs, training samples)."""
     from edgedistill.data import load_data
     from edgedistill.recipe import load_recipe
 
@@ -178,7 +179,9 @@ def test_inputs(run: Path, n: int, names: set[str]) -> dict[str, np.ndarray]:
         fail(f"{run}: task {recipe.task!r}; the check feeds image / feature inputs, so it covers classification runs.")
     test = load_data(recipe.data, recipe.seed).test
     x = test.read(np.arange(min(n, len(test))))
-    return {name: x for name in names}
+    trained = {"name": recipe.name, "teacher_epochs": recipe.teacher.epochs, "distill_epochs": recipe.distill.epochs,
+               "max_train_samples": recipe.data.max_train_samples}
+    return {name: x for name in names}, trained
 
 
 def output_step(path: Path) -> float | None:
@@ -233,11 +236,11 @@ def check_run(ch: Chroot, run: Path, n: int) -> dict:
         for p in models.values():
             shutil.copy2(p, work / f"{p.parent.name}__{p.name}")
             names |= {i.name for i in ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).get_inputs()}
-        inputs = test_inputs(run, n, names)
+        inputs, trained = test_inputs(run, n, names)
         np.savez(work / "inputs.npz", **inputs)
         shutil.copy2(Path(__file__).with_name("arm_inner.py"), work / "arm_inner.py")
         inside = "/tmp/" + work.name
-        result = {"run": str(run), "samples": int(next(iter(inputs.values())).shape[0]), "cpus": {}}
+        result = {"run": str(run), "recipe": trained, "samples": int(next(iter(inputs.values())).shape[0]), "cpus": {}}
         for cpu in CPUS:
             p = ch.run([f"{VENV}/bin/python", f"{inside}/arm_inner.py", inside], cpu=cpu, timeout=3600)
             if p.returncode:
