@@ -45,8 +45,9 @@ def missing_pipeline(e: ImportError, what: str) -> MissingPipelineError | None:
     top = (getattr(e, "name", None) or "").split(".")[0]
     if top not in PIPELINE_MODULES:
         return None
-    return MissingPipelineError(f"{what} needs {_DISTRIBUTION.get(top, top)}, which this install lacks (the light, torch-free package: bench, "
-                                f"inspect, evaluate, quantize and bundle); install the pipeline with `{PIPELINE_INSTALL}`.")
+    return MissingPipelineError(f"{what} needs {_DISTRIBUTION.get(top, top)}, which this install lacks (the light, "
+                                "torch-free package: bench, inspect, evaluate, quantize and bundle); install the "
+                                f"pipeline with `{PIPELINE_INSTALL}`.")
 
 
 def require_pipeline(what: str) -> None:
