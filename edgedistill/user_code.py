@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import ConfigError
+from .errors import ConfigError, missing_pipeline
 
 
 def import_object(spec: str, key: str):
@@ -16,6 +16,9 @@ def import_object(spec: str, key: str):
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
+        missing = missing_pipeline(e, f"{key}: {mod_name!r}")  # a user's module that imports torch, on the light install
+        if missing is not None:
+            raise missing from None
         raise ConfigError(f"{key}: cannot import {mod_name!r} ({e}); check the module name and PYTHONPATH.") from None
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):

@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_models
+from _light import light_env
 from edgedistill import bench
 from edgedistill._machine import architecture, cpu_count
 from edgedistill.errors import DataError
@@ -51,11 +51,7 @@ def test_import_leaves_torch_unloaded():
 
 
 def test_bench_and_inspect_cli_run_on_a_board_without_torch(models, tmp_path):
-    # a `torch` that cannot be imported stands in for a Raspberry Pi with the light install
-    fake = tmp_path / "no_torch" / "torch"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('torch is not installed on this board')\n")
-    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}", "PATH": "/usr/bin:/bin"}
+    env = light_env(tmp_path / "site")  # torch cannot be found, as on a Raspberry Pi with the light install
     out = subprocess.run([sys.executable, "-m", "edgedistill", "bench", models["conv"], "--runs", "5",
                           "--min-seconds", "0", "--json"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr

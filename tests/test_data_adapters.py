@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgedistill.data import DATASETS, load_data
 from edgedistill.data import fashion_mnist as fm
+from edgedistill.data.core import stratified_split
 from edgedistill.errors import ConfigError, DataError
 from edgedistill.recipe import DataConfig, PreprocessConfig, recipe_from_dict
 
@@ -331,3 +334,23 @@ def test_factory_errors(user_module, options, error, match):
 
 def test_adapters_are_registered():
     assert {"digits", "fashion-mnist", "npz", "image-folder", "factory"} <= set(DATASETS.names())
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=12), fraction=st.floats(0.01, 0.95),
+       seed=st.integers(0, 2**31), shuffle=st.booleans(), negative=st.booleans())
+def test_stratified_split_gives_scikit_learns_positions(counts, fraction, seed, shuffle, negative):
+    """The numpy split (no scikit-learn in the light install) is scikit-learn's train_test_split(stratify=y), position
+    for position, and refuses exactly where it raises ValueError (there the caller falls back to a seeded shuffle)."""
+    train_test_split = pytest.importorskip("sklearn.model_selection").train_test_split
+    y = np.repeat(np.arange(len(counts)) - (1 if negative else 0), counts)  # -1: the unlabelled marker is a class too
+    if shuffle:
+        y = np.random.default_rng(seed).permutation(y)
+    try:
+        want = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y)
+    except ValueError:
+        with pytest.raises(ValueError):
+            stratified_split(y, fraction, seed)
+        return
+    got = stratified_split(y, fraction, seed)
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]

@@ -15,6 +15,7 @@ exactly like users' own.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -248,14 +249,13 @@ def check_options(cfg, dataset: str, allowed: set[str]) -> dict:
 def split_indices(y: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train / val / test positions by the recipe's fractions, stratified by label when every class has
     enough samples (a seeded shuffle otherwise); deterministic in ``seed``. Only labels are read."""
-    from sklearn.model_selection import train_test_split
-
     pos = np.arange(len(y))
     try:
-        trv, te = train_test_split(pos, test_size=cfg.test_fraction, random_state=seed, stratify=y)
+        trv, te = stratified_split(y, cfg.test_fraction, seed)
         if cfg.val_fraction > 0:
             frac = cfg.val_fraction / (1.0 - cfg.test_fraction)
-            tr, va = train_test_split(trv, test_size=frac, random_state=seed, stratify=y[trv])
+            tr, va = stratified_split(y[trv], frac, seed)
+            tr, va = trv[tr], trv[va]
         else:
             tr, va = trv, pos[:0]
     except ValueError:  # too few samples per class to stratify
@@ -264,6 +264,49 @@ def split_indices(y: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.ndarray
         n_va = int(round(len(y) * cfg.val_fraction))
         te, va, tr = order[:n_te], order[n_te:n_te + n_va], order[n_te + n_va:]
     return tr, va, te
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held out)`` positions of ``y``, ``ceil(fraction * len(y))`` held out, stratified by label: the
+    positions scikit-learn's ``train_test_split(..., test_size=fraction, random_state=seed, stratify=y)`` gives
+    (its StratifiedShuffleSplit, written out in numpy so the torch-free install needs no scikit-learn; a test
+    compares the two). ValueError where it raises one (a class with one sample, too few samples)."""
+    n = len(y)
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction {fraction} is not in (0, 1)")
+    n_test = math.ceil(fraction * n)
+    n_train = n - n_test
+    classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if n_train == 0 or counts.min() < 2 or n_train < len(classes) or n_test < len(classes):
+        raise ValueError("too few samples per class to stratify")
+    by_class = np.split(np.argsort(y_idx, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)  # scikit-learn's legacy generator, drawn in its order
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        members = by_class[i].take(rng.permutation(counts[i]), mode="clip")
+        train.extend(members[:n_i[i]])
+        test.extend(members[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Per-class shares of ``draws`` proportional to ``counts``, the largest remainders rounded up (ties broken
+    by ``rng``): scikit-learn's ``_approximate_mode``."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add = min(len(inds), need)
+            floored[rng.choice(inds, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, cfg, seed: int) -> tuple[ArraySplit, ArraySplit, ArraySplit]:

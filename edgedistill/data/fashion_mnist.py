@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .core import DATASETS, ArraySplit, Preprocess, Splits, check_options
+from .core import DATASETS, ArraySplit, Preprocess, Splits, check_options, stratified_split
 
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FILES = {
@@ -114,10 +114,8 @@ def fashion_mnist(cfg, seed: int) -> Splits:
     train = ArraySplit(x_tr[:, None], y_tr, pre, source=str(files["train_x"]), fingerprint=fp + "|train")
     parts = {"train": train, "test": ArraySplit(x_te[:, None], y_te, pre, source=str(files["test_x"]), fingerprint=fp + "|test")}
     if cfg.val_fraction > 0:  # a stratified part of the training set is held out for validation
-        from sklearn.model_selection import train_test_split
-
         try:
-            tr, va = train_test_split(np.arange(len(y_tr)), test_size=cfg.val_fraction, random_state=seed, stratify=y_tr)
+            tr, va = stratified_split(y_tr, cfg.val_fraction, seed)
         except ValueError:  # too few images per class to stratify (a small limit): a seeded shuffle
             order = np.random.default_rng(seed).permutation(len(y_tr))
             n_va = max(1, int(round(len(y_tr) * cfg.val_fraction)))

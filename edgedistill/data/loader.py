@@ -10,13 +10,15 @@ decode while the model trains; memory is pinned when batches go to a GPU.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
-import torch
 
 from ..errors import EdgeDistillError
 from .core import SampleSet
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_AUTO_WORKERS = 4
 
@@ -63,6 +65,8 @@ def _to_tensors(batch):
     """Arrays become tensors; texts stay a list of strings (each model tokenises them itself)."""
     if isinstance(batch, EdgeDistillError):
         return batch
+    import torch
+
     x, y, idx = batch
     return (torch.from_numpy(x) if isinstance(x, np.ndarray) else x), torch.from_numpy(y), torch.from_numpy(idx)
 
@@ -81,6 +85,8 @@ def batches(split: SampleSet, batch_size: int, order: Optional[np.ndarray] = Non
             part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(x, y, positions)`` tensors for each batch of ``split`` along ``order`` (default: in order); with ``part``
     (rank, processes), this process's share of each batch."""
+    import torch  # here, not at the top: the torch-free commands import this package's data sources
+
     order = np.arange(len(split)) if order is None else order
     n_workers = auto_workers(split, workers)
     loader = torch.utils.data.DataLoader(

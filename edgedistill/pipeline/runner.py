@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from .. import _io, _signals, distributed as dist
 from ..preflight import check_names, preflight
-from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages
+from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages, require_pipeline
 from ..recipe import Recipe, dump_recipe
 from ..targets import Target, load_target
 from .stage import STAGES, RunContext, Stage
@@ -80,6 +80,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
     it: rank 0 runs the pipeline, the other ranks join the stages that train (see :func:`_follow`) and
     return an empty dict.
     """
+    require_pipeline("edgedistill run")  # before anything is read or written: the light install cannot train
     names = stage_names()
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from: unknown stage {from_stage!r}; choose one of: {', '.join(names)}.")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from torch import nn
 
 from ..data.core import SampleSet, Splits
 from .core import TASKS, Task
+
+if TYPE_CHECKING:  # torch only where a model is trained: evaluate and quantize run without it
+    from torch import nn
 
 
 @TASKS.register("classification", help="images or flat features -> class logits; metric: top-1 accuracy")

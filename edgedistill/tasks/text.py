@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from .. import _io
 from ..data.core import SampleSet, Splits
 from ..errors import ConfigError
 from .core import TASKS, Task
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: tokens per sentence when exported files are measured (STS-B sentences are shorter)
 EVAL_MAX_TOKENS = 128
@@ -91,6 +92,7 @@ class _TextTask(Task):
         from ..models.core import mark_trained
         from ..models.text import save_tokenizer
         from ..teacher import teacher_weights
+        import torch
 
         cfg = recipe.teacher
         torch.manual_seed(recipe.seed)
@@ -133,6 +135,7 @@ class _TextTask(Task):
     def build_student(self, recipe, splits: Splits, out_dir: Path, teacher_path: Optional[Path] = None) -> nn.Module:
         from ..models import build_model, count_params, save_checkpoint
         from ..models.text import prune_vocab_, pruned_vocab, save_tokenizer
+        import torch
 
         torch.manual_seed(recipe.seed)
         cfg = recipe.student
@@ -221,6 +224,8 @@ class Embedding(_TextTask):
     name = "embedding"
 
     def val_metric(self, model: nn.Module, split: SampleSet, workers: Optional[int] = None) -> tuple[str, float]:
+        import torch
+
         def encode(texts):
             with torch.no_grad():
                 model.eval()
