@@ -43,7 +43,6 @@ SUITE = "bookworm"
 # pip's platform tags for a Debian bookworm aarch64 (glibc 2.36), newest first: a single older tag alone would
 # silently resolve to an old ONNX Runtime
 TAGS = [f"manylinux_2_{m}_aarch64" for m in range(36, 16, -1)] + ["manylinux2014_aarch64", "linux_aarch64"]
-LIGHT = ["onnxruntime", "onnx", "numpy", "click"]  # what the torch-free commands import
 VENV = "/opt/edgedistill"
 FP32_RTOL = 1e-4
 
@@ -101,17 +100,16 @@ def rootfs(cache: Path) -> Path:
 
 
 def wheels(cache: Path) -> Path:
-    """aarch64 wheels of the torch-free dependencies (downloaded on this host once) and edgedistill's own wheel
-    (built from this checkout every time)."""
+    """edgedistill's own wheel, built from this checkout, and the aarch64 wheels of its (torch-free) dependencies,
+    resolved from that wheel's metadata (files already downloaded are kept)."""
     out = cache / "wheels"
-    if not (out / ".downloaded").exists():
-        tags = [a for t in TAGS for a in ("--platform", t)]
-        sh([sys.executable, "-m", "pip", "download", "-q", "--dest", str(out), "--only-binary=:all:",
-            "--python-version", "3.11", "--implementation", "cp", *tags, *LIGHT])
-        (out / ".downloaded").write_text("ok\n")
     for old in out.glob("edgedistill-*.whl"):
         old.unlink()
     sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)])
+    own = sorted(out.glob("edgedistill-*.whl"))[-1]
+    tags = [a for t in TAGS for a in ("--platform", t)]
+    sh([sys.executable, "-m", "pip", "download", "-q", "--dest", str(out), "--only-binary=:all:",
+        "--python-version", "3.11", "--implementation", "cp", *tags, str(own)])
     return out
 
 
@@ -135,20 +133,22 @@ class Chroot:
 
 
 def install(ch: Chroot, whl: Path) -> dict:
-    """The torch-free package in a venv inside the chroot, from the downloaded wheels only (no network)."""
+    """The torch-free package in a venv inside the chroot with the one light-install line (`pip install
+    edgedistill`), from the downloaded wheels only (no network)."""
     inside = ch.fs / "tmp" / "wheels"
     shutil.rmtree(inside, ignore_errors=True)
     shutil.copytree(whl, inside)
     own = sorted(inside.glob("edgedistill-*.whl"))[-1].name
     for args in (["python3", "-m", "venv", VENV],
-                 [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels", *LIGHT],
+                 [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels", f"/tmp/wheels/{own}"],
                  [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps", "--force-reinstall",
-                  f"/tmp/wheels/{own}"]):
+                  f"/tmp/wheels/{own}"]):  # this checkout's code even when the version number did not change
         p = ch.run(args, timeout=3600)
         if p.returncode:
             fail(f"{' '.join(args)} failed in the aarch64 chroot: {p.stderr.strip()[-400:]}")
     torch = ch.run([f"{VENV}/bin/python", "-c", "import torch"])
-    return {"edgedistill_wheel": own, "torch_importable": torch.returncode == 0}
+    listed = ch.run([f"{VENV}/bin/pip", "list", "--format=freeze"]).stdout.split()
+    return {"edgedistill_wheel": own, "torch_importable": torch.returncode == 0, "packages": listed}
 
 
 def run_models(run: Path) -> dict[str, Path]:
