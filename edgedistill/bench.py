@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .onnx_inspect import check_onnx
 from ._io import file_size_mb
-from ._machine import architecture, cpu_count, machine_info
+from ._machine import cpu_count, machine_info
 from .errors import DataError, EdgeDistillError
 from .budgets import judge
 from .targets import Target
@@ -40,7 +40,8 @@ _VOCAB_SAFE = 100  # token ids drawn from [0, 100): valid for every real vocabul
 def benchmark(paths: list[str], *, target: Target | None = None, threads: int | None = None,
               runs: int = 100, warmup: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
               seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None,
-              keep_samples: bool = False) -> dict:
+              keep_samples: bool = False, remote: str | None = None, ssh_options: list[str] = (),
+              remote_python: str | None = None) -> dict:
     """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
@@ -48,6 +49,10 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     carries a per-budget ``verdict`` (:func:`edgedistill.budgets.judge`); with a ``deliverable`` too, the
     top-level ``verdict`` judges that path and ``ok`` is False when it misses a budget. Figures are measured on this
     host and never scaled: ``host_matches_target`` says whether this host is the target.
+
+    Remote: ``remote`` (``[USER@]HOST[:PORT]``), else ``target.remote``, runs the benchmark on that machine over
+    SSH (:mod:`edgedistill.bench_remote`), with ``ssh_options`` before the target's and ``remote_python`` (else
+    the target's, ``python3``); ``machine`` is then the device's and ``remote`` names it.
     """
     paths = [str(p) for p in paths]
     if not paths:
@@ -61,10 +66,26 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     n_threads = threads if threads is not None else (target.threads if target is not None else 1)
     if n_threads < 1:
         raise DataError(f"threads: {n_threads} is not valid; pass 1 or more.")
-    provs, provider_note = _choose_providers(providers, target)
-    settings = {"threads": n_threads, "inter_op_threads": 1, "providers": provs, "runs": runs, "warmup": warmup,
+    settings = {"threads": n_threads, "inter_op_threads": 1, "runs": runs, "warmup": warmup,
                 "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len}
+    host = remote or (target.remote if target is not None else None)
+    if host and keep_samples:
+        raise DataError("benchmark: keep_samples is not available over SSH; benchmark on the device itself for them.")
+    if host:
+        result = _measure_remote(paths, host, settings, providers, target, ssh_options, remote_python)
+    else:
+        result = _measure_here(paths, settings, providers, target, keep_samples)
+    if target is not None:
+        _judge(result, target, deliverable)
+    return result
 
+
+def _measure_here(paths: list[str], settings: dict, providers: list[str] | None, target: Target | None,
+                  keep_samples: bool) -> dict:
+    import onnxruntime as ort
+
+    provs, provider_note = _choose_providers(providers, target, ort.get_available_providers())
+    settings = {**settings, "providers": provs}
     workers: list[_Worker] = []
     try:
         for p in paths:
@@ -77,11 +98,27 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     result = {"machine": machine_info(), "settings": settings, "models": models, "ratios": _ratios(models)}
     if provider_note:
         result["settings"]["provider_note"] = provider_note
+    n_threads = settings["threads"]
     if n_threads > cpu_count():
         result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
                                               "threads share cores, so this latency is not what they give on a machine with enough cores.")
-    if target is not None:
-        _judge(result, target, deliverable)
+    return result
+
+
+def _measure_remote(paths: list[str], host: str, settings: dict, providers: list[str] | None, target: Target | None,
+                    ssh_options: list[str], remote_python: str | None) -> dict:
+    """The same measurement by the device's own ``edgedistill bench`` over SSH; its threads note is the device's."""
+    from ._ssh import check_ssh_options, parse_remote
+    from .bench_remote import RemoteBench
+
+    options = check_ssh_options(list(ssh_options), "--ssh-option") + (target.ssh_options if target else [])
+    python = remote_python or (target.remote_python if target is not None else "python3")
+    with RemoteBench(parse_remote(host), options, python) as rb:
+        provs, provider_note = _choose_providers(providers, target, rb.available_providers, f"{rb.remote}'s")
+        result = rb.run(paths, {**settings, "providers": provs})
+        result["remote"].update({k: v for k, v in rb.facts.items() if k == "note"})
+    if provider_note:
+        result["settings"]["provider_note"] = provider_note
     return result
 
 
@@ -97,19 +134,18 @@ def latency_stats(ms: list[float]) -> dict:
 
 # --- the parent side -------------------------------------------------------------------------------
 
-def _choose_providers(providers: list[str] | None, target: Target | None) -> tuple[list[str], str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+def _choose_providers(providers: list[str] | None, target: Target | None, available: list[str],
+                      whose: str = "this") -> tuple[list[str], str]:
+    """The providers to run with, from those ``available`` in the measuring host's onnxruntime (``whose``)."""
     if providers:
         missing = [p for p in providers if p not in available]
         if missing:
-            raise DataError(f"providers: {missing[0]} is not in this onnxruntime build; choose from {', '.join(available)}.")
+            raise DataError(f"providers: {missing[0]} is not in {whose} onnxruntime build; choose from {', '.join(available)}.")
         return list(providers), ""
     if target is not None and target.execution_provider != "CPUExecutionProvider":
         if target.execution_provider in available:
             return [target.execution_provider, "CPUExecutionProvider"], ""
-        return ["CPUExecutionProvider"], (f"target prefers {target.execution_provider}, which this onnxruntime "
+        return ["CPUExecutionProvider"], (f"target prefers {target.execution_provider}, which {whose} onnxruntime "
                                           "build lacks; measured on CPUExecutionProvider.")
     return ["CPUExecutionProvider"], ""
 
@@ -234,13 +270,14 @@ def _judge(result: dict, target: Target, deliverable: str | None) -> None:
         result["deliverable"] = deliverable
         result["verdict"] = judged["verdict"]
         result["ok"] = all(v["ok"] is not False for v in judged["verdict"].values())
-    host_arch, host_cores = architecture(), cpu_count()
+    host_arch, host_cores = result["machine"]["architecture"], result["machine"]["cores"]
+    where = f"the remote {result['remote']['host']}" if "remote" in result else "this host"
     matches = host_arch == target.architecture and host_cores == target.cores
     result["host_matches_target"] = matches
     result["host_note"] = ("measured on the target's architecture and core count." if matches else
-                           f"this host is {host_arch} with {host_cores} cores, not the target {target.name} "
-                           f"({target.architecture}, {target.cores} cores): the figures are this host's, "
-                           "unscaled; run `edgedistill bench` on the device itself for its numbers.")
+                           f"{where} is {host_arch} with {host_cores} cores, not the target {target.name} "
+                           f"({target.architecture}, {target.cores} cores): the figures are {where}'s, "
+                           "unscaled; run `edgedistill bench` on the device itself (or with --remote) for its numbers.")
 
 
 # --- the child side --------------------------------------------------------------------------------

@@ -38,22 +38,31 @@ def _target(name_or_path):
 @click.option("--seq-len", type=click.IntRange(min=1), default=32, show_default=True, help="Size of other dynamic dimensions (tokens).")
 @click.option("--provider", "providers", multiple=True, help="Execution provider, in order of preference (repeatable).")
 @click.option("--deliverable", help="Which MODEL the top-level verdict judges (default: the last one).")
+@click.option("--remote", metavar="[USER@]HOST[:PORT]",
+              help="Benchmark on this device over SSH (default: the target's `remote`, else this machine).")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
+              help="Option for `ssh -o`, e.g. IdentityFile=~/.ssh/pi (repeatable; before the target's ssh_options).")
+@click.option("--remote-python", metavar="CMD", help="The device's python with edgedistill (default: the target's, python3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
-def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, seq_len, providers, deliverable, as_json):
-    """Measure latency, memory and size of ONNX MODELS on this machine, interleaved A B A B.
+def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, seq_len, providers, deliverable,
+              remote, ssh_options, remote_python, as_json):
+    """Measure latency, memory and size of ONNX MODELS on this machine (or, with --remote, on a device over
+    SSH), interleaved A B A B.
 
     With --target, every budget gets a verdict and the command exits 3 when the deliverable misses
-    one. Figures are this machine's; when it is not the target, the output says so.
+    one. Figures are the measuring machine's; when it is not the target, the output says so.
     """
     from .bench import benchmark
 
     try:
         t = _target(target)
-        click.echo(f"benchmarking {len(models)} model(s), interleaved, at least {runs} runs and {min_seconds:g} s each...",
-                   err=True)
+        host = remote or (t.remote if t is not None else None)
+        click.echo(f"benchmarking {len(models)} model(s){' on ' + host + ' over SSH' if host else ''}, interleaved, "
+                   f"at least {runs} runs and {min_seconds:g} s each...", err=True)
         result = benchmark(list(models), target=t, threads=threads, runs=runs, warmup=warmup, min_seconds=min_seconds,
                            batch_size=batch_size, seq_len=seq_len, providers=list(providers) or None,
-                           deliverable=deliverable or (models[-1] if t is not None else None))
+                           deliverable=deliverable or (models[-1] if t is not None else None),
+                           remote=remote, ssh_options=list(ssh_options), remote_python=remote_python)
     except EdgeDistillError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
@@ -64,9 +73,11 @@ def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, se
 def _bench_text(r: dict) -> str:
     m, s = r["machine"], r["settings"]
     isa = ", ".join(k for k, v in m["isa"].items() if v) or "none"
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['architecture']}, ISA: {isa}, onnxruntime {m['onnxruntime']}",
+    where = f"remote {r['remote']['host']}: " if "remote" in r else ""
+    lines = [f"machine: {where}{m['cpu']}, {m['cores']} cores, {m['architecture']}, ISA: {isa}, onnxruntime {m['onnxruntime']}",
              f"settings: {s['threads']} thread(s), {', '.join(s['providers'])}, batch {s['batch_size']}"]
     lines += [f"note: {s[k]}" for k in ("provider_note", "threads_note") if k in s]
+    lines += [f"note: {r['remote']['note']}"] if "note" in r.get("remote", {}) else []
     lines += ["", f"{'model':<40} {'size MB':>9} {'create ms':>9} {'first ms':>9} {'p50 ms':>9} {'p90 ms':>9} "
                   f"{'p99 ms':>9} {'mean±std':>17} {'runs':>7} {'per s':>9} {'RSS MB':>7}"]
     for x in r["models"]:
