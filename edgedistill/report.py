@@ -55,6 +55,8 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
         "machine": bench.get("machine", {}),
         "host_matches_target": bench.get("host_matches_target"),
     }
+    if bench.get("remote"):  # measured on a device over SSH (the target's `remote`)
+        report["remote"] = bench["remote"]
     if extra:
         report.update(extra)
     return add_findings(report)
@@ -122,10 +124,11 @@ def _host_warnings(report: dict) -> list[str]:
     known = None not in host and None not in want
     if (known and host == want) or (not known and report.get("host_matches_target") is not False):
         return []
-    where = (f"this machine ({host[0]}, {host[1]} cores), not on the target {t['name']} ({want[0]}, {want[1]} cores)"
-             if known else f"this machine, not on the target {t['name']}")
-    return [f"The benchmark ran on {where}: latency and memory are this host's, unscaled; run "
-            "`edgedistill bench` on the device itself for its figures."]
+    machine = f"the remote {report['remote']['host']}" if report.get("remote") else "this machine"
+    where = (f"{machine} ({host[0]}, {host[1]} cores), not on the target {t['name']} ({want[0]}, {want[1]} cores)"
+             if known else f"{machine}, not on the target {t['name']}")
+    return [f"The benchmark ran on {where}: latency and memory are that machine's, unscaled; run "
+            "`edgedistill bench` on the device itself (or name it as the target's `remote`) for its figures."]
 
 
 def _ratio(a: float, b: float) -> float | None:

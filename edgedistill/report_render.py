@@ -56,7 +56,8 @@ def machine_line(report: dict) -> str:
     if not m:
         return ""
     isa = ", ".join(k for k, v in (m.get("isa") or {}).items() if v) or "none recorded"
-    return (f"Measured on {m.get('cpu', '?')} ({m.get('architecture', '?')}), {m.get('cores', '?')} cores "
+    over = f" over SSH on {report['remote']['host']}" if report.get("remote") else ""
+    return (f"Measured{over} on {m.get('cpu', '?')} ({m.get('architecture', '?')}), {m.get('cores', '?')} cores "
             f"(ISA: {isa}), onnxruntime {m.get('onnxruntime', '?')}.")
 
 

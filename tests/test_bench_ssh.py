@@ -22,6 +22,7 @@ from edgedistill import bench
 from edgedistill._machine import architecture, cpu_count
 from edgedistill._ssh import SSH, check_ssh_options, parse_remote
 from edgedistill.bench_remote import RemoteBench
+from edgedistill.cli_runtime import _bench_text
 from edgedistill.errors import ConfigError
 from edgedistill.targets import load_target
 from tests._cli import edgedistill
@@ -139,12 +140,11 @@ def test_a_target_remote_key_sends_the_bench_there_and_the_text_says_where(sshd,
     target.write_text('name = "pi"\narchitecture = "aarch64"\ncores = 4\nthreads = 1\n'
                       f"remote = {json.dumps(sshd['remote'])}\nssh_options = {json.dumps(sshd['options'])}\n"
                       f"remote_python = {json.dumps(sys.executable)}\n[budgets]\nsize_mb = 1.0\n")
-    r = bench.benchmark([model], target=load_target(str(target)), runs=5, warmup=1, min_seconds=0)
+    r = bench.benchmark([model], target=load_target(str(target)), runs=5, warmup=1, min_seconds=0, deliverable=model)
     assert r["remote"]["host"] == sshd["remote"] and r["models"][0]["path"] == model
     assert r["host_matches_target"] is False and f"the remote {sshd['remote']} is" in r["host_note"]
-    proc = edgedistill("bench", model, "--target", target, *FAST)
-    assert proc.returncode == 0, proc.stderr
-    assert f"machine: remote {sshd['remote']}: " in proc.stdout
+    text = _bench_text(r)
+    assert f"machine: remote {sshd['remote']}: " in text and f"-- note: the remote {sshd['remote']} is" in text
 
 
 def test_unknown_host_key_is_refused_not_accepted(sshd, model, tmp_path):
@@ -269,3 +269,24 @@ def test_ssh_is_run_in_batch_mode_and_never_turns_host_keys_off():
     assert argv[:3] == ["ssh", "-o", "BatchMode=yes"] and "Port=2200" in argv and "IdentityFile=/k" in argv
     assert not any("StrictHostKeyChecking" in a or "KnownHostsFile" in a for a in argv)
     assert argv[-3:] == ["--", "pi@host", "true"]
+
+
+@pytest.mark.slow  # a whole tiny run (about 30 s here)
+def test_the_pipeline_bench_stage_runs_on_the_targets_remote(sshd, tmp_path):
+    from tests.conftest import TINY_RECIPE
+
+    (tmp_path / "tiny.toml").write_text(TINY_RECIPE)
+    target = tmp_path / "board.toml"
+    target.write_text('name = "board"\narchitecture = "aarch64"\ncores = 4\nthreads = 1\n'
+                      f"remote = {json.dumps(sshd['remote'])}\nssh_options = {json.dumps(sshd['options'])}\n"
+                      f"remote_python = {json.dumps(sys.executable)}\n[budgets]\nsize_mb = 20.0\n")
+    before = _leftovers()
+    proc = edgedistill("run", tmp_path / "tiny.toml", "--run-dir", tmp_path / "out", "--target", target)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench_json = json.loads((tmp_path / "out" / "08_bench" / "bench.json").read_text())
+    assert bench_json["remote"]["host"] == sshd["remote"]
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["remote"]["host"] == sshd["remote"]
+    assert any(w.startswith(f"The benchmark ran on the remote {sshd['remote']}") for w in report["warnings"])
+    assert f"Measured over SSH on {sshd['remote']}" in (tmp_path / "out" / "report" / "report.md").read_text()
+    assert _leftovers() == before

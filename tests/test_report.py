@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgedistill.report import STUDENT_GAP_POINTS, add_findings, build_report, compare_with_teacher
-from edgedistill.report_render import comparisons_table, render_html, render_markdown
+from edgedistill.report_render import comparisons_table, machine_line, render_html, render_markdown
 from edgedistill.targets import Budgets, load_target
 
 FIX = Path(__file__).parent / "fixtures"
@@ -54,8 +54,16 @@ def test_warnings_name_a_far_student_a_slow_int8_and_a_foreign_host(sample):
         "instructions (AVX-512 VNNI, Arm dot-product) and layers large enough to outweigh the quantize/dequantize "
         "steps.",
         "The benchmark ran on this machine (x86_64, 2 cores), not on the target laptop-x86 (x86_64, 4 cores): "
-        "latency and memory are this host's, unscaled; run `edgedistill bench` on the device itself for its figures.",
+        "latency and memory are that machine's, unscaled; run `edgedistill bench` on the device itself (or name it "
+        "as the target's `remote`) for its figures.",
     ]
+
+
+def test_a_bench_over_ssh_is_named_in_the_warning_and_the_machine_line(sample):
+    sample["remote"] = {"host": "pi@board:2222", "python": "3.11.2", "edgedistill": "0.1.0"}
+    assert add_findings(sample)["warnings"][-1].startswith(
+        "The benchmark ran on the remote pi@board:2222 (x86_64, 2 cores), not on the target laptop-x86")
+    assert machine_line(sample).startswith("Measured over SSH on pi@board:2222 on ")
 
 
 def test_no_warning_within_the_thresholds(sample):
