@@ -116,7 +116,8 @@ def _measure_remote(paths: list[str], host: str, settings: dict, providers: list
     with RemoteBench(parse_remote(host), options, python) as rb:
         provs, provider_note = _choose_providers(providers, target, rb.available_providers, f"{rb.remote}'s")
         result = rb.run(paths, {**settings, "providers": provs})
-        result["remote"].update({k: v for k, v in rb.facts.items() if k == "note"})
+    if "note" in rb.facts:  # set on leaving: the temporary folder could not be removed
+        result["remote"]["note"] = rb.facts["note"]
     if provider_note:
         result["settings"]["provider_note"] = provider_note
     return result

@@ -156,8 +156,6 @@ def test_unknown_host_key_is_refused_not_accepted(sshd, model, tmp_path):
 
 
 def test_host_key_mismatch_is_one_sentence(sshd, model, tmp_path):
-    other = tmp_path / "other_key"
-    _keygen_pair(other)
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"[127.0.0.1]:{sshd['port']} {_keygen_pair(tmp_path / 'k2')}\n")
     opts = [o if not o.startswith("UserKnownHostsFile=") else f"UserKnownHostsFile={wrong}" for o in sshd["options"]]
@@ -192,6 +190,22 @@ def test_a_remote_without_edgedistill_or_onnxruntime_gets_the_pip_line(sshd, mod
     before = _leftovers()
     _one_sentence_error(_bench(sshd, model, python=python), sshd["remote"], f"{missing} is not installed", pip)
     assert _leftovers() == before
+
+
+def test_a_folder_that_cannot_be_removed_is_named_beside_the_figures(sshd, model, monkeypatch):
+    real = SSH.run
+
+    def run(self, command, doing, **kw):  # the final removal fails (the remote command's own trap still ran)
+        if command.startswith("rm -rf"):
+            return subprocess.CompletedProcess(command, 1, "", "rm: Permission denied")
+        return real(self, command, doing, **kw)
+
+    monkeypatch.setattr(SSH, "run", run)
+    r = bench.benchmark([model], runs=5, warmup=1, min_seconds=0, remote=sshd["remote"], ssh_options=sshd["options"],
+                        remote_python=sys.executable)
+    assert r["remote"]["note"].startswith("the temporary folder /") and "remove it by hand" in r["remote"]["note"]
+    assert r["models"][0]["runs"] >= 5
+    assert f"note: {r['remote']['note']}" in _bench_text(r)
 
 
 def _probe_then(monkeypatch, change):
