@@ -29,7 +29,7 @@ from .onnx_inspect import check_onnx
 from ._io import file_size_mb
 from ._machine import cpu_count, machine_info
 from .errors import DataError, EdgeDistillError
-from .budgets import judge
+from .budgets import judge, misses
 from .targets import Target
 
 _ROUNDS = 10  # nominal number of interleaved rounds; blocks are sized so each model gets ~this many
@@ -41,14 +41,16 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
               runs: int = 100, warmup: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
               seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None,
               keep_samples: bool = False, remote: str | None = None, ssh_options: list[str] = (),
-              remote_python: str | None = None) -> dict:
+              remote_python: str | None = None, gate_indicative: bool = False) -> dict:
     """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
     target's execution provider when this onnxruntime has it, else CPU. With a target, every model
     carries a per-budget ``verdict`` (:func:`edgedistill.budgets.judge`); with a ``deliverable`` too, the
     top-level ``verdict`` judges that path and ``ok`` is False when it misses a budget. Figures are measured on this
-    host and never scaled: ``host_matches_target`` says whether this host is the target.
+    host and never scaled: ``host_matches_target`` says whether this host is the target. Measured off the
+    target, the p90 verdict is indicative and leaves ``ok`` alone (``latency_indicative``; size and RAM still
+    count) unless ``gate_indicative``.
 
     Remote: ``remote`` (``[USER@]HOST[:PORT]``), else ``target.remote``, runs the benchmark on that machine over
     SSH (:mod:`edgedistill.bench_remote`), with ``ssh_options`` before the target's and ``remote_python`` (else
@@ -76,7 +78,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     else:
         result = _measure_here(paths, settings, providers, target, keep_samples)
     if target is not None:
-        _judge(result, target, deliverable)
+        _judge(result, target, deliverable, gate_indicative)
     return result
 
 
@@ -86,6 +88,9 @@ def _measure_here(paths: list[str], settings: dict, providers: list[str] | None,
 
     provs, provider_note = _choose_providers(providers, target, ort.get_available_providers())
     settings = {**settings, "providers": provs}
+    asked, cores = settings["threads"], cpu_count()
+    if asked > cores:  # more threads than cores share them: the latency would be the oversubscription's
+        settings.update(threads=cores, threads_requested=asked)
     workers: list[_Worker] = []
     try:
         for p in paths:
@@ -98,10 +103,9 @@ def _measure_here(paths: list[str], settings: dict, providers: list[str] | None,
     result = {"machine": machine_info(), "settings": settings, "models": models, "ratios": _ratios(models)}
     if provider_note:
         result["settings"]["provider_note"] = provider_note
-    n_threads = settings["threads"]
-    if n_threads > cpu_count():
-        result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
-                                              "threads share cores, so this latency is not what they give on a machine with enough cores.")
+    if asked > cores:
+        result["settings"]["threads_note"] = (f"{asked} threads asked for, capped at this host's {cores} cores: more "
+                                              "threads than cores would share them and measure the oversubscription.")
     return result
 
 
@@ -260,25 +264,32 @@ def _ratios(models: list[dict]) -> list[dict]:
     return out
 
 
-def _judge(result: dict, target: Target, deliverable: str | None) -> None:
+def _judge(result: dict, target: Target, deliverable: str | None, gate_indicative: bool = False) -> None:
     """Each model's verdict against ``target`` (:func:`edgedistill.budgets.judge`); the top-level ``verdict`` and
-    ``ok`` judge ``deliverable`` when one is named."""
+    ``ok`` judge ``deliverable`` when one is named. Latency gates only when measured on the target: a host of
+    its architecture and core count, or a ``--remote`` of its architecture (the user named the device); off the
+    target the p90 verdict is indicative (``latency_indicative``) unless ``gate_indicative``."""
+    host_arch, host_cores = result["machine"]["architecture"], result["machine"]["cores"]
+    matches = host_arch == target.architecture and host_cores == target.cores
+    on_target = matches or ("remote" in result and host_arch == target.architecture)
+    indicative = not on_target and not gate_indicative
     for m in result["models"]:
-        m["verdict"] = judge(m, target.budgets)
+        m["verdict"] = judge(m, target.budgets, latency_indicative=indicative)
     result["target"] = target.to_dict()
+    result["measured_on_target"], result["latency_indicative"] = on_target, indicative
     if deliverable is not None:
         judged = next(m for m in result["models"] if m["path"] == deliverable)
         result["deliverable"] = deliverable
         result["verdict"] = judged["verdict"]
-        result["ok"] = all(v["ok"] is not False for v in judged["verdict"].values())
-    host_arch, host_cores = result["machine"]["architecture"], result["machine"]["cores"]
+        result["ok"] = not misses(judged["verdict"])
     where = f"the remote {result['remote']['host']}" if "remote" in result else "this host"
-    matches = host_arch == target.architecture and host_cores == target.cores
     result["host_matches_target"] = matches
     result["host_note"] = ("measured on the target's architecture and core count." if matches else
                            f"{where} is {host_arch} with {host_cores} cores, not the target {target.name} "
                            f"({target.architecture}, {target.cores} cores): the figures are {where}'s, "
-                           "unscaled; run `edgedistill bench` on the device itself (or with --remote) for its numbers.")
+                           "unscaled; run `edgedistill bench` on the device itself (or with --remote) for its numbers"
+                           + ("; the p90 verdict is indicative and does not gate (size and RAM do)." if indicative
+                              else "."))
 
 
 # --- the child side --------------------------------------------------------------------------------

@@ -43,14 +43,17 @@ def _target(name_or_path):
 @click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
               help="Option for `ssh -o`, e.g. IdentityFile=~/.ssh/pi (repeatable; before the target's ssh_options).")
 @click.option("--remote-python", metavar="CMD", help="The device's python with edgedistill (default: the target's, python3).")
+@click.option("--gate-indicative", is_flag=True,
+              help="Let a p90 verdict measured off the target set exit 3 too (by default it is indicative only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
 def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, seq_len, providers, deliverable,
-              remote, ssh_options, remote_python, as_json):
+              remote, ssh_options, remote_python, gate_indicative, as_json):
     """Measure latency, memory and size of ONNX MODELS on this machine (or, with --remote, on a device over
     SSH), interleaved A B A B.
 
     With --target, every budget gets a verdict and the command exits 3 when the deliverable misses
-    one. Figures are the measuring machine's; when it is not the target, the output says so.
+    one. Figures are the measuring machine's; when it is not the target, the output says so and the p90
+    verdict is indicative: it does not set exit 3 (size and RAM still do) unless --gate-indicative.
     """
     from .bench import benchmark
 
@@ -62,7 +65,8 @@ def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, se
         result = benchmark(list(models), target=t, threads=threads, runs=runs, warmup=warmup, min_seconds=min_seconds,
                            batch_size=batch_size, seq_len=seq_len, providers=list(providers) or None,
                            deliverable=deliverable or (models[-1] if t is not None else None),
-                           remote=remote, ssh_options=list(ssh_options), remote_python=remote_python)
+                           remote=remote, ssh_options=list(ssh_options), remote_python=remote_python,
+                           gate_indicative=gate_indicative)
     except EdgeDistillError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
@@ -93,9 +97,10 @@ def _bench_text(r: dict) -> str:
     if "verdict" in r:
         lines += ["", f"target {r['target']['name']}, judging {_short(r['deliverable'])}:"]
         for k, v in r["verdict"].items():
-            state = "ok" if v["ok"] else ("MISSED" if v["ok"] is False else "unknown")
+            state = ("ok" if v["ok"] else ("MISSED" if v["ok"] is False else "unknown")) + \
+                (" (indicative)" if v.get("indicative") else "")
             margin = f"margin {v['margin']:+.4g} ({v['margin_pct']:+.1f}%)" if "margin" in v else v.get("note", "")
-            lines.append(f"  {k:<12} limit {v['limit']:<10g} measured {_num(v['measured'], '.4g'):<10} {state:<7} {margin}")
+            lines.append(f"  {k:<12} limit {v['limit']:<10g} measured {_num(v['measured'], '.4g'):<10} {state:<20} {margin}")
         lines.append(("WITHIN BUDGET" if r["ok"] else "BUDGET MISSED") + ("" if r["host_matches_target"]
                                                                           else f" -- note: {r['host_note']}"))
     return "\n".join(lines)

@@ -22,6 +22,7 @@ def models_table(report: dict) -> tuple[list[str], list[list[str]]]:
     for x in report["models"]:
         lat = x["latency_ms"]
         verdict = "within budget" if x.get("within_budget") else "; ".join(x.get("violations") or ["—"])
+        verdict += "".join(f"; {m} (indicative)" for m in x.get("indicative_misses") or [])
         rows.append([x["name"], x["role"], x["precision"], f"{x['metric']['name']} {x['metric']['value']:.4f}",
                      f"{x['size_mb']:.4f}", f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
                      f"{x['peak_rss_mb']:.1f}", verdict])

@@ -325,3 +325,29 @@ def test_no_worker_is_left_running_when_a_later_model_fails(models, tmp_path, mo
     with pytest.raises(DataError, match="onnxruntime cannot load it"):
         bench.benchmark([models["mlp"], str(junk)], **FAST)
     assert len(started) == 2 and all(p.poll() is not None for p in started)
+
+
+def test_a_p90_measured_off_the_target_is_indicative_and_does_not_gate(models, tmp_path):
+    other = "aarch64" if architecture() == "x86_64" else "x86_64"
+    target = _target_file(tmp_path, architecture=other, budgets={"p90_ms": 1e-6})
+    r = bench.benchmark([models["mlp"]], target=target, deliverable=models["mlp"], **FAST)
+    assert r["measured_on_target"] is False and r["latency_indicative"] is True
+    assert r["verdict"]["p90_ms"]["ok"] is False and r["verdict"]["p90_ms"]["indicative"] is True
+    assert r["ok"] is True and "indicative and does not gate" in r["host_note"]
+    res = _cli([models["mlp"], "--target", str(tmp_path / "t.toml"), "--runs", "20", "--min-seconds", "0"])
+    assert res.exit_code == 0, res.output
+    assert "MISSED (indicative)" in res.stdout and "WITHIN BUDGET" in res.stdout
+    res = _cli([models["mlp"], "--target", str(tmp_path / "t.toml"), "--runs", "20", "--min-seconds", "0",
+                "--gate-indicative", "--json"])
+    assert res.exit_code == 3, res.output
+    assert json.loads(res.stdout)["latency_indicative"] is False
+    target = _target_file(tmp_path, architecture=other, budgets={"p90_ms": 1e-6, "size_mb": 1e-6})
+    r = bench.benchmark([models["mlp"]], target=target, deliverable=models["mlp"], **FAST)
+    assert r["ok"] is False  # size still gates off the target
+
+
+def test_threads_above_the_host_cores_are_capped_with_a_note(models, tmp_path):
+    r = bench.benchmark([models["mlp"]], threads=cpu_count() + 2, **FAST)
+    assert r["settings"]["threads"] == cpu_count() and r["settings"]["threads_requested"] == cpu_count() + 2
+    assert f"capped at this host's {cpu_count()} cores" in r["settings"]["threads_note"]
+    assert "threads_note" not in bench.benchmark([models["mlp"]], threads=cpu_count(), **FAST)["settings"]

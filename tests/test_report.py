@@ -124,3 +124,21 @@ def test_build_report_delivers_what_the_favour_asks(tmp_path, favour, chosen):
                                                      "budgets": None}
     assert [c["name"] for c in report["comparisons"]] == ["student_fp32", "student_int8", "student_qat_int8"]
     assert report["warnings"] == []  # 2 points below the teacher, INT8 faster, measured on the target's hardware
+
+
+def test_a_latency_measured_off_the_target_is_indicative_in_the_report(tmp_path):
+    root = tmp_path.resolve()
+    metrics, bench, models = _inputs(root, {"teacher_fp32": (0.99, 4.0, 2.0), "student_fp32": (0.97, 1.0, 9.0),
+                                            "student_int8": (0.968, 0.30, 8.0)})
+    bench.update(machine={"architecture": "x86_64", "cores": 2}, host_matches_target=False, latency_indicative=True)
+    target = dataclasses.replace(load_target("laptop-x86"), budgets=Budgets(size_mb=2.0, p90_ms=5.0))
+    report = build_report(target, metrics, bench, models, root)
+    int8 = next(m for m in report["models"] if m["name"] == "student_int8")
+    assert report["latency_indicative"] is True and report["deliverable"] == "student_int8"
+    assert int8["within_budget"] is True and int8["violations"] == []
+    assert int8["indicative_misses"] == ["p90 8.000 ms > budget 5 ms"] and int8["verdict"]["p90_ms"]["indicative"]
+    assert report["warnings"][-1].endswith("The p90 verdicts are indicative: they do not gate (size and RAM still do).")
+    assert "within budget; p90 8.000 ms > budget 5 ms (indicative)" in render_markdown(report)
+    bench["latency_indicative"] = False  # measured on the target: the same p90 gates
+    report = build_report(target, metrics, bench, models, root)
+    assert not next(m for m in report["models"] if m["name"] == "student_int8")["within_budget"]
