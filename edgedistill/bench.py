@@ -41,7 +41,8 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
               runs: int = 100, warmup: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
               seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None,
               keep_samples: bool = False, remote: str | None = None, ssh_options: list[str] = (),
-              remote_python: str | None = None, gate_indicative: bool = False) -> dict:
+              remote_python: str | None = None, gate_indicative: bool = False, ci_tolerance: float | None = 0.05,
+              max_seconds: float = 10.0) -> dict:
     """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
@@ -52,6 +53,10 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     target, the p90 verdict is indicative and leaves ``ok`` alone (``latency_indicative``; size and RAM still
     count) unless ``gate_indicative``.
 
+    Precision: after ``runs`` and ``min_seconds``, the rounds go on until the 95 % confidence intervals of p50 and
+    p90 (``latency_ms.ci95``) are within ``ci_tolerance`` (relative half-width; 0 or None: stop at the minimum) or
+    ``max_seconds`` have passed; ``ci_tight`` per model says which, ``settings.ci_note`` names those left wide.
+
     Remote: ``remote`` (``[USER@]HOST[:PORT]``), else ``target.remote``, runs the benchmark on that machine over
     SSH (:mod:`edgedistill.bench_remote`), with ``ssh_options`` before the target's and ``remote_python`` (else
     the target's, ``python3``); ``machine`` is then the device's and ``remote`` names it.
@@ -61,15 +66,18 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
         raise DataError("benchmark: no model given; pass at least one .onnx path.")
     for p in paths:
         check_onnx(p)  # existence, onnx.checker and the opset range before a worker loads it
-    if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1:
-        raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds >= 0.")
+    if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1 or max_seconds < 0 \
+            or (ci_tolerance or 0) < 0:
+        raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds, max_seconds, "
+                        "ci_tolerance >= 0.")
     if deliverable is not None and deliverable not in paths:
         raise DataError(f"deliverable {deliverable!r} is not one of the benchmarked paths; pass one of them.")
     n_threads = threads if threads is not None else (target.threads if target is not None else 1)
     if n_threads < 1:
         raise DataError(f"threads: {n_threads} is not valid; pass 1 or more.")
     settings = {"threads": n_threads, "inter_op_threads": 1, "runs": runs, "warmup": warmup,
-                "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len}
+                "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len,
+                "ci_tolerance": ci_tolerance or None, "max_seconds": max_seconds}
     host = remote or (target.remote if target is not None else None)
     if host and keep_samples:
         raise DataError("benchmark: keep_samples is not available over SSH; benchmark on the device itself for them.")
@@ -103,6 +111,11 @@ def _measure_here(paths: list[str], settings: dict, providers: list[str] | None,
     result = {"machine": machine_info(), "settings": settings, "models": models, "ratios": _ratios(models)}
     if provider_note:
         result["settings"]["provider_note"] = provider_note
+    wide = [m["path"] for m in models if m.get("ci_tight") is False]
+    if wide:
+        result["settings"]["ci_note"] = (f"the 95 % intervals of p50/p90 of {', '.join(wide)} are wider than "
+                                         f"+/-{100 * settings['ci_tolerance']:g} % after the {max(settings['max_seconds'], settings['min_seconds']):g} s "
+                                         "cap: those percentiles are less certain (see latency_ms.ci95).")
     if asked > cores:
         result["settings"]["threads_note"] = (f"{asked} threads asked for, capped at this host's {cores} cores: more "
                                               "threads than cores would share them and measure the oversubscription.")
@@ -128,13 +141,20 @@ def _measure_remote(paths: list[str], host: str, settings: dict, providers: list
 
 
 def latency_stats(ms: list[float]) -> dict:
-    """min / mean / std / p50 / p90 / p99 of latencies in ms (percentiles by linear interpolation)."""
+    """min / mean / std / p50 / p90 / p99 of latencies in ms (percentiles by linear interpolation), and ``ci95``:
+    a 95 % confidence interval ``[low, high]`` of p50 and p90 from order statistics (distribution-free: the ranks
+    n*q -/+ 1.96*sqrt(n*q*(1-q)) of the sorted samples; it takes the samples as independent)."""
     import numpy as np
 
-    a = np.asarray(ms, dtype=np.float64)
+    a = np.sort(np.asarray(ms, dtype=np.float64))
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"min": float(a.min()), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a.max())}
+    ci = {}
+    for name, q in (("p50", 0.5), ("p90", 0.9)):
+        half = 1.96 * math.sqrt(a.size * q * (1 - q))
+        lo, hi = max(math.floor(a.size * q - half), 1), min(math.ceil(a.size * q + half), a.size)  # 1-based ranks
+        ci[name] = [float(a[lo - 1]), float(a[hi - 1])]
+    return {"min": float(a[0]), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a[-1]), "ci95": ci}
 
 
 # --- the parent side -------------------------------------------------------------------------------
@@ -216,16 +236,12 @@ def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> lis
         estimates.append(max(est, 1e-3))
     blocks = [max(math.ceil(s["runs"] / _ROUNDS), math.ceil(s["min_seconds"] * 1000 / _ROUNDS / est), 1)
               for est in estimates]
-    times: list[list[float]] = [[] for _ in workers]
-    for _ in range(_MAX_ROUNDS):  # A B A B ... until every model has >= runs samples and >= min_seconds
-        for w, n, t in zip(workers, blocks, times):
-            t.extend(w.ask({"cmd": "run", "n": n})["ms"])
-        if all(len(t) >= s["runs"] and sum(t) >= s["min_seconds"] * 1000 for t in times):
-            break
+    times = _rounds(workers, blocks, estimates, s)
     models = []
     for w, t in zip(workers, times):
         end = w.ask({"cmd": "stop"})
         stats = latency_stats(t)
+        tol = s.get("ci_tolerance")
         models.append({
             "path": w.path,
             "size_mb": round(file_size_mb(w.path), 4),
@@ -241,9 +257,33 @@ def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> lis
             "execution_provider": w.init["provider"],
             "inputs": w.init["inputs"],
         })
+        if tol is not None:
+            models[-1]["ci_tight"] = _ci_tight(stats, tol)
         if keep_samples:
             models[-1]["samples_ms"] = t
     return models
+
+
+def _rounds(workers: list[_Worker], blocks: list[int], estimates: list[float], s: dict) -> list[list[float]]:
+    """A B A B ... until every model has >= runs samples and >= min_seconds; then, with ``ci_tolerance``, on
+    until the 95 % intervals of p50 and p90 are within it (relative half-width) or ``max_seconds`` have passed
+    since timing began. Blocks double while extending (an interval narrows as 1/sqrt(n)), up to ~1 s each."""
+    times: list[list[float]] = [[] for _ in workers]
+    tol, cap, start = s.get("ci_tolerance"), s.get("max_seconds", 0.0), time.monotonic()
+    for _ in range(_MAX_ROUNDS):
+        for w, n, t in zip(workers, blocks, times):
+            t.extend(w.ask({"cmd": "run", "n": n})["ms"])
+        if not all(len(t) >= s["runs"] and sum(t) >= s["min_seconds"] * 1000 for t in times):
+            continue
+        if tol is None or time.monotonic() - start >= cap or all(_ci_tight(latency_stats(t), tol) for t in times):
+            break
+        blocks = [min(2 * b, max(b, int(1000 / est))) for b, est in zip(blocks, estimates)]
+    return times
+
+
+def _ci_tight(stats: dict, tol: float) -> bool:
+    """Both 95 % intervals (p50, p90) within ``tol`` of their figure: half their width <= tol x the percentile."""
+    return all((hi - lo) / 2 <= tol * stats[q] for q, (lo, hi) in stats["ci95"].items())
 
 
 def _ratios(models: list[dict]) -> list[dict]:

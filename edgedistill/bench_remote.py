@@ -93,7 +93,7 @@ class RemoteBench:
 
     def run(self, paths: list[str], settings: dict) -> dict:
         """Copy ``paths`` over, run ``edgedistill bench --json`` there with ``settings`` (threads, runs, warmup,
-        min_seconds, batch_size, seq_len, providers) and return its result, paths mapped back to ``paths``."""
+        min_seconds, batch_size, seq_len, ci_tolerance, max_seconds, providers) and return its result, paths mapped back to ``paths``."""
         rels = [f"{i}/{Path(p).name}" for i, p in enumerate(paths)]  # one folder each: two files may share a name
         back = dict(zip(rels, paths))
         self._check_disk(paths)
@@ -102,7 +102,8 @@ class RemoteBench:
                 self._copy(f, rel + f[len(p):])
         opts = ["--json", "--threads", settings["threads"], "--runs", settings["runs"], "--warmup", settings["warmup"],
                 "--min-seconds", settings["min_seconds"], "--batch-size", settings["batch_size"],
-                "--seq-len", settings["seq_len"]] + [a for pv in settings["providers"] for a in ("--provider", pv)]
+                "--seq-len", settings["seq_len"], "--ci-tolerance", settings["ci_tolerance"] or 0,
+                "--max-seconds", settings["max_seconds"]] + [a for pv in settings["providers"] for a in ("--provider", pv)]
         d = shlex.quote(self.dir)
         line = (f"trap 'cd / && rm -rf -- {d}' EXIT; cd {d} && {self.python} -m edgedistill bench "
                 + shlex.join([str(a) for a in opts] + ["--"] + rels))

@@ -34,6 +34,10 @@ def _target(name_or_path):
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs before timing.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Least steady-state time per model, in seconds.")
+@click.option("--ci-tolerance", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Go on until the 95% intervals of p50 and p90 are within this fraction of them (0: stop at the minimum).")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Time cap on going on for --ci-tolerance, in seconds.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Size of a dynamic batch dimension.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=32, show_default=True, help="Size of other dynamic dimensions (tokens).")
 @click.option("--provider", "providers", multiple=True, help="Execution provider, in order of preference (repeatable).")
@@ -46,8 +50,8 @@ def _target(name_or_path):
 @click.option("--gate-indicative", is_flag=True,
               help="Let a p90 verdict measured off the target set exit 3 too (by default it is indicative only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
-def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, seq_len, providers, deliverable,
-              remote, ssh_options, remote_python, gate_indicative, as_json):
+def bench_cmd(models, target, threads, runs, warmup, min_seconds, ci_tolerance, max_seconds, batch_size, seq_len,
+              providers, deliverable, remote, ssh_options, remote_python, gate_indicative, as_json):
     """Measure latency, memory and size of ONNX MODELS on this machine (or, with --remote, on a device over
     SSH), interleaved A B A B.
 
@@ -66,7 +70,7 @@ def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, se
                            batch_size=batch_size, seq_len=seq_len, providers=list(providers) or None,
                            deliverable=deliverable or (models[-1] if t is not None else None),
                            remote=remote, ssh_options=list(ssh_options), remote_python=remote_python,
-                           gate_indicative=gate_indicative)
+                           gate_indicative=gate_indicative, ci_tolerance=ci_tolerance, max_seconds=max_seconds)
     except EdgeDistillError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
@@ -80,7 +84,7 @@ def _bench_text(r: dict) -> str:
     where = f"remote {r['remote']['host']}: " if "remote" in r else ""
     lines = [f"machine: {where}{m['cpu']}, {m['cores']} cores, {m['architecture']}, ISA: {isa}, onnxruntime {m['onnxruntime']}",
              f"settings: {s['threads']} thread(s), {', '.join(s['providers'])}, batch {s['batch_size']}"]
-    lines += [f"note: {s[k]}" for k in ("provider_note", "threads_note") if k in s]
+    lines += [f"note: {s[k]}" for k in ("provider_note", "threads_note", "ci_note") if k in s]
     lines += [f"note: {r['remote']['note']}"] if "note" in r.get("remote", {}) else []
     lines += ["", f"{'model':<40} {'size MB':>9} {'create ms':>9} {'first ms':>9} {'p50 ms':>9} {'p90 ms':>9} "
                   f"{'p99 ms':>9} {'mean±std':>17} {'runs':>7} {'per s':>9} {'RSS MB':>7}"]
@@ -90,6 +94,11 @@ def _bench_text(r: dict) -> str:
                      f"{x['first_inference_ms']:>9.3f} {lat['p50']:>9.4f} {lat['p90']:>9.4f} {lat['p99']:>9.4f} "
                      f"{lat['mean']:>8.4f}±{lat['std']:<8.4f} {x['runs']:>7} {x['throughput_per_s']:>9.1f} "
                      f"{_num(x['peak_rss_mb'], '.1f'):>7}")
+    for x in r["models"]:
+        ci = x["latency_ms"].get("ci95")
+        if ci:
+            lines.append(f"95% CI {_short(x['path'])}: p50 [{ci['p50'][0]:.4f}, {ci['p50'][1]:.4f}] ms, "
+                         f"p90 [{ci['p90'][0]:.4f}, {ci['p90'][1]:.4f}] ms")
     for q in r["ratios"]:
         lines.append(f"ratio {_short(q['model'])} / {_short(q['baseline'])}: p90 x{q['latency_p90']:.3f} "
                      f"(speed-up x{q['speedup_p90']:.2f}), mean x{q['latency_mean']:.3f}, size x{q['size_mb']:.3f}, "
