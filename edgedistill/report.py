@@ -37,7 +37,9 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
             "name": name, "role": role, "precision": precision,
             "path": str(Path(path).resolve().relative_to(run_dir.resolve())),
             "metric": metrics[name]["metric"], "size_mb": round(b["size_mb"], 6),
-            "latency_ms": {k: round(b["latency_ms"][k], 4) for k in ("p50", "p90", "p99", "mean")},
+            "latency_ms": {k: round(b["latency_ms"][k], 4) for k in ("p50", "p90", "p99", "mean")}
+            | ({"ci95": {q: [round(v, 4) for v in b["latency_ms"]["ci95"][q]] for q in ("p50", "p90")}}
+               if "ci95" in b["latency_ms"] else {}),
             "peak_rss_mb": round(b["peak_rss_mb"], 2),
         }
         entry["verdict"] = judge(entry, target.budgets, latency_indicative=indicative)

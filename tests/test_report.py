@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgedistill.report import STUDENT_GAP_POINTS, add_findings, build_report, compare_with_teacher
-from edgedistill.report_render import comparisons_table, machine_line, render_html, render_markdown
+from edgedistill.report_render import comparisons_table, machine_line, models_table, render_html, render_markdown
 from edgedistill.targets import Budgets, load_target
 
 FIX = Path(__file__).parent / "fixtures"
@@ -139,6 +139,11 @@ def test_a_latency_measured_off_the_target_is_indicative_in_the_report(tmp_path)
     assert int8["indicative_misses"] == ["p90 8.000 ms > budget 5 ms"] and int8["verdict"]["p90_ms"]["indicative"]
     assert report["warnings"][-1].endswith("The p90 verdicts are indicative: they do not gate (size and RAM still do).")
     assert "within budget; p90 8.000 ms > budget 5 ms (indicative)" in render_markdown(report)
+    assert "p90 (ms)" in models_table(report)[0]  # no interval measured, none shown
     bench["latency_indicative"] = False  # measured on the target: the same p90 gates
+    bench["models"][2]["latency_ms"]["ci95"] = {"p50": [7.9, 8.1], "p90": [7.95, 8.12345]}
     report = build_report(target, metrics, bench, models, root)
-    assert not next(m for m in report["models"] if m["name"] == "student_int8")["within_budget"]
+    int8 = next(m for m in report["models"] if m["name"] == "student_int8")
+    assert not int8["within_budget"] and int8["latency_ms"]["ci95"]["p90"] == [7.95, 8.1235]
+    header, rows = models_table(report)
+    assert header[6] == "p90 (ms) [95% CI]" and rows[2][6] == "8.0000 [7.9500, 8.1235]"
