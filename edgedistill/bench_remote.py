@@ -33,8 +33,11 @@ if out["missing"] is None:
     import edgedistill, onnxruntime
     out.update(edgedistill=edgedistill.__version__, onnxruntime=onnxruntime.__version__,
                providers=onnxruntime.get_available_providers())
-    d = tempfile.mkdtemp(prefix="edgedistill-bench-")
-    out["dir"], out["free_bytes"] = d, shutil.disk_usage(d).free
+    try:
+        d = tempfile.mkdtemp(prefix="edgedistill-bench-")
+        out["dir"], out["free_bytes"] = d, shutil.disk_usage(d).free
+    except OSError as e:
+        out["tmp_error"] = "%s (%s)" % (e.strerror or e, tempfile.gettempdir())
 print(json.dumps(out))
 """
 
@@ -89,6 +92,9 @@ class RemoteBench:
         if facts.get("missing"):
             raise RemoteError(f"{self.remote}: {facts['missing']} is not installed for `{py}` there "
                               f"({facts['why']}); run `{py} -m pip install {facts['pip']}` on the device, then retry.")
+        if facts.get("tmp_error"):
+            raise RemoteError(f"{self.remote}: cannot make a temporary folder there: {facts['tmp_error']}; make "
+                              "its temporary folder writable (or free disk space), then retry.")
         return facts
 
     def run(self, paths: list[str], settings: dict) -> dict:

@@ -304,3 +304,4 @@ def test_the_pipeline_bench_stage_runs_on_the_targets_remote(sshd, tmp_path):
     assert any(w.startswith(f"The benchmark ran on the remote {sshd['remote']}") for w in report["warnings"])
     assert f"Measured over SSH on {sshd['remote']}" in (tmp_path / "out" / "report" / "report.md").read_text()
     assert _leftovers() == before
+
