@@ -57,14 +57,17 @@ def sshd(tmp_path_factory):
         os.makedirs("/run/sshd", exist_ok=True)  # the privilege-separation folder sshd insists on
     log = open(d / "sshd.log", "w")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
+    deadline, listening = time.monotonic() + 15, False
+    while not listening and time.monotonic() < deadline and proc.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            listening = True
         except OSError:
             time.sleep(0.1)
-    if proc.poll() is not None:
+    if not listening:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text()[-2000:]}")
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
     import getpass
@@ -94,8 +97,9 @@ def model(tmp_path_factory):
 
 
 def _leftovers() -> set[str]:
-    """The remote's temporary folders: the remote is this machine, so they are in this machine's temp folder."""
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "edgedistill-bench-*")))
+    """The remote's temporary folders: the remote is this machine, so they are in its temp folder (sshd's sessions
+    start without our TMPDIR: /tmp)."""
+    return {p for d in {tempfile.gettempdir(), "/tmp"} for p in glob.glob(os.path.join(d, "edgedistill-bench-*"))}
 
 
 def _bench(sshd, *args, python=None, options=None, remote=None):
