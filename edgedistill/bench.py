@@ -27,9 +27,9 @@ from pathlib import Path
 
 from .onnx_inspect import check_onnx
 from ._io import file_size_mb
-from ._machine import architecture, cpu_count, machine_info
+from ._machine import cpu_count, machine_info
 from .errors import DataError, EdgeDistillError
-from .budgets import judge
+from .budgets import judge, misses
 from .targets import Target
 
 _ROUNDS = 10  # nominal number of interleaved rounds; blocks are sized so each model gets ~this many
@@ -40,31 +40,65 @@ _VOCAB_SAFE = 100  # token ids drawn from [0, 100): valid for every real vocabul
 def benchmark(paths: list[str], *, target: Target | None = None, threads: int | None = None,
               runs: int = 100, warmup: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
               seq_len: int = 32, providers: list[str] | None = None, deliverable: str | None = None,
-              keep_samples: bool = False) -> dict:
+              keep_samples: bool = False, remote: str | None = None, ssh_options: list[str] = (),
+              remote_python: str | None = None, gate_indicative: bool = False, ci_tolerance: float | None = 0.05,
+              max_seconds: float = 10.0) -> dict:
     """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
     target's execution provider when this onnxruntime has it, else CPU. With a target, every model
     carries a per-budget ``verdict`` (:func:`edgedistill.budgets.judge`); with a ``deliverable`` too, the
     top-level ``verdict`` judges that path and ``ok`` is False when it misses a budget. Figures are measured on this
-    host and never scaled: ``host_matches_target`` says whether this host is the target.
+    host and never scaled: ``host_matches_target`` says whether this host is the target. Measured off the
+    target, the p90 verdict is indicative and leaves ``ok`` alone (``latency_indicative``; size and RAM still
+    count) unless ``gate_indicative``.
+
+    Precision: after ``runs`` and ``min_seconds``, the rounds go on until the 95 % confidence intervals of p50 and
+    p90 (``latency_ms.ci95``) are within ``ci_tolerance`` (relative half-width; 0 or None: stop at the minimum) or
+    ``max_seconds`` have passed; ``ci_tight`` per model says which, ``settings.ci_note`` names those left wide.
+
+    Remote: ``remote`` (``[USER@]HOST[:PORT]``), else ``target.remote``, runs the benchmark on that machine over
+    SSH (:mod:`edgedistill.bench_remote`), with ``ssh_options`` before the target's and ``remote_python`` (else
+    the target's, ``python3``); ``machine`` is then the device's and ``remote`` names it.
     """
     paths = [str(p) for p in paths]
     if not paths:
         raise DataError("benchmark: no model given; pass at least one .onnx path.")
     for p in paths:
         check_onnx(p)  # existence, onnx.checker and the opset range before a worker loads it
-    if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1:
-        raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds >= 0.")
+    if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1 or max_seconds < 0 \
+            or (ci_tolerance or 0) < 0:
+        raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds, max_seconds, "
+                        "ci_tolerance >= 0.")
     if deliverable is not None and deliverable not in paths:
         raise DataError(f"deliverable {deliverable!r} is not one of the benchmarked paths; pass one of them.")
     n_threads = threads if threads is not None else (target.threads if target is not None else 1)
     if n_threads < 1:
         raise DataError(f"threads: {n_threads} is not valid; pass 1 or more.")
-    provs, provider_note = _choose_providers(providers, target)
-    settings = {"threads": n_threads, "inter_op_threads": 1, "providers": provs, "runs": runs, "warmup": warmup,
-                "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len}
+    settings = {"threads": n_threads, "inter_op_threads": 1, "runs": runs, "warmup": warmup,
+                "min_seconds": min_seconds, "batch_size": batch_size, "seq_len": seq_len,
+                "ci_tolerance": ci_tolerance or None, "max_seconds": max_seconds}
+    host = remote or (target.remote if target is not None else None)
+    if host and keep_samples:
+        raise DataError("benchmark: keep_samples is not available over SSH; benchmark on the device itself for them.")
+    if host:
+        result = _measure_remote(paths, host, settings, providers, target, ssh_options, remote_python)
+    else:
+        result = _measure_here(paths, settings, providers, target, keep_samples)
+    if target is not None:
+        _judge(result, target, deliverable, gate_indicative)
+    return result
 
+
+def _measure_here(paths: list[str], settings: dict, providers: list[str] | None, target: Target | None,
+                  keep_samples: bool) -> dict:
+    import onnxruntime as ort
+
+    provs, provider_note = _choose_providers(providers, target, ort.get_available_providers())
+    settings = {**settings, "providers": provs}
+    asked, cores = settings["threads"], cpu_count()
+    if asked > cores:  # more threads than cores share them: the latency would be the oversubscription's
+        settings.update(threads=cores, threads_requested=asked)
     workers: list[_Worker] = []
     try:
         for p in paths:
@@ -77,39 +111,66 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     result = {"machine": machine_info(), "settings": settings, "models": models, "ratios": _ratios(models)}
     if provider_note:
         result["settings"]["provider_note"] = provider_note
-    if n_threads > cpu_count():
-        result["settings"]["threads_note"] = (f"{n_threads} threads on a host with {cpu_count()} cores: "
-                                              "threads share cores, so this latency is not what they give on a machine with enough cores.")
-    if target is not None:
-        _judge(result, target, deliverable)
+    wide = [m["path"] for m in models if m.get("ci_tight") is False]
+    if wide:
+        result["settings"]["ci_note"] = (f"the 95 % intervals of p50/p90 of {', '.join(wide)} are wider than "
+                                         f"+/-{100 * settings['ci_tolerance']:g} % after the {max(settings['max_seconds'], settings['min_seconds']):g} s "
+                                         "cap: those percentiles are less certain (see latency_ms.ci95).")
+    if asked > cores:
+        result["settings"]["threads_note"] = (f"{asked} threads asked for, capped at this host's {cores} cores: more "
+                                              "threads than cores would share them and measure the oversubscription.")
+    return result
+
+
+def _measure_remote(paths: list[str], host: str, settings: dict, providers: list[str] | None, target: Target | None,
+                    ssh_options: list[str], remote_python: str | None) -> dict:
+    """The same measurement by the device's own ``edgedistill bench`` over SSH; its threads note is the device's."""
+    from ._ssh import check_ssh_options, parse_remote
+    from .bench_remote import RemoteBench
+
+    options = check_ssh_options(list(ssh_options), "--ssh-option") + (target.ssh_options if target else [])
+    python = remote_python or (target.remote_python if target is not None else "python3")
+    with RemoteBench(parse_remote(host), options, python) as rb:
+        provs, provider_note = _choose_providers(providers, target, rb.available_providers, f"{rb.remote}'s")
+        result = rb.run(paths, {**settings, "providers": provs})
+    if "note" in rb.facts:  # set on leaving: the temporary folder could not be removed
+        result["remote"]["note"] = rb.facts["note"]
+    if provider_note:
+        result["settings"]["provider_note"] = provider_note
     return result
 
 
 def latency_stats(ms: list[float]) -> dict:
-    """min / mean / std / p50 / p90 / p99 of latencies in ms (percentiles by linear interpolation)."""
+    """min / mean / std / p50 / p90 / p99 of latencies in ms (percentiles by linear interpolation), and ``ci95``:
+    a 95 % confidence interval ``[low, high]`` of p50 and p90 from order statistics (distribution-free: the ranks
+    n*q -/+ 1.96*sqrt(n*q*(1-q)) of the sorted samples; it takes the samples as independent)."""
     import numpy as np
 
-    a = np.asarray(ms, dtype=np.float64)
+    a = np.sort(np.asarray(ms, dtype=np.float64))
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"min": float(a.min()), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a.max())}
+    ci = {}
+    for name, q in (("p50", 0.5), ("p90", 0.9)):
+        half = 1.96 * math.sqrt(a.size * q * (1 - q))
+        lo, hi = max(math.floor(a.size * q - half), 1), min(math.ceil(a.size * q + half), a.size)  # 1-based ranks
+        ci[name] = [float(a[lo - 1]), float(a[hi - 1])]
+    return {"min": float(a[0]), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a[-1]), "ci95": ci}
 
 
 # --- the parent side -------------------------------------------------------------------------------
 
-def _choose_providers(providers: list[str] | None, target: Target | None) -> tuple[list[str], str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+def _choose_providers(providers: list[str] | None, target: Target | None, available: list[str],
+                      whose: str = "this") -> tuple[list[str], str]:
+    """The providers to run with, from those ``available`` in the measuring host's onnxruntime (``whose``)."""
     if providers:
         missing = [p for p in providers if p not in available]
         if missing:
-            raise DataError(f"providers: {missing[0]} is not in this onnxruntime build; choose from {', '.join(available)}.")
+            raise DataError(f"providers: {missing[0]} is not in {whose} onnxruntime build; choose from {', '.join(available)}.")
         return list(providers), ""
     if target is not None and target.execution_provider != "CPUExecutionProvider":
         if target.execution_provider in available:
             return [target.execution_provider, "CPUExecutionProvider"], ""
-        return ["CPUExecutionProvider"], (f"target prefers {target.execution_provider}, which this onnxruntime "
+        return ["CPUExecutionProvider"], (f"target prefers {target.execution_provider}, which {whose} onnxruntime "
                                           "build lacks; measured on CPUExecutionProvider.")
     return ["CPUExecutionProvider"], ""
 
@@ -175,16 +236,12 @@ def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> lis
         estimates.append(max(est, 1e-3))
     blocks = [max(math.ceil(s["runs"] / _ROUNDS), math.ceil(s["min_seconds"] * 1000 / _ROUNDS / est), 1)
               for est in estimates]
-    times: list[list[float]] = [[] for _ in workers]
-    for _ in range(_MAX_ROUNDS):  # A B A B ... until every model has >= runs samples and >= min_seconds
-        for w, n, t in zip(workers, blocks, times):
-            t.extend(w.ask({"cmd": "run", "n": n})["ms"])
-        if all(len(t) >= s["runs"] and sum(t) >= s["min_seconds"] * 1000 for t in times):
-            break
+    times = _rounds(workers, blocks, estimates, s)
     models = []
     for w, t in zip(workers, times):
         end = w.ask({"cmd": "stop"})
         stats = latency_stats(t)
+        tol = s.get("ci_tolerance")
         models.append({
             "path": w.path,
             "size_mb": round(file_size_mb(w.path), 4),
@@ -200,9 +257,33 @@ def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> lis
             "execution_provider": w.init["provider"],
             "inputs": w.init["inputs"],
         })
+        if tol is not None:
+            models[-1]["ci_tight"] = _ci_tight(stats, tol)
         if keep_samples:
             models[-1]["samples_ms"] = t
     return models
+
+
+def _rounds(workers: list[_Worker], blocks: list[int], estimates: list[float], s: dict) -> list[list[float]]:
+    """A B A B ... until every model has >= runs samples and >= min_seconds; then, with ``ci_tolerance``, on
+    until the 95 % intervals of p50 and p90 are within it (relative half-width) or ``max_seconds`` have passed
+    since timing began. Blocks double while extending (an interval narrows as 1/sqrt(n)), up to ~1 s each."""
+    times: list[list[float]] = [[] for _ in workers]
+    tol, cap, start = s.get("ci_tolerance"), s.get("max_seconds", 0.0), time.monotonic()
+    for _ in range(_MAX_ROUNDS):
+        for w, n, t in zip(workers, blocks, times):
+            t.extend(w.ask({"cmd": "run", "n": n})["ms"])
+        if not all(len(t) >= s["runs"] and sum(t) >= s["min_seconds"] * 1000 for t in times):
+            continue
+        if tol is None or time.monotonic() - start >= cap or all(_ci_tight(latency_stats(t), tol) for t in times):
+            break
+        blocks = [min(2 * b, max(b, int(1000 / est))) for b, est in zip(blocks, estimates)]
+    return times
+
+
+def _ci_tight(stats: dict, tol: float) -> bool:
+    """Both 95 % intervals (p50, p90) within ``tol`` of their figure: half their width <= tol x the percentile."""
+    return all((hi - lo) / 2 <= tol * stats[q] for q, (lo, hi) in stats["ci95"].items())
 
 
 def _ratios(models: list[dict]) -> list[dict]:
@@ -223,24 +304,32 @@ def _ratios(models: list[dict]) -> list[dict]:
     return out
 
 
-def _judge(result: dict, target: Target, deliverable: str | None) -> None:
+def _judge(result: dict, target: Target, deliverable: str | None, gate_indicative: bool = False) -> None:
     """Each model's verdict against ``target`` (:func:`edgedistill.budgets.judge`); the top-level ``verdict`` and
-    ``ok`` judge ``deliverable`` when one is named."""
+    ``ok`` judge ``deliverable`` when one is named. Latency gates only when measured on the target: a host of
+    its architecture and core count, or a ``--remote`` of its architecture (the user named the device); off the
+    target the p90 verdict is indicative (``latency_indicative``) unless ``gate_indicative``."""
+    host_arch, host_cores = result["machine"]["architecture"], result["machine"]["cores"]
+    matches = host_arch == target.architecture and host_cores == target.cores
+    on_target = matches or ("remote" in result and host_arch == target.architecture)
+    indicative = not on_target and not gate_indicative
     for m in result["models"]:
-        m["verdict"] = judge(m, target.budgets)
+        m["verdict"] = judge(m, target.budgets, latency_indicative=indicative)
     result["target"] = target.to_dict()
+    result["measured_on_target"], result["latency_indicative"] = on_target, indicative
     if deliverable is not None:
         judged = next(m for m in result["models"] if m["path"] == deliverable)
         result["deliverable"] = deliverable
         result["verdict"] = judged["verdict"]
-        result["ok"] = all(v["ok"] is not False for v in judged["verdict"].values())
-    host_arch, host_cores = architecture(), cpu_count()
-    matches = host_arch == target.architecture and host_cores == target.cores
+        result["ok"] = not misses(judged["verdict"])
+    where = f"the remote {result['remote']['host']}" if "remote" in result else "this host"
     result["host_matches_target"] = matches
     result["host_note"] = ("measured on the target's architecture and core count." if matches else
-                           f"this host is {host_arch} with {host_cores} cores, not the target {target.name} "
-                           f"({target.architecture}, {target.cores} cores): the figures are this host's, "
-                           "unscaled; run `edgedistill bench` on the device itself for its numbers.")
+                           f"{where} is {host_arch} with {host_cores} cores, not the target {target.name} "
+                           f"({target.architecture}, {target.cores} cores): the figures are {where}'s, "
+                           "unscaled; run `edgedistill bench` on the device itself (or with --remote) for its numbers"
+                           + ("; the p90 verdict is indicative and does not gate (size and RAM do)." if indicative
+                              else "."))
 
 
 # --- the child side --------------------------------------------------------------------------------

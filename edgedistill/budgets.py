@@ -19,10 +19,15 @@ FAVOURS = {  # [report] favour -> (minimised first, the tie-breaker, the winner 
 _UNITS = {"size_mb": ("size", "MB", ".3f"), "p90_ms": ("p90", "ms", ".3f"), "peak_ram_mb": ("peak RSS", "MB", ".1f")}
 
 
-def judge(model: dict, budgets) -> dict:
+INDICATIVE_NOTE = "measured on a host that is not the target: indicative, does not gate"
+
+
+def judge(model: dict, budgets, latency_indicative: bool = False) -> dict:
     """Per budget of ``budgets`` (a :class:`edgedistill.targets.Budgets`) that is set: ``{limit, measured, ok,
     margin, margin_pct}``; ``margin`` is how far inside the budget (negative: missed by). ``min_metric`` is judged
-    only when the record carries a metric. A figure this OS cannot measure gets ``ok: None`` and a note."""
+    only when the record carries a metric. A figure this OS cannot measure gets ``ok: None`` and a note.
+    ``latency_indicative`` (the latency was measured off the target) marks the p90 verdict ``indicative: True``:
+    :func:`misses`, and so every gate, leaves it out; size and RAM still gate."""
     metric = model.get("metric")
     checks = [("size_mb", budgets.size_mb, model["size_mb"], 1), ("p90_ms", budgets.p90_ms, model["latency_ms"]["p90"], 1),
               ("peak_ram_mb", budgets.peak_ram_mb, model.get("peak_rss_mb"), 1)]
@@ -38,14 +43,17 @@ def judge(model: dict, budgets) -> dict:
         margin = sign * (limit - measured)
         out[key] = {"limit": limit, "measured": round(measured, 4), "ok": margin >= 0, "margin": round(margin, 4),
                     "margin_pct": round(100 * margin / abs(limit), 2) if limit else None}
+        if key == "p90_ms" and latency_indicative:
+            out[key].update(indicative=True, note=INDICATIVE_NOTE)
     return out
 
 
-def misses(verdict: dict, metric_name: str = "metric") -> list[str]:
-    """The budgets a :func:`judge` verdict misses, one phrase each, e.g. ``"p90 3.100 ms > budget 2 ms"``."""
+def misses(verdict: dict, metric_name: str = "metric", indicative: bool = False) -> list[str]:
+    """The budgets a :func:`judge` verdict misses, one phrase each, e.g. ``"p90 3.100 ms > budget 2 ms"``: those
+    that gate, or with ``indicative=True`` only the indicative ones (which never gate)."""
     out = []
     for key, v in verdict.items():
-        if v["ok"] is not False:
+        if v["ok"] is not False or bool(v.get("indicative")) != indicative:
             continue
         if key == "min_metric":
             out.append(f"{metric_name} {v['measured']:.4f} < min_metric {v['limit']:g}")
@@ -55,7 +63,8 @@ def misses(verdict: dict, metric_name: str = "metric") -> list[str]:
     return out
 
 
-def choose_deliverable(models: list[dict], budgets, tolerance: float, favour: str = "latency") -> tuple[str, str]:
+def choose_deliverable(models: list[dict], budgets, tolerance: float, favour: str = "latency",
+                       latency_indicative: bool = False) -> tuple[str, str]:
     """The student the run delivers, and why.
 
     Candidates are the ``role == "student"`` records of ``models``; the FP32 student is the reference whose
@@ -63,7 +72,8 @@ def choose_deliverable(models: list[dict], budgets, tolerance: float, favour: st
     qualifies. Among those within every budget and the tolerance, ``favour`` decides: ``"latency"`` the
     fastest p90, ``"size"`` the smallest file; values within :data:`TIE_FRACTION` tie, broken by the other
     figure, then by the metric. When none qualifies, the most accurate one within budget is delivered (or
-    the most accurate overall) and the reason says what it misses.
+    the most accurate overall) and the reason says what it misses. With ``latency_indicative`` a missed p90
+    budget does not disqualify (:func:`judge`); favour = "latency" still ranks by the measured p90.
     """
     if favour not in FAVOURS:
         raise StageError(f"choose_deliverable: favour {favour!r} is unknown; use one of: {', '.join(FAVOURS)}.")
@@ -78,7 +88,8 @@ def choose_deliverable(models: list[dict], budgets, tolerance: float, favour: st
     refs = [m for m in students if m.get("precision") == "fp32"] or students
     ref = max(refs, key=_value)
     label = ref["metric"]["name"]
-    why = {m["name"]: _tolerance_miss(m, ref, tolerance, label) + misses(judge(m, budgets), label) for m in students}
+    why = {m["name"]: _tolerance_miss(m, ref, tolerance, label) + misses(judge(m, budgets, latency_indicative), label)
+           for m in students}
 
     reference = ref if ref.get("precision") == "fp32" else None  # delivered only when nothing compressed qualifies
     eligible = [m for m in students if not why[m["name"]] and m is not reference] or \
@@ -95,7 +106,8 @@ def choose_deliverable(models: list[dict], budgets, tolerance: float, favour: st
             f"{_value(best):.4f}, {best['size_mb']:.3f} MB, p90 {_figure(best, 'p90_ms'):.3f} ms), and is the {words} "
             f"such candidate ([report] favour = \"{favour}\"); not chosen: {others or 'none'}.")
     # within the hardware budgets (size, p90, memory): min_metric and the tolerance are what "most accurate" weighs
-    fitting = [m for m in students if all(v["ok"] is not False for k, v in judge(m, budgets).items() if k != "min_metric")]
+    fitting = [m for m in students if all(v["ok"] is not False or v.get("indicative")
+                                          for k, v in judge(m, budgets, latency_indicative).items() if k != "min_metric")]
     best = max(fitting or students, key=lambda m: (_value(m), -_figure(m, "p90_ms")))
     return best["name"], (
         f"no candidate meets both the budgets and the {tolerance:g}-point tolerance; {best['name']} is the most "

@@ -71,6 +71,7 @@ def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, as_json):
         width = max(len(m["name"]) for m in report["models"])
         for m in report["models"]:
             verdict = "within budget" if m["within_budget"] else "MISSES " + "; ".join(m["violations"])
+            verdict += "".join(f"; {x} (indicative: not measured on the target)" for x in m.get("indicative_misses", []))
             star = "*" if m["name"] == report["deliverable"] else " "
             click.echo(f"{star} {m['name']:<{width}}  {m['metric']['name']} {m['metric']['value']:.4f}  "
                        f"size {m['size_mb']:.3f} MB  p90 {m['latency_ms']['p90']:.3f} ms  {verdict}")

@@ -34,26 +34,43 @@ def _target(name_or_path):
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs before timing.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Least steady-state time per model, in seconds.")
+@click.option("--ci-tolerance", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Go on until the 95% intervals of p50 and p90 are within this fraction of them (0: stop at the minimum).")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Time cap on going on for --ci-tolerance, in seconds.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Size of a dynamic batch dimension.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=32, show_default=True, help="Size of other dynamic dimensions (tokens).")
 @click.option("--provider", "providers", multiple=True, help="Execution provider, in order of preference (repeatable).")
 @click.option("--deliverable", help="Which MODEL the top-level verdict judges (default: the last one).")
+@click.option("--remote", metavar="[USER@]HOST[:PORT]",
+              help="Benchmark on this device over SSH (default: the target's `remote`, else this machine).")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
+              help="Option for `ssh -o`, e.g. IdentityFile=~/.ssh/pi (repeatable; before the target's ssh_options).")
+@click.option("--remote-python", metavar="CMD", help="The device's python with edgedistill (default: the target's, python3).")
+@click.option("--gate-indicative", is_flag=True,
+              help="Let a p90 verdict measured off the target set exit 3 too (by default it is indicative only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
-def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, seq_len, providers, deliverable, as_json):
-    """Measure latency, memory and size of ONNX MODELS on this machine, interleaved A B A B.
+def bench_cmd(models, target, threads, runs, warmup, min_seconds, ci_tolerance, max_seconds, batch_size, seq_len,
+              providers, deliverable, remote, ssh_options, remote_python, gate_indicative, as_json):
+    """Measure latency, memory and size of ONNX MODELS on this machine (or, with --remote, on a device over
+    SSH), interleaved A B A B.
 
     With --target, every budget gets a verdict and the command exits 3 when the deliverable misses
-    one. Figures are this machine's; when it is not the target, the output says so.
+    one. Figures are the measuring machine's; when it is not the target, the output says so and the p90
+    verdict is indicative: it does not set exit 3 (size and RAM still do) unless --gate-indicative.
     """
     from .bench import benchmark
 
     try:
         t = _target(target)
-        click.echo(f"benchmarking {len(models)} model(s), interleaved, at least {runs} runs and {min_seconds:g} s each...",
-                   err=True)
+        host = remote or (t.remote if t is not None else None)
+        click.echo(f"benchmarking {len(models)} model(s){' on ' + host + ' over SSH' if host else ''}, interleaved, "
+                   f"at least {runs} runs and {min_seconds:g} s each...", err=True)
         result = benchmark(list(models), target=t, threads=threads, runs=runs, warmup=warmup, min_seconds=min_seconds,
                            batch_size=batch_size, seq_len=seq_len, providers=list(providers) or None,
-                           deliverable=deliverable or (models[-1] if t is not None else None))
+                           deliverable=deliverable or (models[-1] if t is not None else None),
+                           remote=remote, ssh_options=list(ssh_options), remote_python=remote_python,
+                           gate_indicative=gate_indicative, ci_tolerance=ci_tolerance, max_seconds=max_seconds)
     except EdgeDistillError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
@@ -64,9 +81,11 @@ def bench_cmd(models, target, threads, runs, warmup, min_seconds, batch_size, se
 def _bench_text(r: dict) -> str:
     m, s = r["machine"], r["settings"]
     isa = ", ".join(k for k, v in m["isa"].items() if v) or "none"
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['architecture']}, ISA: {isa}, onnxruntime {m['onnxruntime']}",
+    where = f"remote {r['remote']['host']}: " if "remote" in r else ""
+    lines = [f"machine: {where}{m['cpu']}, {m['cores']} cores, {m['architecture']}, ISA: {isa}, onnxruntime {m['onnxruntime']}",
              f"settings: {s['threads']} thread(s), {', '.join(s['providers'])}, batch {s['batch_size']}"]
-    lines += [f"note: {s[k]}" for k in ("provider_note", "threads_note") if k in s]
+    lines += [f"note: {s[k]}" for k in ("provider_note", "threads_note", "ci_note") if k in s]
+    lines += [f"note: {r['remote']['note']}"] if "note" in r.get("remote", {}) else []
     lines += ["", f"{'model':<40} {'size MB':>9} {'create ms':>9} {'first ms':>9} {'p50 ms':>9} {'p90 ms':>9} "
                   f"{'p99 ms':>9} {'mean±std':>17} {'runs':>7} {'per s':>9} {'RSS MB':>7}"]
     for x in r["models"]:
@@ -75,6 +94,11 @@ def _bench_text(r: dict) -> str:
                      f"{x['first_inference_ms']:>9.3f} {lat['p50']:>9.4f} {lat['p90']:>9.4f} {lat['p99']:>9.4f} "
                      f"{lat['mean']:>8.4f}±{lat['std']:<8.4f} {x['runs']:>7} {x['throughput_per_s']:>9.1f} "
                      f"{_num(x['peak_rss_mb'], '.1f'):>7}")
+    for x in r["models"]:
+        ci = x["latency_ms"].get("ci95")
+        if ci:
+            lines.append(f"95% CI {_short(x['path'])}: p50 [{ci['p50'][0]:.4f}, {ci['p50'][1]:.4f}] ms, "
+                         f"p90 [{ci['p90'][0]:.4f}, {ci['p90'][1]:.4f}] ms")
     for q in r["ratios"]:
         lines.append(f"ratio {_short(q['model'])} / {_short(q['baseline'])}: p90 x{q['latency_p90']:.3f} "
                      f"(speed-up x{q['speedup_p90']:.2f}), mean x{q['latency_mean']:.3f}, size x{q['size_mb']:.3f}, "
@@ -82,9 +106,10 @@ def _bench_text(r: dict) -> str:
     if "verdict" in r:
         lines += ["", f"target {r['target']['name']}, judging {_short(r['deliverable'])}:"]
         for k, v in r["verdict"].items():
-            state = "ok" if v["ok"] else ("MISSED" if v["ok"] is False else "unknown")
+            state = ("ok" if v["ok"] else ("MISSED" if v["ok"] is False else "unknown")) + \
+                (" (indicative)" if v.get("indicative") else "")
             margin = f"margin {v['margin']:+.4g} ({v['margin_pct']:+.1f}%)" if "margin" in v else v.get("note", "")
-            lines.append(f"  {k:<12} limit {v['limit']:<10g} measured {_num(v['measured'], '.4g'):<10} {state:<7} {margin}")
+            lines.append(f"  {k:<12} limit {v['limit']:<10g} measured {_num(v['measured'], '.4g'):<10} {state:<20} {margin}")
         lines.append(("WITHIN BUDGET" if r["ok"] else "BUDGET MISSED") + ("" if r["host_matches_target"]
                                                                           else f" -- note: {r['host_note']}"))
     return "\n".join(lines)

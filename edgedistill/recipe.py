@@ -173,6 +173,8 @@ class BenchConfig:
     warmup: int = field(10, ge=0)
     min_seconds: float = field(1.0, ge=0.0)
     batch_size: int = field(1, ge=1)
+    ci_tolerance: float = field(0.05, ge=0.0, help="go on until the 95% intervals of p50/p90 are within this fraction (0: off)")
+    max_seconds: float = field(10.0, ge=0.0, help="time cap on going on for ci_tolerance, seconds")
 
 
 @dataclass

@@ -27,6 +27,7 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
     ``deliverable_reason`` saying why. ``comparisons`` and ``warnings`` are added by :func:`add_findings`.
     """
     by_path = {str(Path(m["path"]).resolve()): m for m in bench["models"]}
+    indicative = bool(bench.get("latency_indicative"))  # measured off the target: p90 verdicts do not gate
     entries = []
     for name, (path, role, precision) in models.items():
         if name not in metrics:
@@ -36,14 +37,17 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
             "name": name, "role": role, "precision": precision,
             "path": str(Path(path).resolve().relative_to(run_dir.resolve())),
             "metric": metrics[name]["metric"], "size_mb": round(b["size_mb"], 6),
-            "latency_ms": {k: round(b["latency_ms"][k], 4) for k in ("p50", "p90", "p99", "mean")},
+            "latency_ms": {k: round(b["latency_ms"][k], 4) for k in ("p50", "p90", "p99", "mean")}
+            | ({"ci95": {q: [round(v, 4) for v in b["latency_ms"]["ci95"][q]] for q in ("p50", "p90")}}
+               if "ci95" in b["latency_ms"] else {}),
             "peak_rss_mb": round(b["peak_rss_mb"], 2),
         }
-        entry["verdict"] = judge(entry, target.budgets)
+        entry["verdict"] = judge(entry, target.budgets, latency_indicative=indicative)
         entry["violations"] = misses(entry["verdict"], entry["metric"]["name"])
+        entry["indicative_misses"] = misses(entry["verdict"], entry["metric"]["name"], indicative=True)
         entry["within_budget"] = not entry["violations"]
         entries.append(entry)
-    deliverable, reason = choose_deliverable(entries, target.budgets, tolerance, favour)
+    deliverable, reason = choose_deliverable(entries, target.budgets, tolerance, favour, latency_indicative=indicative)
     report = {
         "target": {"name": target.name, "architecture": target.architecture, "cores": target.cores,
                    "budgets": _schema.to_dict(target.budgets)},
@@ -54,7 +58,10 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
         "models": entries,
         "machine": bench.get("machine", {}),
         "host_matches_target": bench.get("host_matches_target"),
+        "latency_indicative": indicative,
     }
+    if bench.get("remote"):  # measured on a device over SSH (the target's `remote`)
+        report["remote"] = bench["remote"]
     if extra:
         report.update(extra)
     return add_findings(report)
@@ -122,10 +129,13 @@ def _host_warnings(report: dict) -> list[str]:
     known = None not in host and None not in want
     if (known and host == want) or (not known and report.get("host_matches_target") is not False):
         return []
-    where = (f"this machine ({host[0]}, {host[1]} cores), not on the target {t['name']} ({want[0]}, {want[1]} cores)"
-             if known else f"this machine, not on the target {t['name']}")
-    return [f"The benchmark ran on {where}: latency and memory are this host's, unscaled; run "
-            "`edgedistill bench` on the device itself for its figures."]
+    machine = f"the remote {report['remote']['host']}" if report.get("remote") else "this machine"
+    where = (f"{machine} ({host[0]}, {host[1]} cores), not on the target {t['name']} ({want[0]}, {want[1]} cores)"
+             if known else f"{machine}, not on the target {t['name']}")
+    gate = (" The p90 verdicts are indicative: they do not gate (size and RAM still do)."
+            if report.get("latency_indicative") else "")
+    return [f"The benchmark ran on {where}: latency and memory are that machine's, unscaled; run "
+            "`edgedistill bench` on the device itself (or name it as the target's `remote`) for its figures." + gate]
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -16,16 +16,24 @@ from .errors import DataError
 
 def models_table(report: dict) -> tuple[list[str], list[list[str]]]:
     """The header and one row of cells per model (metric, size, latency, peak RSS, budget verdict)."""
-    header = ["model", "role", "precision", "metric", "size (MB)", "p50 (ms)", "p90 (ms)", "p99 (ms)",
+    ci = " [95% CI]" if any("ci95" in x["latency_ms"] for x in report["models"]) else ""
+    header = ["model", "role", "precision", "metric", "size (MB)", f"p50 (ms){ci}", f"p90 (ms){ci}", "p99 (ms)",
               "peak RSS (MB)", "verdict"]
     rows = []
     for x in report["models"]:
         lat = x["latency_ms"]
         verdict = "within budget" if x.get("within_budget") else "; ".join(x.get("violations") or ["—"])
+        verdict += "".join(f"; {m} (indicative)" for m in x.get("indicative_misses") or [])
         rows.append([x["name"], x["role"], x["precision"], f"{x['metric']['name']} {x['metric']['value']:.4f}",
-                     f"{x['size_mb']:.4f}", f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
+                     f"{x['size_mb']:.4f}", _with_ci(lat, "p50"), _with_ci(lat, "p90"), f"{lat['p99']:.4f}",
                      f"{x['peak_rss_mb']:.1f}", verdict])
     return header, rows
+
+
+def _with_ci(lat: dict, q: str) -> str:
+    """A percentile cell, with its 95 % confidence interval when the bench measured one."""
+    ci = (lat.get("ci95") or {}).get(q)
+    return f"{lat[q]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
 def comparisons_table(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -56,7 +64,8 @@ def machine_line(report: dict) -> str:
     if not m:
         return ""
     isa = ", ".join(k for k, v in (m.get("isa") or {}).items() if v) or "none recorded"
-    return (f"Measured on {m.get('cpu', '?')} ({m.get('architecture', '?')}), {m.get('cores', '?')} cores "
+    over = f" over SSH on {report['remote']['host']}" if report.get("remote") else ""
+    return (f"Measured{over} on {m.get('cpu', '?')} ({m.get('architecture', '?')}), {m.get('cores', '?')} cores "
             f"(ISA: {isa}), onnxruntime {m.get('onnxruntime', '?')}.")
 
 

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 from . import _schema
 from ._schema import field
+from ._ssh import check_ssh_options, parse_remote
 from .errors import ConfigError
 
 
@@ -37,10 +38,18 @@ class Target:
     quant_format: Literal["QDQ", "QOperator"] = "QDQ"
     activation_type: Literal["int8", "uint8"] = "int8"
     budgets: Budgets = field(default_factory=Budgets)
+    remote: Optional[str] = field(None, help="[USER@]HOST[:PORT] of the device: the bench runs there over SSH")
+    ssh_options: list[str] = field(default_factory=list, help="KEY=VALUE options for `ssh -o`, e.g. IdentityFile=~/.ssh/pi")
+    remote_python: str = field("python3", help="the command that starts python with edgedistill on the device")
 
     def _check(self, where: str) -> None:
         if self.threads > self.cores:
             raise ConfigError(f"threads: {self.threads} is more than the target's {self.cores} cores; lower it.")
+        if self.remote is not None:
+            parse_remote(self.remote, "remote")
+        check_ssh_options(self.ssh_options, "ssh_options")
+        if not self.remote_python.strip():
+            raise ConfigError("remote_python: empty; name the device's python, e.g. python3 or ~/venv/bin/python.")
 
     def to_dict(self) -> dict:
         return _schema.to_dict(self)

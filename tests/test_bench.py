@@ -321,3 +321,64 @@ def test_no_worker_is_left_running_when_a_later_model_fails(models, tmp_path, mo
     with pytest.raises(DataError, match="onnxruntime cannot load it"):
         bench.benchmark([models["mlp"], str(junk)], **FAST)
     assert len(started) == 2 and all(p.poll() is not None for p in started)
+
+
+def test_a_p90_measured_off_the_target_is_indicative_and_does_not_gate(models, tmp_path):
+    other = "aarch64" if architecture() == "x86_64" else "x86_64"
+    target = _target_file(tmp_path, architecture=other, budgets={"p90_ms": 1e-6})
+    r = bench.benchmark([models["mlp"]], target=target, deliverable=models["mlp"], **FAST)
+    assert r["measured_on_target"] is False and r["latency_indicative"] is True
+    assert r["verdict"]["p90_ms"]["ok"] is False and r["verdict"]["p90_ms"]["indicative"] is True
+    assert r["ok"] is True and "indicative and does not gate" in r["host_note"]
+    res = _cli([models["mlp"], "--target", str(tmp_path / "t.toml"), "--runs", "20", "--min-seconds", "0"])
+    assert res.exit_code == 0, res.output
+    assert "MISSED (indicative)" in res.stdout and "WITHIN BUDGET" in res.stdout
+    res = _cli([models["mlp"], "--target", str(tmp_path / "t.toml"), "--runs", "20", "--min-seconds", "0",
+                "--gate-indicative", "--json"])
+    assert res.exit_code == 3, res.output
+    assert json.loads(res.stdout)["latency_indicative"] is False
+    target = _target_file(tmp_path, architecture=other, budgets={"p90_ms": 1e-6, "size_mb": 1e-6})
+    r = bench.benchmark([models["mlp"]], target=target, deliverable=models["mlp"], **FAST)
+    assert r["ok"] is False  # size still gates off the target
+
+
+def test_threads_above_the_host_cores_are_capped_with_a_note(models, tmp_path):
+    r = bench.benchmark([models["mlp"]], threads=cpu_count() + 2, **FAST)
+    assert r["settings"]["threads"] == cpu_count() and r["settings"]["threads_requested"] == cpu_count() + 2
+    assert f"capped at this host's {cpu_count()} cores" in r["settings"]["threads_note"]
+    assert "threads_note" not in bench.benchmark([models["mlp"]], threads=cpu_count(), **FAST)["settings"]
+
+
+def test_latency_stats_give_a_distribution_free_95_percent_interval():
+    ci = bench.latency_stats([float(i) for i in range(1, 101)])["ci95"]
+    # ranks n*q -/+ 1.96*sqrt(n*q*(1-q)): p50 50 -/+ 9.8 -> 40..60, p90 90 -/+ 5.88 -> 84..96 (1-based)
+    assert ci == {"p50": [40.0, 60.0], "p90": [84.0, 96.0]}
+    assert bench.latency_stats([2.0])["ci95"] == {"p50": [2.0, 2.0], "p90": [2.0, 2.0]}
+
+
+class _NoisyWorker(_FakeWorker):
+    def ask(self, msg):
+        if msg["cmd"] == "run":
+            self.log.append((self.path, "run", msg["n"]))
+            return {"ms": list(np.random.default_rng(len(self.log)).uniform(1.0, 3.0, msg["n"]))}
+        return super().ask(msg)
+
+
+def test_rounds_go_on_until_the_intervals_are_tight_or_the_cap(monkeypatch):
+    monkeypatch.setattr(bench, "file_size_mb", lambda p: 1.0)
+    s = dict(runs=20, warmup=1, min_seconds=0.0, batch_size=1, ci_tolerance=0.05, max_seconds=30.0)
+    steady = bench._measure([_FakeWorker("A", [], 1.0)], s)[0]  # no spread: tight at the minimum
+    assert steady["runs"] == 20 and steady["ci_tight"] is True
+    noisy = bench._measure([_NoisyWorker("B", [], 2.0)], s)[0]  # uniform 1..3 ms: tight after a few hundred runs
+    assert noisy["ci_tight"] is True and noisy["runs"] > 100
+    lo, hi = noisy["latency_ms"]["ci95"]["p90"]
+    assert (hi - lo) / 2 <= 0.05 * noisy["latency_ms"]["p90"]
+    capped = bench._measure([_NoisyWorker("C", [], 2.0)], {**s, "ci_tolerance": 0.0001, "max_seconds": 0.2})[0]
+    assert capped["ci_tight"] is False  # stopped by the time cap
+    off = bench._measure([_NoisyWorker("D", [], 2.0)], {**s, "ci_tolerance": None})[0]
+    assert off["runs"] == 20 and "ci_tight" not in off
+
+
+def test_a_wide_interval_is_noted(models):
+    r = bench.benchmark([models["mlp"]], runs=20, warmup=2, min_seconds=0, ci_tolerance=1e-9, max_seconds=0.1)
+    assert r["models"][0]["ci_tight"] is False and "wider than +/-1e-07 %" in r["settings"]["ci_note"]

@@ -87,3 +87,17 @@ def test_deliverable_rejects_unmeasured_models_and_needs_a_student():
         choose_deliverable([{"name": "qat", "metric": {"name": "accuracy", "value": 0.9}, "size_mb": 1.0}], Budgets(), 0.5)
     with pytest.raises(StageError, match="no student model"):
         choose_deliverable([MODELS[0]], Budgets(), 0.5)
+
+
+def test_an_indicative_p90_verdict_is_kept_but_never_gates():
+    budgets = Budgets(size_mb=1.0, p90_ms=2.0)
+    v = judge(_model("m", 0.8, 1.5, 2.5), budgets, latency_indicative=True)
+    assert v["p90_ms"]["ok"] is False and v["p90_ms"]["indicative"] is True and "not the target" in v["p90_ms"]["note"]
+    assert misses(v) == ["size 1.500 MB > budget 1 MB"]  # size still gates
+    assert misses(v, indicative=True) == ["p90 2.500 ms > budget 2 ms"]
+    assert "indicative" not in judge(_model("m", 0.8, 1.5, 2.5), budgets)["p90_ms"]
+    # a student over the p90 budget is delivered when the latency was measured off the target, not otherwise
+    slow = [_model("fp32", 0.91, 0.5, 9.0, "fp32"), _model("int8", 0.91, 0.2, 9.0)]
+    assert choose_deliverable(slow, Budgets(size_mb=1.0, p90_ms=2.0), 1.0)[1].startswith("no candidate meets")
+    name, reason = choose_deliverable(slow, Budgets(size_mb=1.0, p90_ms=2.0), 1.0, latency_indicative=True)
+    assert name == "int8" and "meets every budget" in reason

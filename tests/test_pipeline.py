@@ -54,8 +54,10 @@ def test_run_writes_the_report_contract(finished_run):
         assert m["role"] in ("teacher", "student") and m["precision"] in ("fp32", "int8")
         assert (d / "out" / m["path"]).is_file()
         assert m["metric"]["name"] == "accuracy" and 0.0 <= m["metric"]["value"] <= 1.0
-        assert m["size_mb"] > 0 and set(m["latency_ms"]) == {"p50", "p90", "p99", "mean"}
+        assert m["size_mb"] > 0 and set(m["latency_ms"]) == {"p50", "p90", "p99", "mean", "ci95"}
         assert m["latency_ms"]["p50"] <= m["latency_ms"]["p90"] <= m["latency_ms"]["p99"]
+        for q in ("p50", "p90"):  # the 95 % interval brackets its percentile
+            assert m["latency_ms"]["ci95"][q][0] <= m["latency_ms"][q] <= m["latency_ms"]["ci95"][q][1]
         assert m["peak_rss_mb"] > 0 and m["within_budget"] is True and m["violations"] == []
     import onnx
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgedistill.report import STUDENT_GAP_POINTS, add_findings, build_report, compare_with_teacher
-from edgedistill.report_render import comparisons_table, render_html, render_markdown
+from edgedistill.report_render import comparisons_table, machine_line, models_table, render_html, render_markdown
 from edgedistill.targets import Budgets, load_target
 
 FIX = Path(__file__).parent / "fixtures"
@@ -54,8 +54,16 @@ def test_warnings_name_a_far_student_a_slow_int8_and_a_foreign_host(sample):
         "instructions (AVX-512 VNNI, Arm dot-product) and layers large enough to outweigh the quantize/dequantize "
         "steps.",
         "The benchmark ran on this machine (x86_64, 2 cores), not on the target laptop-x86 (x86_64, 4 cores): "
-        "latency and memory are this host's, unscaled; run `edgedistill bench` on the device itself for its figures.",
+        "latency and memory are that machine's, unscaled; run `edgedistill bench` on the device itself (or name it "
+        "as the target's `remote`) for its figures.",
     ]
+
+
+def test_a_bench_over_ssh_is_named_in_the_warning_and_the_machine_line(sample):
+    sample["remote"] = {"host": "pi@board:2222", "python": "3.11.2", "edgedistill": "0.1.0"}
+    assert add_findings(sample)["warnings"][-1].startswith(
+        "The benchmark ran on the remote pi@board:2222 (x86_64, 2 cores), not on the target laptop-x86")
+    assert machine_line(sample).startswith("Measured over SSH on pi@board:2222 on ")
 
 
 def test_no_warning_within_the_thresholds(sample):
@@ -116,3 +124,26 @@ def test_build_report_delivers_what_the_favour_asks(tmp_path, favour, chosen):
                                                      "budgets": None}
     assert [c["name"] for c in report["comparisons"]] == ["student_fp32", "student_int8", "student_qat_int8"]
     assert report["warnings"] == []  # 2 points below the teacher, INT8 faster, measured on the target's hardware
+
+
+def test_a_latency_measured_off_the_target_is_indicative_in_the_report(tmp_path):
+    root = tmp_path.resolve()
+    metrics, bench, models = _inputs(root, {"teacher_fp32": (0.99, 4.0, 2.0), "student_fp32": (0.97, 1.0, 9.0),
+                                            "student_int8": (0.968, 0.30, 8.0)})
+    bench.update(machine={"architecture": "x86_64", "cores": 2}, host_matches_target=False, latency_indicative=True)
+    target = dataclasses.replace(load_target("laptop-x86"), budgets=Budgets(size_mb=2.0, p90_ms=5.0))
+    report = build_report(target, metrics, bench, models, root)
+    int8 = next(m for m in report["models"] if m["name"] == "student_int8")
+    assert report["latency_indicative"] is True and report["deliverable"] == "student_int8"
+    assert int8["within_budget"] is True and int8["violations"] == []
+    assert int8["indicative_misses"] == ["p90 8.000 ms > budget 5 ms"] and int8["verdict"]["p90_ms"]["indicative"]
+    assert report["warnings"][-1].endswith("The p90 verdicts are indicative: they do not gate (size and RAM still do).")
+    assert "within budget; p90 8.000 ms > budget 5 ms (indicative)" in render_markdown(report)
+    assert "p90 (ms)" in models_table(report)[0]  # no interval measured, none shown
+    bench["latency_indicative"] = False  # measured on the target: the same p90 gates
+    bench["models"][2]["latency_ms"]["ci95"] = {"p50": [7.9, 8.1], "p90": [7.95, 8.12345]}
+    report = build_report(target, metrics, bench, models, root)
+    int8 = next(m for m in report["models"] if m["name"] == "student_int8")
+    assert not int8["within_budget"] and int8["latency_ms"]["ci95"]["p90"] == [7.95, 8.1235]
+    header, rows = models_table(report)
+    assert header[6] == "p90 (ms) [95% CI]" and rows[2][6] == "8.0000 [7.9500, 8.1235]"

@@ -128,7 +128,8 @@ def _bench(ctx: RunContext) -> None:
 
     cfg, models = ctx.recipe.bench, ctx.written_models()
     result = benchmark([str(p) for p in models.values()], target=ctx.target, runs=cfg.runs, warmup=cfg.warmup,
-                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+                       min_seconds=cfg.min_seconds, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                       ci_tolerance=cfg.ci_tolerance, max_seconds=cfg.max_seconds)
     result["names"] = list(models)
     _io.write_json(ctx.path("bench", "bench.json"), result)
 
