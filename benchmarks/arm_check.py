@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=256, help="test samples per run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "arm.json")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("arm-check: stopped (SIGTERM)"))  # unmount /proc on the way out
     cache = Path(os.environ.get("EDGEDISTILL_ARM_CACHE", Path.home() / ".cache" / "edgedistill" / "arm64"))
     host_tools()
     fs, whl = rootfs(cache), wheels(cache)
