@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._reliab import RESUME_RECIPE, assert_nothing_half_written, cli_env
+from tests._reliab import RESUME_RECIPE, assert_nothing_half_written, cli_env, popen
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -205,10 +205,11 @@ TOLERANCE_POINTS = 3.0
 
 @pytest.mark.slow
 def test_torchrun_two_processes_run_the_default_recipe(tmp_path):
-    one = subprocess.run([sys.executable, "-m", "edgedistill", "run", "--run-dir", "one"], cwd=tmp_path, env=cli_env(),
-                         capture_output=True, text=True, timeout=900)
-    assert one.returncode == 0, one.stderr[-3000:]
+    # both at once: the one-process run (one thread) uses the core the two ranks leave idle in the stages rank 0
+    # runs alone
+    one = popen("run", "--run-dir", tmp_path / "one", log=tmp_path / "one.log")
     proc = _torchrun("run", "--run-dir", "two", cwd=tmp_path, log=tmp_path / "two.log")
+    assert one.wait(timeout=900) == 0, (tmp_path / "one.log").read_text()[-3000:]
     assert proc.wait(timeout=900) == 0, (tmp_path / "two.log").read_text()[-3000:]
     two = tmp_path / "two"
     manifest = json.loads((two / "manifest.json").read_text())
@@ -258,9 +259,7 @@ def _weights(run: Path) -> dict:
 def test_torchrun_killed_mid_distill_resumes_to_the_uninterrupted_weights(tmp_path):
     recipe = tmp_path / "resume.toml"
     recipe.write_text(RESUME_RECIPE)
-    whole = _torchrun("run", recipe, "--run-dir", "a", cwd=tmp_path, log=tmp_path / "a.log")
-    assert whole.wait(timeout=900) == 0, (tmp_path / "a.log").read_text()[-3000:]
-
+    whole = _torchrun("run", recipe, "--run-dir", "a", cwd=tmp_path, log=tmp_path / "a.log")  # beside the others
     killed = _torchrun("run", recipe, "--run-dir", "c", cwd=tmp_path, log=tmp_path / "c1.log")
     _wait_for_checkpoint(killed, tmp_path / "c")
     ranks = _children(killed.pid)  # torchrun starts each rank in a session of its own
@@ -278,6 +277,7 @@ def test_torchrun_killed_mid_distill_resumes_to_the_uninterrupted_weights(tmp_pa
     assert "[teacher] unchanged, skipped" in log and "[distill] resuming the interrupted stage" in log
     resumed = json.loads((tmp_path / "c" / "03_distill" / "meta.json").read_text())["resumed_from"]
     assert resumed is not None and resumed != {"epoch": 0, "step": 0}
+    assert whole.wait(timeout=900) == 0, (tmp_path / "a.log").read_text()[-3000:]
     assert _weights(tmp_path / "c") == _weights(tmp_path / "a")  # bit for bit
     assert_nothing_half_written(tmp_path / "c")
 
