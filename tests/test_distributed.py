@@ -53,15 +53,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ranks(args: list[str], world: int, tmp_path: Path, timeout: float = 300, **env) -> list[subprocess.CompletedProcess]:
+def _start(args: list[str], world: int, tmp_path: Path, **env) -> list[subprocess.Popen]:
     """``python ARGS`` once per rank, as torchrun would start them (RANK, WORLD_SIZE, a rendezvous on 127.0.0.1)."""
-    port = _free_port()
-    procs = []
+    port, procs = _free_port(), []
     for r in range(world):
         e = {**cli_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
              "MASTER_PORT": str(port), **env}
         procs.append(subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=e, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[subprocess.CompletedProcess]:
     outs = []
     for p in procs:
         out, _ = p.communicate(timeout=timeout)
@@ -69,18 +72,21 @@ def _ranks(args: list[str], world: int, tmp_path: Path, timeout: float = 300, **
     return outs
 
 
-def _fit(tmp_path: Path, name: str, world: int, batch: int, accumulate: int) -> dict:
-    d = tmp_path / name
-    d.mkdir()
-    if world == 1:
-        p = subprocess.run([sys.executable, "-c", FIT_SCRIPT, str(d), str(batch), str(accumulate)], env=cli_env(),
-                           capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stdout + p.stderr
-    else:
-        for p in _ranks(["-c", FIT_SCRIPT, str(d), str(batch), str(accumulate)], world, tmp_path):
+def _ranks(args: list[str], world: int, tmp_path: Path, timeout: float = 300, **env) -> list[subprocess.CompletedProcess]:
+    return _wait(_start(args, world, tmp_path, **env), timeout)
+
+
+def _fits(tmp_path: Path, *runs: tuple[str, int, int, int]) -> list[dict]:
+    """The weights of FIT_SCRIPT's runs ``(name, world, batch, accumulate)``, all started at once."""
+    started = []
+    for name, world, batch, accumulate in runs:
+        (tmp_path / name).mkdir()
+        started.append(_start(["-c", FIT_SCRIPT, str(tmp_path / name), str(batch), str(accumulate)], world, tmp_path))
+    for (name, world, _, _), procs in zip(runs, started):
+        for p in _wait(procs):
             assert p.returncode == 0, p.stdout
-            assert "drift seen: True" in p.stdout, p.stdout
-    return torch.load(d / "weights.pt")
+            assert world == 1 or "drift seen: True" in p.stdout, p.stdout
+    return [torch.load(tmp_path / name / "weights.pt") for name, *_ in runs]
 
 
 def _close(a: dict, b: dict, atol: float) -> float:
@@ -91,13 +97,12 @@ def _close(a: dict, b: dict, atol: float) -> float:
 
 
 def test_two_ranks_sharing_each_batch_take_the_one_process_step(tmp_path):
-    one = _fit(tmp_path, "one", 1, 64, 1)
-    two = _fit(tmp_path, "two", 2, 64, 1)  # fit itself refuses to finish if the ranks' weights differ
+    one, two = _fits(tmp_path, ("one", 1, 64, 1), ("two", 2, 64, 1))  # fit refuses to end if the ranks' weights differ
     _close(one, two, atol=1e-5)
 
 
 def test_accumulating_two_batches_of_32_takes_the_step_of_one_batch_of_64(tmp_path):
-    _close(_fit(tmp_path, "b64", 1, 64, 1), _fit(tmp_path, "b32x2", 1, 32, 2), atol=1e-5)
+    _close(*_fits(tmp_path, ("b64", 1, 64, 1), ("b32x2", 1, 32, 2)), atol=1e-5)
 
 
 def test_ranks_given_different_recipes_are_refused(tmp_path):
@@ -120,7 +125,8 @@ def test_two_ranks_build_the_teacher_cache_between_them(tmp_path):
     from tests.conftest import TINY_RECIPE
 
     recipe = TINY_RECIPE.replace("[distill]\n", "[distill]\ncache = true\ncache_shard_size = 200\n", 1)
-    assert recipe != TINY_RECIPE
+    recipe = recipe.replace("[qat]\nenabled = true", "[qat]\nenabled = false")  # the cache is the distill stage's
+    assert recipe.count("enabled = false") == 1 and "cache_shard_size" in recipe
     (tmp_path / "a.toml").write_text(recipe)
     outs = _ranks(["-m", "edgedistill", "run", "a.toml", "--run-dir", "r"], 2, tmp_path)
     assert [p.returncode for p in outs] == [0, 0], outs[0].stdout + outs[1].stdout
@@ -161,7 +167,9 @@ def test_a_rank_that_never_joins_is_one_sentence(tmp_path):
 def test_a_rank_that_dies_is_one_sentence_on_rank_0_and_the_run_resumes(tmp_path):
     from tests.conftest import TINY_RECIPE
 
-    (tmp_path / "a.toml").write_text(TINY_RECIPE)
+    recipe = TINY_RECIPE.replace("[qat]\nenabled = true", "[qat]\nenabled = false")  # the resumed run, shorter
+    assert recipe != TINY_RECIPE
+    (tmp_path / "a.toml").write_text(recipe)
     port, procs = _free_port(), []
     for r in range(2):  # the processes torchrun would start, without torchrun's SIGTERM to the survivors
         env = {**cli_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
