@@ -49,7 +49,8 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
     next to ``out_dir``, so a re-run of this stage or another student finds them), one sharded folder per
     teacher (an ensemble's members each have theirs); a teacher without classes (a sentence encoder) has its
     whole outputs kept. Under torchrun every rank builds its share of the shards on its own device, so
-    ``cache_dir`` must be one folder every rank sees. ``meta.json``'s ``teacher_cache`` says its size, shards and whether it was a hit.
+    ``cache_dir`` must be one folder every rank sees. ``meta.json``'s ``teacher_cache`` says its size, shards
+    and whether it was a hit.
     ``task`` (see :mod:`edgedistill.tasks`) gives the validation metric of the curves; without one, top-1
     accuracy.
     """
@@ -62,8 +63,8 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, recipe: Reci
                                      workers=recipe.data.workers)
     teacher = recipe_teacher(cfg, teacher, splits.input_shape, splits.num_classes)
     cache, cache_hit = None, None
-    if cfg.cache:  # teacher outputs once (per member of an ensemble), as top-k fp16 soft labels in memory-mapped
-        # shards, reused every epoch and by later students
+    if cfg.cache:  # teacher outputs once (per member of an ensemble), as top-k fp16 soft labels in shards on disk,
+        # reused every epoch and by later students
         device = resolve_device(cfg.device)
         cache, cache_hit = cache_teacher(cache_dir, teacher.to(device), splits.train, _schema.to_dict(recipe.data),
                                          temperature=cfg.temperature, k=cfg.cache_top_k, augmented=cfg.augment,
