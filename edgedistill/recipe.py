@@ -162,6 +162,8 @@ class PTQConfig:
     per_channel: bool = True
     activation_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
+    equalize: bool = field(False, help="cross-layer equalization of consecutive layers before quantizing")
+    bias_correction: bool = field(True, help="take the quantization error's mean shift out of each layer's bias")
     max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
     max_fallback_nodes: int = field(10, ge=1, le=1000, help="most nodes the accuracy-aware fallback keeps in FP32")
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from edgedistill.errors import StageError
-from edgedistill.quant.fallback import accuracy_aware_fallback, rank_nodes
+from edgedistill.quant.fallback import accuracy_aware_fallback, rank_quantizers, remove_quantizers
 from edgedistill.quant.calibration import ArrayReader
 
 
@@ -70,20 +70,41 @@ def test_fallback_converges_on_planted_sensitive_layer(planted, tmp_path):
     assert rec["fp32_accuracy"] == 1.0
     assert rec["steps"][0]["nodes_in_fp32"] == [] and rec["steps"][0]["drop_points"] > 10.0  # INT8 alone fails
     assert rec["met"] and rec["steps"][-1]["drop_points"] <= 3.0
-    assert set(rec["nodes_in_fp32"]) == {"fc2", "fc3"}  # the planted tensor's producer and consumer, not fc1
-    assert len(rec["steps"]) == len(rec["nodes_in_fp32"]) + 1
+    # one step: the quantizer on the planted tensor goes; its producer and consumer now run in FP32, fc1 not
+    assert rec["quantizers_removed"] == ["r2"] and len(rec["steps"]) == 2
+    assert set(rec["nodes_in_fp32"]) == {"fc2", "fc3"}
     assert evaluate(str(out)) == rec["accuracy"]
+    assert all(s["size_mb"] > 0 and s["p50_ms"] > 0 for s in rec["steps"])
     kept = {n.name for n in onnx.load(out).graph.node if n.op_type == "Gemm"}
     assert kept == {"fc1", "fc2", "fc3"}
 
 
-def test_rank_puts_the_planted_layer_first(planted, tmp_path):
+def test_rank_puts_the_planted_quantizer_first(planted, tmp_path):
     fp32, calib, quantize, _ = planted
     q = str(tmp_path / "q.onnx")
     quantize([], q)
-    ranking = rank_nodes(fp32, q, calib)
-    assert {ranking[0]["node"], ranking[1]["node"]} == {"fc2", "fc3"}
-    assert ranking[-1]["sqnr_db"] > ranking[0]["sqnr_db"] + 10
+    ranking = rank_quantizers(onnx.load(fp32), onnx.load(q), calib)
+    assert ranking[0]["tensor"] == "r2" and ranking[0]["output_sqnr_gain_db"] > 10
+    assert all(r["output_sqnr_gain_db"] < ranking[0]["output_sqnr_gain_db"] - 10 for r in ranking[1:])
+
+
+def test_removing_a_quantizer_puts_back_the_relu_it_had_folded(planted, tmp_path):
+    """ORT drops a ReLU whose output it quantizes (the quantizer's range clips); without that quantizer the
+    ReLU must come back, or negative values would reach the next layer."""
+    fp32, calib, quantize, _ = planted
+    q = str(tmp_path / "q.onnx")
+    quantize([], q)
+    qdq = onnx.load(q)
+    assert "Relu" not in {n.op_type for n in qdq.graph.node}
+    unquantized = remove_quantizers(qdq, ["r1", "r2"], onnx.load(fp32))
+    assert sum(n.op_type == "Relu" for n in unquantized.graph.node) == 2
+    onnx.save(unquantized, tmp_path / "u.onnx")
+    x = calib[:64]
+    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "u.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # only the input and the logits stay quantized now: far closer to FP32 than the INT8 model
+    int8 = ort.InferenceSession(q, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(got - ref).max() < np.abs(int8 - ref).max() / 10
 
 
 def test_no_fallback_when_int8_is_already_accurate(tmp_path):
@@ -118,6 +139,7 @@ def test_quantize_int8_runs_the_fallback_when_max_drop_is_set(planted, tmp_path)
     fb = meta["fallback"]
     assert fb["met"] and fb["steps"][0]["drop_points"] > 10.0
     assert set(meta["nodes_excluded"]) == set(fb["nodes_in_fp32"]) and "fc1" not in meta["nodes_excluded"]
+    assert meta["bias_correction"]["layers"] == 1  # fc2, the one layer with a bias
     assert evaluate(str(tmp_path / "int8.onnx")) >= 0.97
     with pytest.raises(StageError, match="ptq.max_drop is set but no evaluate"):
         quantize_int8(fp32, tmp_path / "x.onnx", calib, cfg)

@@ -6,8 +6,12 @@ split. Never dynamic quantization for convolutional models (ConvInteger runs slo
 U8S8 (``activation_type = "uint8"``) and ``reduce_range`` are there for CPUs without VNNI. MinMax
 calibration keeps two scalars per tensor per batch; Entropy and Percentile keep every activation of
 every calibration sample until the histograms are built, so for them the sample count is capped to
-fit ``_HIST_BUDGET_FLOATS`` activation values (estimated from the graph's inferred shapes). With ``max_drop`` set, the accuracy-aware fallback
-(:mod:`edgedistill.quant.fallback`) keeps the most harmful nodes in FP32 until the drop fits.
+fit ``_HIST_BUDGET_FLOATS`` activation values (estimated from the graph's inferred shapes).
+
+Around ``quantize_static``: cross-layer equalization of the FP32 graph before it (``ptq.equalize``,
+:mod:`edgedistill.quant.equalize`) and bias correction of the INT8 graph after it (``ptq.bias_correction``,
+on by default, :mod:`edgedistill.quant.bias_correction`). With ``max_drop`` set, the accuracy-aware
+fallback (:mod:`edgedistill.quant.fallback`) removes the most harmful activation quantizers until the drop fits.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from .. import _io
 from ..data.core import SampleSet, as_samples
 from ..errors import StageError
 from ..recipe import PTQConfig
+from .bias_correction import correct_biases
 from .calibration import ArrayReader
+from .equalize import equalize
 
 _HIST_BUDGET_FLOATS = 256 * 2**20  # 1 GiB of float32 activations held by the histogram calibrators
 
@@ -61,9 +67,15 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         requested = len(calib_x)
         if cfg.calibration != "minmax":
             calib_x = calib_x.subset(np.arange(min(requested, max(1, _HIST_BUDGET_FLOATS // _activation_floats_per_sample(pre)))))
+        passes: dict = {"equalization": None, "bias_correction": None}
+        if cfg.equalize:
+            passes["equalization"] = _rewrite(pre, lambda m: equalize(m, calib_x))
 
         def quantize(exclude: list[str], out: str) -> None:
             _quantize_static(pre, Path(out), input_name, calib_x, cfg, list(nodes_to_exclude or []) + list(exclude))
+            if cfg.bias_correction:
+                float_model = onnx.load(str(pre))
+                passes["bias_correction"] = _rewrite(Path(out), lambda m: correct_biases(float_model, m, calib_x))
 
         if cfg.max_drop is None:
             out_tmp = Path(tmp) / "quantized.onnx"
@@ -80,9 +92,19 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         "path": str(onnx_out), "format": "QDQ", "activation_type": cfg.activation_type, "weight_type": "int8",
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
         "calibration_samples": int(len(calib_x)), "calibration_samples_requested": int(requested),
-        "nodes_excluded": excluded,
+        "nodes_excluded": excluded, **passes,
         "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback,
     }
+
+
+def _rewrite(path: Path, transform: Callable[["onnx.ModelProto"], dict]) -> dict:
+    """Apply an in-place graph ``transform`` to the ONNX file at ``path``; returns what it reports."""
+    import onnx
+
+    model = onnx.load(str(path))
+    done = transform(model)
+    onnx.save(model, str(path))
+    return done
 
 
 def _preprocess(onnx_in: Path, pre: Path) -> None:

@@ -1,0 +1,82 @@
+"""ONNX graph plumbing shared by the pre- and post-quantization passes (equalization, bias correction):
+initializers by name, who consumes a tensor, and per-channel statistics of intermediate tensors gathered
+over calibration samples one batch at a time (memory bounded by the batch, never by the sample count)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..data.core import SampleSet, as_samples
+
+_STATS_BATCH = 8
+
+
+def initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {i.name: i for i in graph.initializer}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def array(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
+    return numpy_helper.to_array(inits[name])
+
+
+def set_array(inits: dict[str, onnx.TensorProto], name: str, value: np.ndarray) -> None:
+    """Overwrite initializer ``name`` in place with ``value`` (same dtype as before)."""
+    old = inits[name]
+    new = numpy_helper.from_array(value.astype(numpy_helper.to_array(old).dtype), name)
+    old.CopyFrom(new)
+
+
+def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleSet | np.ndarray,
+                visit: Callable[[dict[str, np.ndarray]], None], batch: int = _STATS_BATCH) -> None:
+    """Run ``model`` on ``samples`` with ``tensors`` made graph outputs; ``visit({name: value})`` per batch
+    (the graph's input among them when asked for)."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    input_name = next(i.name for i in m.graph.input if i.name not in initializers(m.graph))
+    wanted = list(dict.fromkeys(tensors))
+    tensors = [t for t in wanted if t != input_name]
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in have)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    samples = as_samples(samples)
+    for start in range(0, len(samples), batch):
+        x = samples.read(np.arange(start, min(start + batch, len(samples))))
+        values = dict(zip(tensors, sess.run(tensors, {input_name: x})))
+        if input_name in wanted:
+            values[input_name] = x
+        visit(values)
+
+
+def channel_max(x: np.ndarray) -> np.ndarray:
+    """max over every axis but the channel axis (1; the last for 2-D tensors)."""
+    axes = tuple(a for a in range(x.ndim) if a != 1)
+    return x.max(axis=axes)
+
+
+def channel_mean(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """(sum over every axis but the channel axis, how many values went into each sum)."""
+    axes = tuple(a for a in range(x.ndim) if a != 1)
+    return x.sum(axis=axes, dtype=np.float64), int(x.size // x.shape[1])
