@@ -24,7 +24,7 @@ def test_resolved_recipe_round_trips_through_toml():
     ({"distill": {"epochs": "ten"}}, r"distill\.epochs: expected an integer, got 'ten'"),
     ({"distill": {"alpha": 1.5}}, r"distill\.alpha: 1\.5 is out of range; it must be <= 1\.0"),
     ({"distill": {"temperature": 0}}, r"distill\.temperature: 0\.0 is out of range; it must be > 0\.0"),
-    ({"ptq": {"calibration": "kl"}}, r"ptq\.calibration: 'kl' is not valid; choose one of: minmax, entropy, percentile"),
+    ({"ptq": {"calibration": "kl"}}, r"ptq\.calibration: 'kl' is not valid; choose one of: minmax, mse, entropy, percentile"),
     ({"ptq": {"per_channel": "yes"}}, r"ptq\.per_channel: expected true or false"),
     ({"data": "digits"}, r"data: expected a table"),
     ({"distill": {"losses": [{"name": "kd", "wieght": 1}]}}, r"distill\.losses\[0\]\.wieght: unknown key"),

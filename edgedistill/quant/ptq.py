@@ -31,6 +31,7 @@ from ..recipe import PTQConfig
 from .bias_correction import correct_biases
 from .calibration import ArrayReader
 from .equalize import equalize
+from .ranges import mse_ranges
 
 _HIST_BUDGET_FLOATS = 256 * 2**20  # 1 GiB of float32 activations held by the histogram calibrators
 
@@ -65,14 +66,17 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         _preprocess(onnx_in, pre)
         calib_x = as_samples(calib_x)
         requested = len(calib_x)
-        if cfg.calibration != "minmax":
+        if cfg.calibration not in ("minmax", "mse"):
             calib_x = calib_x.subset(np.arange(min(requested, max(1, _HIST_BUDGET_FLOATS // _activation_floats_per_sample(pre)))))
         passes: dict = {"equalization": None, "bias_correction": None}
         if cfg.equalize:
             passes["equalization"] = _rewrite(pre, lambda m: equalize(m, calib_x))
+        ranges = mse_ranges(onnx.load(str(pre)), calib_x) if cfg.calibration == "mse" else {}
+        if cfg.calibration == "mse":
+            passes["ranges_narrowed"] = ranges
 
         def quantize(exclude: list[str], out: str) -> None:
-            _quantize_static(pre, Path(out), input_name, calib_x, cfg, list(nodes_to_exclude or []) + list(exclude))
+            _quantize_static(pre, Path(out), input_name, calib_x, cfg, list(nodes_to_exclude or []) + list(exclude), ranges)
             if cfg.bias_correction:
                 float_model = onnx.load(str(pre))
                 passes["bias_correction"] = _rewrite(Path(out), lambda m: correct_biases(float_model, m, calib_x))
@@ -130,16 +134,20 @@ def _activation_floats_per_sample(model_path: Path) -> int:
 
 
 def _quantize_static(pre: Path, out: Path, input_name: str, calib_x: SampleSet, cfg: PTQConfig,
-                     exclude: list[str]) -> None:
+                     exclude: list[str], ranges: dict[str, dict]) -> None:
+    """ORT's ``quantize_static``; ``ranges``: activation ranges that replace the calibrated ones."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+    method = {"minmax": CalibrationMethod.MinMax, "mse": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     act = QuantType.QInt8 if cfg.activation_type == "int8" else QuantType.QUInt8
     # (not CalibMaxIntermediateOutputs: in ORT 1.32 MinMax drops the batches it flushes instead of merging them)
     extra = {"WeightSymmetric": True}
     if cfg.calibration == "percentile":
         extra["CalibPercentile"] = cfg.percentile
+    if ranges:
+        extra["TensorQuantOverrides"] = {t: [{"rmin": np.array(r["rmin"], np.float32), "rmax": np.array(r["rmax"], np.float32)}]
+                                         for t, r in ranges.items()}
     quantize_static(
         str(pre), str(out), ArrayReader(input_name, calib_x), quant_format=QuantFormat.QDQ,
         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, activation_type=act,
