@@ -157,14 +157,15 @@ class PTQConfig:
         "auto", help="static QDQ (calibrated) or dynamic INT8; auto: the task's choice (static for "
                      "classification, dynamic for transformer text models)")
     calibration: Literal["minmax", "mse", "entropy", "percentile"] = field(
-        "minmax", help="activation ranges: minmax; mse (MinMax narrowed per tensor where that cuts the error); "
+        "mse", help="activation ranges: minmax; mse (MinMax narrowed per tensor where that cuts the error); "
                        "entropy / percentile (ONNX Runtime's)")
     percentile: float = field(99.999, gt=50.0, le=100.0)
     samples: int = field(256, ge=1, le=100000)
     per_channel: bool = True
     activation_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
-    equalize: bool = field(False, help="cross-layer equalization of consecutive layers before quantizing")
+    equalize: bool = field(True, help="cross-layer equalization of consecutive layers whose tensor a few "
+                                      "channels dominate, before quantizing")
     bias_correction: bool = field(True, help="take the quantization error's mean shift out of each layer's bias")
     max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
     max_fallback_nodes: int = field(10, ge=1, le=1000, help="most nodes the accuracy-aware fallback keeps in FP32")
