@@ -62,14 +62,15 @@ def validation_fn(model: onnx.ModelProto, items) -> tuple[float, list[float]]:
 
 def qdq_summary(model: onnx.ModelProto, fp32: onnx.ModelProto) -> dict:
     """How a QDQ graph quantizes, one row per DequantizeLinear: the tensor (a QuantizeLinear's input, or a
-    weight stored already quantized), per-channel or not, dtype, zero points; and bias changes vs FP32."""
+    weight stored already quantized), per-channel or not, dtype, "symmetric" = zero point 0; int32 biases
+    (ORT) only counted; and which Conv/Gemm biases differ from FP32 (NNCF's bias correction)."""
     g = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inits.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
                   if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR})
     fp32_inits = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
     q_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
-    weights, acts = [], []
+    weights, acts, biases32 = [], [], 0
     for n in g.node:
         if n.op_type != "DequantizeLinear":
             continue
@@ -78,6 +79,9 @@ def qdq_summary(model: onnx.ModelProto, fp32: onnx.ModelProto) -> dict:
         row = {"tensor": tensor, "per_channel": bool(scale is not None and scale.size > 1),
                "dtype": str(zp.dtype) if zp is not None else "uint8", "symmetric": bool(zp is None or not np.any(zp)),
                "consumers": [m.name for m in g.node if n.output[0] in m.input]}
+        if row["dtype"] == "int32":  # ORT's quantized biases
+            biases32 += 1
+            continue
         (weights if tensor in inits else acts).append(row)
     biases = {}
     for n in g.node:
@@ -86,7 +90,8 @@ def qdq_summary(model: onnx.ModelProto, fp32: onnx.ModelProto) -> dict:
             if a.shape == b.shape and np.max(np.abs(a - b)) > 0:
                 biases[n.name] = round(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)), 5)
     count = lambda rows, key: sum(r[key] for r in rows)  # noqa: E731
-    return {"dequantize_linear": len(weights) + len(acts), "quantize_linear": len(q_in), "weights": len(weights),
+    return {"dequantize_linear": len(weights) + len(acts) + biases32, "quantize_linear": len(q_in),
+            "int32_biases": biases32, "weights": len(weights),
             "activations": len(acts), "weights_per_channel": count(weights, "per_channel"),
             "weights_symmetric": count(weights, "symmetric"), "weight_dtypes": sorted({r["dtype"] for r in weights}),
             "activations_symmetric": count(acts, "symmetric"), "activation_dtypes": sorted({r["dtype"] for r in acts}),
