@@ -20,11 +20,7 @@ import numpy as np
 
 def ort_default(fp32: str | os.PathLike, out: str | os.PathLike, calib: np.ndarray) -> None:
     import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        quant_pre_process,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
 
     input_name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
