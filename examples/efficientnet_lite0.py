@@ -23,34 +23,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._photos import sklearn_photos, views  # noqa: E402
 from benchmarks._provenance import stamp  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill.models.efficientnet import IMAGE_SIZE, MEAN_RGB, STD_RGB  # noqa: E402
 
-SCALES = (1.0, 0.85, 0.7, 0.55, 0.4)
-POSITIONS = {"c": (0.5, 0.5), "tl": (0.0, 0.0), "br": (1.0, 1.0), "bl": (1.0, 0.0), "tr": (0.0, 1.0)}  # name: (fy, fx)
-
 
 def sample_views() -> tuple[np.ndarray, list[str]]:
     """Square crops of scikit-learn's sample photos (scales x positions x mirror), resized to 224, normalised."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    data = load_sample_images()
-    views, names = [], []
-    for photo, fname in zip(data.images, data.filenames):
-        h, w, _ = photo.shape
-        for scale in SCALES:
-            side = int(min(h, w) * scale)
-            for pos, (fy, fx) in POSITIONS.items():
-                top, left = int((h - side) * fy), int((w - side) * fx)
-                crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-                arr = np.asarray(crop, np.float32) / 255.0
-                for flip in (False, True):
-                    a = arr[:, ::-1] if flip else arr
-                    views.append(((a - np.array(MEAN_RGB, np.float32)) / np.array(STD_RGB, np.float32)).transpose(2, 0, 1))
-                    names.append(f"{Path(fname).stem}-s{scale}-{pos}{'-flip' if flip else ''}")
-    return np.ascontiguousarray(np.stack(views).astype(np.float32)), names
+    return views(sklearn_photos())
 
 
 def main() -> None:
