@@ -24,6 +24,7 @@ from .. import _io
 from ..data.core import SampleSet, as_samples
 from ..errors import StageError
 from ..recipe import PTQConfig
+from . import int8_speed
 from .calibration import ArrayReader
 
 _HIST_BUDGET_FLOATS = 256 * 2**20  # 1 GiB of float32 activations held by the histogram calibrators
@@ -57,6 +58,9 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     with tempfile.TemporaryDirectory(dir=onnx_out.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         _preprocess(onnx_in, pre)
+        # -- INT8 speed rules (edgedistill.quant.int8_speed): rewrite `pre`, keep stem / head nodes in FP32 --
+        speed = int8_speed.apply(pre, enabled=getattr(cfg, "speed_rules", True))
+        nodes_to_exclude = list(nodes_to_exclude or []) + [n for n in speed["nodes_in_fp32"] if n not in (nodes_to_exclude or [])]
         calib_x = as_samples(calib_x)
         requested = len(calib_x)
         if cfg.calibration != "minmax":
@@ -81,7 +85,7 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
         "calibration_samples": int(len(calib_x)), "calibration_samples_requested": int(requested),
         "nodes_excluded": excluded,
-        "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback,
+        "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback, "int8_speed": speed,
     }
 
 
