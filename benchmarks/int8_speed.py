@@ -1,7 +1,8 @@
 """INT8 that is not slower (issue 20, item 3): FP32 vs INT8 without the speed rules ("before") vs INT8 with
 them ("after", :mod:`edgedistill.quant.int8_speed`), batch 1, 1 thread, interleaved A B C A B C ... through
 ``edgedistill.bench.benchmark``, on the demo student, the Fashion-MNIST flagship student and the width-32
-``cnn`` at 28x28 (random weights; the speed-up reference that must stay ~2.5x).
+``cnn`` at 28x28 (random weights; the speed-up reference that must stay ~2.5x) and the registry's ``mobilenet``
+student at 3x64x64 (random weights; depthwise convolutions on an RGB input, like an image-folder run).
 
     PYTHONPATH=$PWD python benchmarks/int8_speed.py --runs-dir /path/to/runs --out /tmp/int8_speed.json
 
@@ -32,16 +33,21 @@ from edgedistill.quant.ptq import quantize_int8  # noqa: E402
 from edgedistill.recipe import PTQConfig  # noqa: E402
 
 
-def _cnn32(path: Path) -> Path:
+BUILT = {"cnn width 32": ("cnn", {"width": 32, "depth": 3, "blocks_per_stage": 2}, (1, 28, 28)),
+         "mobilenet 3x64x64": ("mobilenet", {}, (3, 64, 64))}
+
+
+def _build(name: str, path: Path) -> Path:
     import torch
 
     from edgedistill.export import export_onnx
     from edgedistill.models import build_model
     from edgedistill.recipe import ExportConfig
 
+    arch, params, shape = BUILT[name]
     torch.manual_seed(0)
-    model = build_model("cnn", {"width": 32, "depth": 3, "blocks_per_stage": 2}, (1, 28, 28), 10, "student").eval()
-    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    model = build_model(arch, params, shape, 10, "student").eval()
+    x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
     export_onnx(model, path, x, ExportConfig())
     return path
 
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sets = {"demo student": args.runs_dir / "demo/05_export/student_fp32.onnx",
             "flagship student": args.runs_dir / "fashion_mnist/05_export/student_fp32.onnx",
-            "cnn width 32": None}
+            "cnn width 32": None, "mobilenet 3x64x64": None}
     result = {"machine": machine_info(), "settings": {"threads": 1, "batch_size": 1, "repeats": args.repeats,
                                                       "min_seconds": args.min_seconds,
                                                       "calibration": "64 random-normal samples (speed only)"},
@@ -85,9 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(d)
         for name, fp32 in sets.items():
             tag = name.split()[0]
-            source = str(fp32) if fp32 is not None else "built here: cnn width 32, depth 3, 2 blocks/stage, 1x28x28, random weights"
+            source = str(fp32) if fp32 is not None else f"built here: {BUILT[name]}, random weights"
             if fp32 is None:
-                fp32 = _cnn32(tmp / f"{tag}_fp32.onnx")
+                fp32 = _build(name, tmp / f"{tag}_fp32.onnx")
             elif not fp32.exists():
                 print(f"{name}: {fp32} not found, skipped")
                 result["models"][name] = {"skipped": f"{fp32} not found"}

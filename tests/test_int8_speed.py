@@ -103,3 +103,37 @@ def test_pool_rewrite_only_for_spatial_keepdims(tmp_path, keepdims, axes):
                           [numpy_helper.from_array(np.array(axes, np.int64), "axes")])
     model = onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
     assert int8_speed._pool_to_gap(model) == []
+
+
+def test_depthwise_prefix_stays_fp32(tmp_path):
+    """stem Conv -> Relu -> depthwise Conv(8) -> Relu -> pointwise Conv(8->16) -> ...: the graph enters INT8 at the
+    pointwise conv; every node up to the depthwise conv (the Relu between too) is excluded, so no DQ -> Conv -> Q is
+    left for ORT to quantize again at load."""
+    rng = np.random.default_rng(0)
+    arrays = {"w1": rng.standard_normal((8, 1, 3, 3)), "wd": rng.standard_normal((8, 1, 3, 3)),
+              "wp": rng.standard_normal((16, 8, 1, 1)) / 3, "axes": np.array([2, 3]), "shape": np.array([-1, 16]),
+              "fw": rng.standard_normal((5, 16))}
+    inits = [numpy_helper.from_array(a.astype(np.int64 if k in ("axes", "shape") else np.float32), k) for k, a in arrays.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="stem", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "wd"], ["c2"], name="dw", pads=[1] * 4, group=8),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "wp"], ["c3"], name="pw"),
+             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+             helper.make_node("ReduceMean", ["r3", "axes"], ["m"], name="pool"),
+             helper.make_node("Reshape", ["m", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fw"], ["logits"], name="head", transB=1)]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    x = rng.normal(size=(32, 1, 8, 8)).astype(np.float32)
+    meta = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", x, PTQConfig())
+    assert set(meta["int8_speed"]["nodes_in_fp32"]) == {"stem", "relu1", "dw", "head"}  # up to the depthwise conv
+    assert _int8_weights_of(tmp_path / "int8.onnx") == {"pw"}
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "int8.onnx"), so, providers=["CPUExecutionProvider"])
+    run_ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert run_ops.count("QLinearConv") == 1 and "QGemm" not in run_ops  # the depthwise conv was not requantized

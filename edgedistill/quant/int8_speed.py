@@ -12,6 +12,12 @@ Applied by :func:`edgedistill.quant.ptq.quantize_int8` to the pre-processed grap
   reduction depth is ``Cin * kh * kw`` (9 or 27), far below what the INT8 GEMM kernels block on, and
   it runs on the largest feature map; measured 2-3x slower as QLinearConv than as ORT's NCHWc FP32 Conv.
   Its weights are a few hundred bytes, so the file barely grows.
+* Depthwise convolutions with at most :data:`DW_MAX_CHANNELS` channels are 1.3-5x slower as QLinearConv
+  than in FP32 (16 channels at 64x64: ~5x). A Conv left out of quantization between a DequantizeLinear and a
+  QuantizeLinear is quantized again by ORT at session load (its ``WeightBiasQuantization`` transformer,
+  ORT >= 1.20), and an FP32 island in the middle pays a DQ, a Transpose, a ReorderInput, a ReorderOutput, a Q
+  and a Transpose; so these stay FP32 only as a prefix: every node from the graph input up to the last such
+  depthwise Conv stays FP32, and the graph enters INT8 once, after it.
 * The classifier head (a ``Gemm`` / ``MatMul`` with a constant weight of at most :data:`HEAD_MAX_WEIGHTS`
   values whose output reaches a graph output through only Add / Reshape / Flatten / Softmax-like nodes)
   stays FP32: a 1 x K x N GEMV of ~1k multiply-adds takes well under a microsecond in FP32, while in INT8 it
@@ -28,6 +34,7 @@ import os
 from pathlib import Path
 
 STEM_MAX_CHANNELS = 4      # a group-1 Conv with at most this many input channels stays FP32
+DW_MAX_CHANNELS = 32       # the FP32 prefix runs through the last depthwise Conv with at most this many channels
 HEAD_MAX_WEIGHTS = 16384   # a head Gemm / MatMul with at most this many weights (64 KiB in FP32) stays FP32
 _HEAD_PASS = {"Add", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax"}
 
@@ -106,6 +113,7 @@ def fp32_nodes(graph) -> dict[str, str]:
         if n.name and group == 1 and len(w) >= 3 and w[1] <= STEM_MAX_CHANNELS:
             keep[n.name] = (f"stem Conv with {w[1]} input channel(s): reduction depth {int(w[1]) * _prod(w[2:])} is "
                             "below the INT8 kernels' blocking; FP32 NCHWc is faster")
+    _dw_prefix(graph, convs, inits, keep)
     if all(n.name in keep for n in convs):  # no Conv (an MLP) or none left in INT8: leave the model as it was
         return {}
     outputs = {o.name for o in graph.output}
@@ -132,6 +140,26 @@ def fp32_nodes(graph) -> dict[str, str]:
             for c in chain:
                 keep[c.name] = f"after the FP32 head {n.name}"
     return keep
+
+
+def _dw_prefix(graph, convs: list, inits: dict, keep: dict[str, str]) -> None:
+    """Add to ``keep`` every node up to the last depthwise Conv with at most DW_MAX_CHANNELS channels
+    (graph order is topological), unless one of them has no name (it could not be excluded)."""
+    last = None
+    for n in convs:
+        w = inits[n.input[1]].dims
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group > 1 and len(w) >= 2 and w[1] == 1 and group == w[0] and w[0] <= DW_MAX_CHANNELS:
+            last = n
+    if last is None:
+        return
+    nodes = list(graph.node)
+    prefix = nodes[:nodes.index(last) + 1]
+    if any(not n.name for n in prefix):
+        return
+    for n in prefix:
+        keep.setdefault(n.name, f"FP32 prefix up to the depthwise Conv {last.name} ({inits[last.input[1]].dims[0]} "
+                                 "channels): INT8 depthwise is slower, and a Conv left FP32 after a DQ is quantized again by ORT")
 
 
 def _prod(dims) -> int:
