@@ -42,12 +42,14 @@ from benchmarks._provenance import stamp  # noqa: E402
 from edgedistill import _io  # noqa: E402
 from edgedistill._machine import machine_info  # noqa: E402
 
-VARIANTS = {  # edgedistill PTQConfig overrides
+PLAIN = {"equalize": False, "bias_correction": False, "calibration": "minmax", "speed_rules": False}
+VARIANTS = {  # edgedistill PTQConfig overrides: the defaults, MinMax with no pass (the previous default), each pass alone
     "edgedistill": {},
-    "edgedistill_plain": {"equalize": False, "bias_correction": False, "calibration": "minmax"},
-    "edgedistill_equalize_only": {"equalize": True, "bias_correction": False, "calibration": "minmax"},
-    "edgedistill_bias_correction_only": {"equalize": False, "bias_correction": True, "calibration": "minmax"},
-    "edgedistill_mse_only": {"equalize": False, "bias_correction": False, "calibration": "mse"},
+    "edgedistill_plain": PLAIN,
+    "edgedistill_equalize_only": {**PLAIN, "equalize": True},
+    "edgedistill_bias_correction_only": {**PLAIN, "bias_correction": True},
+    "edgedistill_mse_only": {**PLAIN, "calibration": "mse"},
+    "edgedistill_speed_rules_only": {**PLAIN, "speed_rules": True},
 }
 DEFAULT_PEERS = ("ort_default", "nncf_default")
 

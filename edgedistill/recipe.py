@@ -167,6 +167,8 @@ class PTQConfig:
     equalize: bool = field(True, help="cross-layer equalization of consecutive layers whose tensor a few "
                                       "channels dominate, before quantizing")
     bias_correction: bool = field(True, help="take the quantization error's mean shift out of each layer's bias")
+    speed_rules: bool = field(True, help="keep in FP32 the layers whose INT8 kernels are slower on small models "
+                                         "(few-channel stem and depthwise prefix, small classifier head)")
     max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
     max_fallback_nodes: int = field(10, ge=1, le=1000, help="most nodes the accuracy-aware fallback keeps in FP32")
 

@@ -105,7 +105,7 @@ def test_equalization_rescues_int8_on_an_outlier_channel(tmp_path):
     errors = {}
     for eq in (False, True):
         out = tmp_path / f"int8_{eq}.onnx"
-        meta = quantize_int8(tmp_path / "fp32.onnx", out, x, PTQConfig(equalize=eq, bias_correction=False))
+        meta = quantize_int8(tmp_path / "fp32.onnx", out, x, PTQConfig(equalize=eq, bias_correction=False, speed_rules=False))
         assert (meta["equalization"] is not None) == eq
         errors[eq] = float(np.abs(_run(onnx.load(out), x)[0] - ref).mean())
     assert errors[True] < errors[False] / 3
@@ -116,7 +116,7 @@ def test_bias_correction_removes_the_mean_shift(tmp_path):
     model = _convnet(rng, "relu", planted=1.0)
     onnx.save(model, tmp_path / "fp32.onnx")
     x = (rng.normal(size=(64, 3, 8, 8)) + 1.0).astype(np.float32)  # inputs with a mean: weight error shifts outputs
-    meta = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "plain.onnx", x, PTQConfig(bias_correction=False))
+    meta = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "plain.onnx", x, PTQConfig(bias_correction=False, speed_rules=False))
     assert meta["bias_correction"] is None
     plain = onnx.load(tmp_path / "plain.onnx")
     corrected = onnx.load(tmp_path / "plain.onnx")
@@ -127,5 +127,5 @@ def test_bias_correction_removes_the_mean_shift(tmp_path):
              (("plain", plain), ("corrected", corrected))}
     assert shift["corrected"] < shift["plain"] / 3
     # the default PTQ applies the same pass
-    meta = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "default.onnx", x, PTQConfig())
+    meta = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "default.onnx", x, PTQConfig(speed_rules=False))
     assert meta["bias_correction"]["layers"] == 3

@@ -28,6 +28,7 @@ from .. import _io
 from ..data.core import SampleSet, as_samples
 from ..errors import StageError
 from ..recipe import PTQConfig
+from . import int8_speed
 from .bias_correction import correct_biases
 from .calibration import ArrayReader
 from .equalize import equalize
@@ -64,6 +65,8 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     with tempfile.TemporaryDirectory(dir=onnx_out.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         _preprocess(onnx_in, pre)
+        speed = int8_speed.apply(pre, enabled=cfg.speed_rules)  # keep stem / head nodes in FP32 where INT8 loses
+        nodes_to_exclude = list(nodes_to_exclude or []) + [n for n in speed["nodes_in_fp32"] if n not in (nodes_to_exclude or [])]
         calib_x = as_samples(calib_x)
         requested = len(calib_x)
         if cfg.calibration not in ("minmax", "mse"):
@@ -97,7 +100,7 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
         "calibration_samples": int(len(calib_x)), "calibration_samples_requested": int(requested),
         "nodes_excluded": excluded, **passes,
-        "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback,
+        "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback, "int8_speed": speed,
     }
 
 
