@@ -56,7 +56,7 @@ def evaluate_cmd(models, data, as_json):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", "data", required=True, help=DATA_HELP)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Where the INT8 .onnx goes.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
+@click.option("--method", type=click.Choice(["mse", "minmax", "entropy", "percentile"]), default="mse", show_default=True,
               help="Calibration method.")
 @click.option("--samples", type=click.IntRange(1, 100000), default=256, show_default=True,
               help="Calibration samples, drawn from the data's training part.")

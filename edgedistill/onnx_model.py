@@ -102,7 +102,7 @@ def evaluate_onnx(models: list[str], spec: str, seed: int = 0) -> dict:
             "samples": int((split.y >= 0).sum()), "models": [_entry(m, split) for m in models]}
 
 
-def quantize_onnx(model: str | os.PathLike, spec: str, out: str | os.PathLike, method: str = "minmax",
+def quantize_onnx(model: str | os.PathLike, spec: str, out: str | os.PathLike, method: str = "mse",
                   samples: int = 256, max_drop: float | None = None, seed: int = 0) -> dict:
     """INT8 static PTQ (QDQ, S8S8 per channel) of ``model`` calibrated on ``spec``'s data, written to ``out``
     only when it succeeds (and, with ``max_drop``, meets it on the validation split)."""
@@ -132,8 +132,8 @@ def quantize_onnx(model: str | os.PathLike, spec: str, out: str | os.PathLike, m
             best = min(fb["steps"], key=lambda s: s["drop_points"])
             raise EdgeDistillError(
                 f"{model}: INT8 loses {best['drop_points']:.2f} accuracy points on the {judged_on} split even with "
-                f"{len(best['nodes_in_fp32'])} node(s) kept in FP32, more than --max-drop {max_drop:g}; allow a larger "
-                "drop, raise the limit of nodes kept in FP32 in a recipe's ptq.max_fallback_nodes, or try --method entropy.")
+                f"{len(best['quantizers_removed'])} activation quantizer(s) removed, more than --max-drop {max_drop:g}; allow a "
+                "larger drop, raise the limit in a recipe's ptq.max_fallback_nodes, or try --method minmax.")
         os.replace(partial, out)
     finally:
         if partial.exists():

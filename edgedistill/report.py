@@ -119,8 +119,11 @@ def _int8_warnings(models: list[dict]) -> list[str]:
     each = ", ".join(f"{m['name']} {m['latency_ms']['p90'] / base:.2f}x slower ({m['latency_ms']['p90']:.3f} ms)"
                      for m in slow)
     return [f"INT8 is slower at p90 than the FP32 student {fp32['name']} ({base:.3f} ms) on this host: {each}. "
-            "Here quantization buys a smaller file, not speed; INT8 pays off on CPUs with fast INT8 instructions "
-            "(AVX-512 VNNI, Arm dot-product) and layers large enough to outweigh the quantize/dequantize steps."]
+            "Here quantization buys a smaller file, not speed: an INT8 part of an ONNX Runtime graph pays a quantize "
+            "and a layout transpose where it starts and the reverse where it ends (about a microsecond each), which "
+            "layers of a few microseconds do not win back, and ORT's INT8 depthwise and few-channel convolutions are "
+            "slower than its FP32 ones (ptq.speed_rules keeps those in FP32; docs/quantization.md). INT8 pays off "
+            "on CPUs with fast INT8 instructions (AVX-512 VNNI, Arm dot-product) and larger layers."]
 
 
 def _host_warnings(report: dict) -> list[str]:

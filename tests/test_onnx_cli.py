@@ -68,7 +68,7 @@ def test_quantize_writes_int8_and_reports_both_metrics_on_the_test_part(model, t
     res = _invoke(quantize_cmd, d / "m.onnx", "--data", d / "data.npz", "--out", out, "--samples", 64, "--json")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
-    assert set(r) >= {"fp32", "int8", "drop_points", "kept_fp32", "method"} and r["method"] == "minmax"
+    assert set(r) >= {"fp32", "int8", "drop_points", "kept_fp32", "method"} and r["method"] == "mse"
     assert r["kept_fp32"] == [] and r["calibration_samples"] == 64 and r["splits"]["metric"] == "test"
     assert r["int8"]["path"] == str(out) and out.is_file()
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node) > 0
@@ -93,9 +93,10 @@ def test_quantize_an_unreachable_max_drop_is_one_sentence_and_leaves_no_file(mod
     d, _, _ = model
     real = ptq.quantize_int8
 
-    def missed(onnx_in, onnx_out, *a, **kw):  # the fallback ran out of nodes to keep in FP32
+    def missed(onnx_in, onnx_out, *a, **kw):  # the fallback ran out of quantizers to remove
         meta = real(onnx_in, onnx_out, *a, **kw)
-        meta["fallback"].update(met=False, steps=[{"nodes_in_fp32": ["/0/Conv"], "accuracy": 0.5, "drop_points": 12.5}])
+        meta["fallback"].update(met=False, steps=[{"quantizers_removed": ["x"], "nodes_in_fp32": ["/0/Conv"],
+                                                   "accuracy": 0.5, "drop_points": 12.5}])
         return meta
 
     monkeypatch.setattr(ptq, "quantize_int8", missed)
@@ -104,6 +105,7 @@ def test_quantize_an_unreachable_max_drop_is_one_sentence_and_leaves_no_file(mod
                                             "--max-drop", "1"])
     assert res.exit_code == 1
     assert "loses 12.50 accuracy points on the val split" in res.output and "--max-drop 1" in res.output
+    assert "1 activation quantizer(s) removed" in res.output
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

@@ -50,9 +50,11 @@ def test_warnings_name_a_far_student_a_slow_int8_and_a_foreign_host(sample):
         f"by 19.5 (0.7900) accuracy points, more than the {STUDENT_GAP_POINTS:g}-point warning threshold; train the "
         "student longer, make it wider, or try another distillation loss.",
         "INT8 is slower at p90 than the FP32 student student_fp32 (0.150 ms) on this host: student_int8 2.50x slower "
-        "(0.375 ms). Here quantization buys a smaller file, not speed; INT8 pays off on CPUs with fast INT8 "
-        "instructions (AVX-512 VNNI, Arm dot-product) and layers large enough to outweigh the quantize/dequantize "
-        "steps.",
+        "(0.375 ms). Here quantization buys a smaller file, not speed: an INT8 part of an ONNX Runtime graph pays a "
+        "quantize and a layout transpose where it starts and the reverse where it ends (about a microsecond each), "
+        "which layers of a few microseconds do not win back, and ORT's INT8 depthwise and few-channel convolutions "
+        "are slower than its FP32 ones (ptq.speed_rules keeps those in FP32; docs/quantization.md). INT8 pays off on "
+        "CPUs with fast INT8 instructions (AVX-512 VNNI, Arm dot-product) and larger layers.",
         "The benchmark ran on this machine (x86_64, 2 cores), not on the target laptop-x86 (x86_64, 4 cores): "
         "latency and memory are that machine's, unscaled; run `edgedistill bench` on the device itself (or name it "
         "as the target's `remote`) for its figures.",

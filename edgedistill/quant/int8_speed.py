@@ -102,8 +102,6 @@ def _pool_to_gap(model) -> list[str]:
 
 def fp32_nodes(graph) -> dict[str, str]:
     """The nodes to keep in FP32 (name -> reason) by the stem and head rules; empty unless a Conv stays INT8."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in graph.initializer}
     keep: dict[str, str] = {}
     convs = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]

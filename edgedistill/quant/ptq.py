@@ -104,8 +104,8 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     }
 
 
-def _rewrite(path: Path, transform: Callable[["onnx.ModelProto"], dict]) -> dict:
-    """Apply an in-place graph ``transform`` to the ONNX file at ``path``; returns what it reports."""
+def _rewrite(path: Path, transform: Callable[..., dict]) -> dict:
+    """Apply ``transform(model: onnx.ModelProto) -> dict`` (in place) to the ONNX file at ``path``; returns its dict."""
     import onnx
 
     model = onnx.load(str(path))
