@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/edgedistill-ptq-peers")
     ap.add_argument("--peer-python", default="/work/venvs/ptq-peers/bin/python")
     ap.add_argument("--max-drop", type=float, default=0.5, help="points, for edgedistill's fallback and NNCF's AC (Fashion-MNIST)")
-    ap.add_argument("--effnet-max-drop", type=float, default=3.0, help="points of agreement (EfficientNet-Lite0)")
+    ap.add_argument("--effnet-max-drop", type=float, default=1.0, help="points of agreement (EfficientNet-Lite0)")
     ap.add_argument("--effnet-views-per-photo", type=int, default=20)
     ap.add_argument("--effnet-ac-iterations", type=int, default=3,
                     help="cap on NNCF accuracy control's iterations on EfficientNet-Lite0 (uncapped it ran past 15 min)")

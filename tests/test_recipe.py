@@ -9,7 +9,7 @@ def test_default_recipe_loads_with_every_default_filled():
     r = load_recipe()
     assert r.data.dataset == "digits"
     assert r.distill.losses[0].name == "kd"
-    assert r.ptq.calibration == "minmax"
+    assert r.ptq.calibration == "mse" and r.ptq.equalize and r.ptq.bias_correction and r.ptq.speed_rules
 
 
 def test_resolved_recipe_round_trips_through_toml():
