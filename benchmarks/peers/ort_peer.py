@@ -3,7 +3,7 @@
     python benchmarks/peers/ort_peer.py --fp32 model.onnx --calib calib.npy --out ort_default.onnx
 
 ``quant_pre_process(fp32, pre)`` then ``quantize_static(pre, out, reader)`` with every other argument
-left at ORT's default: QDQ format, QUInt8 activations, QInt8 weights, per_channel=False,
+left at ORT's default: QDQ format, QInt8 activations (ORT 1.32), QInt8 weights, per_channel=False,
 reduce_range=False, MinMax calibration. The reader feeds the calibration samples one at a time (batch 1).
 Imports only numpy and onnxruntime, so it runs in the project venv and in the peer venv alike.
 """
