@@ -170,7 +170,7 @@ class PTQConfig:
     speed_rules: bool = field(True, help="keep in FP32 the layers whose INT8 kernels are slower on small models "
                                          "(few-channel stem and depthwise prefix, small classifier head)")
     max_drop: Optional[float] = field(None, ge=0.0, le=100.0, help="accuracy points the INT8 model may lose")
-    max_fallback_nodes: int = field(10, ge=1, le=1000, help="most nodes the accuracy-aware fallback keeps in FP32")
+    max_fallback_nodes: int = field(10, ge=1, le=1000, help="most activation quantizers the accuracy-aware fallback removes")
 
 
 @dataclass

@@ -129,3 +129,14 @@ def test_bias_correction_removes_the_mean_shift(tmp_path):
     # the default PTQ applies the same pass
     meta = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "default.onnx", x, PTQConfig(speed_rules=False))
     assert meta["bias_correction"]["layers"] == 3
+
+
+def test_equalization_skips_a_clip_whose_bound_is_computed():
+    """A Clip bound that is not a constant cannot be reasoned about: the pair is left out, nothing fails."""
+    rng = np.random.default_rng(0)
+    model = _convnet(rng, "clip", planted=40.0)
+    clip = next(n for n in model.graph.node if n.op_type == "Clip")
+    model.graph.node.insert(0, helper.make_node("Identity", ["lo"], ["lo_computed"]))
+    clip.input[1] = "lo_computed"
+    done = equalize(model, rng.normal(size=(8, 3, 8, 8)).astype(np.float32))
+    assert done["pairs"] == 1  # conv2 -> relu -> conv3 only

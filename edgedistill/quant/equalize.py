@@ -131,15 +131,14 @@ def _pairs(graph: onnx.GraphProto, inits: dict) -> list[_Pair]:
 
 
 def _clip_bounds(node: onnx.NodeProto, inits: dict) -> tuple[float, float] | None:
-    if len(node.input) > 1:  # opset >= 11: bounds are inputs
-        lo = float(array(inits, node.input[1])) if node.input[1] else -np.inf
-        if lo != -np.inf and node.input[1] not in inits:
-            return None
-        hi_name = node.input[2] if len(node.input) > 2 else ""
-        if hi_name and hi_name not in inits:
-            return None
-        return lo, float(array(inits, hi_name)) if hi_name else np.inf
-    return float(attr(node, "min", -np.inf)), float(attr(node, "max", np.inf))
+    """(lo, hi) of a Clip whose bounds are constants (absent: unbounded); None when a bound is computed."""
+    if len(node.input) == 1:  # opset < 11: bounds are attributes
+        return float(attr(node, "min", -np.inf)), float(attr(node, "max", np.inf))
+    names = [node.input[i] if len(node.input) > i else "" for i in (1, 2)]
+    if any(n and n not in inits for n in names):
+        return None
+    lo, hi = (float(array(inits, n)) if n else default for n, default in zip(names, (-np.inf, np.inf)))
+    return lo, hi
 
 
 def _out_channels(n: onnx.NodeProto, inits: dict) -> int:

@@ -73,7 +73,7 @@ def remove_quantizers(qdq: onnx.ModelProto, tensors: list[str], float_model: onn
     return m
 
 
-def fp32_nodes(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> list[str]:
+def nodes_left_fp32(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> list[str]:
     """Compute nodes that run quantized in ``reference`` (activation inputs from DequantizeLinear, outputs into
     QuantizeLinear) but not in ``qdq``."""
     def quantized(model: onnx.ModelProto) -> set[str]:
@@ -173,7 +173,7 @@ def accuracy_aware_fallback(quantize: Callable[[list[str], str], None], float_mo
                 paths.append(str(Path(tmp) / f"step_{len(steps):02d}.onnx"))
                 onnx.save(model, paths[-1])
             acc = float(evaluate(paths[-1]))
-            steps.append({"quantizers_removed": list(removed), "nodes_in_fp32": fp32_nodes(model, base) if model else [],
+            steps.append({"quantizers_removed": list(removed), "nodes_in_fp32": nodes_left_fp32(model, base) if model else [],
                           "accuracy": acc, "drop_points": round((fp32 - acc) * 100, 4),
                           "size_mb": round(_io.file_size_mb(paths[-1]), 4)})
 

@@ -30,8 +30,9 @@ what the graph computes beyond the INT8 rounding the excluded nodes no longer ge
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import math
+
+from ._graph import attr, consumers, initializers
 
 STEM_MAX_CHANNELS = 4      # a group-1 Conv with at most this many input channels stays FP32
 DW_MAX_CHANNELS = 32       # the FP32 prefix runs through the last depthwise Conv with at most this many channels
@@ -39,19 +40,13 @@ HEAD_MAX_WEIGHTS = 16384   # a head Gemm / MatMul with at most this many weights
 _HEAD_PASS = {"Add", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax"}
 
 
-def apply(model_path: str | os.PathLike, enabled: bool = True) -> dict:
-    """Rewrite ``model_path`` in place (ReduceMean -> GlobalAveragePool) and return what to keep in FP32:
+def apply(model, enabled: bool = True) -> dict:
+    """Rewrite the ``onnx.ModelProto`` in place (ReduceMean -> GlobalAveragePool) and return what to keep in FP32:
     ``{"enabled", "rewrites": [node names], "nodes_in_fp32": [node names], "reasons": {node: why}}``."""
     record = {"enabled": bool(enabled), "rewrites": [], "nodes_in_fp32": [], "reasons": {}}
     if not enabled:
         return record
-    import onnx
-
-    path = Path(model_path)
-    model = onnx.load(str(path))
     record["rewrites"] = _pool_to_gap(model)
-    if record["rewrites"]:
-        onnx.save(model, str(path))
     reasons = fp32_nodes(model.graph)
     record["nodes_in_fp32"], record["reasons"] = list(reasons), reasons
     return record
@@ -71,14 +66,13 @@ def _pool_to_gap(model) -> list[str]:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    shapes, inits = _shapes(graph), {i.name: i for i in graph.initializer}
+    shapes, inits = _shapes(graph), initializers(graph)
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     done = []
     for k, node in enumerate(list(graph.node)):
         if node.op_type != "ReduceMean" or len(shapes.get(node.input[0], [])) != 4:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("keepdims", 1) != 1:
+        if attr(node, "keepdims", 1) != 1:
             continue
         if len(node.input) > 1 and node.input[1]:
             src = node.input[1]
@@ -89,7 +83,7 @@ def _pool_to_gap(model) -> list[str]:
             else:
                 continue
         else:
-            axes = attrs.get("axes")
+            axes = attr(node, "axes")
         if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
             continue
         gap = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name or f"gap_{k}")
@@ -102,32 +96,28 @@ def _pool_to_gap(model) -> list[str]:
 
 def fp32_nodes(graph) -> dict[str, str]:
     """The nodes to keep in FP32 (name -> reason) by the stem and head rules; empty unless a Conv stays INT8."""
-    inits = {i.name: i for i in graph.initializer}
+    inits = initializers(graph)
     keep: dict[str, str] = {}
     convs = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
     for n in convs:
         w = inits[n.input[1]].dims  # [Cout, Cin / group, kh, kw]
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if n.name and group == 1 and len(w) >= 3 and w[1] <= STEM_MAX_CHANNELS:
-            keep[n.name] = (f"stem Conv with {w[1]} input channel(s): reduction depth {int(w[1]) * _prod(w[2:])} is "
+        if n.name and attr(n, "group", 1) == 1 and len(w) >= 3 and w[1] <= STEM_MAX_CHANNELS:
+            keep[n.name] = (f"stem Conv with {w[1]} input channel(s): reduction depth {math.prod(w[1:])} is "
                             "below the INT8 kernels' blocking; FP32 NCHWc is faster")
     _dw_prefix(graph, convs, inits, keep)
     if all(n.name in keep for n in convs):  # no Conv (an MLP) or none left in INT8: leave the model as it was
         return {}
     outputs = {o.name for o in graph.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    users = consumers(graph)
     for n in graph.node:
         if n.op_type not in ("Gemm", "MatMul") or not n.name or len(n.input) < 2 or n.input[1] not in inits:
             continue
-        size = _prod(inits[n.input[1]].dims)
+        size = math.prod(inits[n.input[1]].dims)
         if size > HEAD_MAX_WEIGHTS:
             continue
         chain, t = [], n.output[0]
         while t not in outputs:
-            nxt = consumers.get(t, [])
+            nxt = users.get(t, [])
             if len(nxt) != 1 or nxt[0].op_type not in _HEAD_PASS or not nxt[0].name:
                 break
             chain.append(nxt[0])
@@ -146,7 +136,7 @@ def _dw_prefix(graph, convs: list, inits: dict, keep: dict[str, str]) -> None:
     last = None
     for n in convs:
         w = inits[n.input[1]].dims
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        group = attr(n, "group", 1)
         if group > 1 and len(w) >= 2 and w[1] == 1 and group == w[0] and w[0] <= DW_MAX_CHANNELS:
             last = n
     if last is None:
@@ -158,10 +148,3 @@ def _dw_prefix(graph, convs: list, inits: dict, keep: dict[str, str]) -> None:
     for n in prefix:
         keep.setdefault(n.name, f"FP32 prefix up to the depthwise Conv {last.name} ({inits[last.input[1]].dims[0]} "
                                  "channels): INT8 depthwise is slower, and a Conv left FP32 after a DQ is quantized again by ORT")
-
-
-def _prod(dims) -> int:
-    p = 1
-    for d in dims:
-        p *= int(d)
-    return p

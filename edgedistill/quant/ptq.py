@@ -8,9 +8,11 @@ calibration keeps two scalars per tensor per batch; Entropy and Percentile keep 
 every calibration sample until the histograms are built, so for them the sample count is capped to
 fit ``_HIST_BUDGET_FLOATS`` activation values (estimated from the graph's inferred shapes).
 
-Around ``quantize_static``: cross-layer equalization of the FP32 graph before it (``ptq.equalize``,
-:mod:`edgedistill.quant.equalize`) and bias correction of the INT8 graph after it (``ptq.bias_correction``,
-on by default, :mod:`edgedistill.quant.bias_correction`). With ``max_drop`` set, the accuracy-aware
+Around ``quantize_static``, each a ``[ptq]`` switch, on by default: before it, on the FP32 graph, the
+speed rules (``speed_rules``, :mod:`edgedistill.quant.int8_speed`), cross-layer equalization
+(``equalize``, :mod:`edgedistill.quant.equalize`) and MSE-narrowed ranges (``calibration = "mse"``,
+:mod:`edgedistill.quant.ranges`); after it, bias correction of the INT8 graph (``bias_correction``,
+:mod:`edgedistill.quant.bias_correction`). With ``max_drop`` set, the accuracy-aware
 fallback (:mod:`edgedistill.quant.fallback`) removes the most harmful activation quantizers until the drop fits.
 """
 
@@ -66,30 +68,27 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
     with tempfile.TemporaryDirectory(dir=onnx_out.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         _preprocess(onnx_in, pre)
-        speed = int8_speed.apply(pre, enabled=cfg.speed_rules)  # keep stem / head nodes in FP32 where INT8 loses
-        nodes_to_exclude = list(nodes_to_exclude or []) + [n for n in speed["nodes_in_fp32"] if n not in (nodes_to_exclude or [])]
         calib_x = as_samples(calib_x)
         requested = len(calib_x)
         if cfg.calibration not in ("minmax", "mse"):
             calib_x = calib_x.subset(np.arange(min(requested, max(1, _HIST_BUDGET_FLOATS // _activation_floats_per_sample(pre)))))
-        passes: dict = {"equalization": None, "bias_correction": None}
-        if cfg.equalize:
-            passes["equalization"] = _rewrite(pre, lambda m: equalize(m, calib_x))
-        ranges = mse_ranges(onnx.load(str(pre)), calib_x) if cfg.calibration == "mse" else {}
+        # the FP32 graph the passes before quantize_static rewrite, then ORT quantizes (and bias correction reads)
+        float_model = onnx.load(str(pre))
+        speed = int8_speed.apply(float_model, enabled=cfg.speed_rules)  # stem / head nodes stay FP32 where INT8 loses
+        nodes_to_exclude = list(dict.fromkeys([*(nodes_to_exclude or []), *speed["nodes_in_fp32"]]))
+        passes: dict = {"equalization": equalize(float_model, calib_x) if cfg.equalize else None, "bias_correction": None}
+        onnx.save(float_model, str(pre))
+        ranges = mse_ranges(float_model, calib_x) if cfg.calibration == "mse" else {}
         if cfg.calibration == "mse":
             passes["ranges_narrowed"] = ranges
 
         def quantize(exclude: list[str], out: str) -> None:
-            _quantize_static(pre, Path(out), input_name, calib_x, cfg, list(nodes_to_exclude or []) + list(exclude), ranges)
-            float_model = onnx.load(str(pre)) if cfg.bias_correction else None
-
-            def finish(model) -> dict:
-                if float_model is not None:
-                    passes["bias_correction"] = correct_biases(float_model, model, calib_x)
-                strip_debug_info_(model)  # the exporter's per-node stack traces: 3 % of a small INT8 file
-                return {}
-
-            _rewrite(Path(out), finish)
+            _quantize_static(pre, Path(out), input_name, calib_x, cfg, nodes_to_exclude + list(exclude), ranges)
+            model = onnx.load(out)
+            if cfg.bias_correction:
+                passes["bias_correction"] = correct_biases(float_model, model, calib_x)
+            strip_debug_info_(model)  # the exporter's per-node stack traces: 3 % of a small INT8 file
+            onnx.save(model, out)
 
         if cfg.max_drop is None:
             out_tmp = Path(tmp) / "quantized.onnx"
@@ -101,7 +100,7 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
             fallback = accuracy_aware_fallback(quantize, pre, onnx_out, evaluate, calib_x, cfg.max_drop,
                                                max_nodes=cfg.max_fallback_nodes,
                                                fp32_accuracy=float(evaluate(str(onnx_in))))
-    excluded = list(nodes_to_exclude or []) + (fallback["nodes_in_fp32"] if fallback else [])
+    excluded = nodes_to_exclude + (fallback["nodes_in_fp32"] if fallback else [])
     return {
         "path": str(onnx_out), "format": "QDQ", "activation_type": cfg.activation_type, "weight_type": "int8",
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
@@ -109,16 +108,6 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         "nodes_excluded": excluded, **passes,
         "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback, "int8_speed": speed,
     }
-
-
-def _rewrite(path: Path, transform: Callable[..., dict]) -> dict:
-    """Apply ``transform(model: onnx.ModelProto) -> dict`` (in place) to the ONNX file at ``path``; returns its dict."""
-    import onnx
-
-    model = onnx.load(str(path))
-    done = transform(model)
-    onnx.save(model, str(path))
-    return done
 
 
 def _preprocess(onnx_in: Path, pre: Path) -> None:
