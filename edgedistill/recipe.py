@@ -117,8 +117,14 @@ class DistillConfig:
     weight_decay: float = field(1e-4, ge=0.0)
     optimizer: Optimizer = "adamw"
     scheduler: Scheduler = "cosine"
-    alpha: float = field(0.3, ge=0.0, le=1.0, help="weight of the hard-label cross-entropy term")
-    temperature: float = field(4.0, gt=0.0, le=100.0)
+    alpha: Union[float, Literal["auto"]] = field(
+        "auto", ge=0.0, le=1.0, help="weight of the hard-label cross-entropy term; auto: chosen on the validation "
+                                     "split among 1 (labels only), 0.5 and 0.1")
+    temperature: Union[float, Literal["auto"]] = field(
+        "auto", gt=0.0, le=100.0, help="softmax temperature of the soft labels; auto: chosen on the validation split "
+                                       "among 1, 2 and 4")
+    auto_budget: float = field(0.2, gt=0.0, le=1.0, help="share of the distill stage's training samples the search "
+                                                         "for auto alpha / temperature may spend")
     losses: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
     teachers: list[ExtraTeacher] = field(default_factory=list, help="extra teachers, mixed with weights (teacher_mix)")
     teacher_mix: Literal["logits", "losses"] = field(

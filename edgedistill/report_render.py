@@ -69,6 +69,22 @@ def machine_line(report: dict) -> str:
             f"(ISA: {isa}), onnxruntime {m.get('onnxruntime', '?')}.")
 
 
+def distillation_line(report: dict) -> str:
+    """What ``distill.alpha`` / ``distill.temperature = "auto"`` chose and by which validation figures, as a
+    sentence (empty when nothing was searched)."""
+    d = report.get("distillation") or {}
+    if not d.get("searched"):
+        return ""
+    key = d["metric"]
+    tried = "; ".join(f"alpha {r['alpha']:g}, T {r['temperature']:g}: {r[key]:.4f}" for r in d["candidates"])
+    why = " (labels only: the teacher did not help on validation)" if d["alpha"] == 1.0 else ""
+    share = d.get("share_of_stage_seconds")
+    cost = f"{d['seconds']:.0f} s" + (f", {100 * share:.0f} % of the distill stage" if share is not None else "")
+    return (f"Chosen on the validation split: alpha {d['alpha']:g}, temperature {d['temperature']:g}{why}. "
+            f"Each candidate trained {d['epochs_per_candidate']} epoch(s) of {d['samples_per_epoch']} samples; "
+            f"{key}: {tried}. The search took {cost}.")
+
+
 def render_markdown(report: dict) -> str:
     lines = ["# edgedistill report", "", f"Target: **{target_line(report)}**", "",
              f"Deliverable: **{report['deliverable']}**"]
@@ -78,6 +94,8 @@ def render_markdown(report: dict) -> str:
     if report["comparisons"]:
         lines += ["", f"## Against the teacher ({report['comparisons'][0]['teacher']})", "",
                   *_md_table(*comparisons_table(report))]
+    if distillation_line(report):
+        lines += ["", "## Distillation", "", distillation_line(report)]
     lines += ["", "## Models", ""] + ([machine_line(report), ""] if machine_line(report) else [])
     lines += _md_table(*models_table(report))
     return "\n".join(lines) + "\n"
@@ -105,6 +123,8 @@ def render_html(report: dict, pngs, out_path) -> Path:
     if report["comparisons"]:
         parts += [f'<h2>Against the teacher ({e(report["comparisons"][0]["teacher"])})</h2>',
                   _html_table(*comparisons_table(report), "comparisons")]
+    if distillation_line(report):
+        parts += ["<h2>Distillation</h2>", f"<p>{e(distillation_line(report))}</p>"]
     parts.append("<h2>Models</h2>")
     if machine_line(report):
         parts.append(f"<p>{e(machine_line(report))}</p>")

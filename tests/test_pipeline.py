@@ -259,6 +259,7 @@ def test_a_plain_rerun_resumes_an_interrupted_stage_and_from_starts_it_over(tiny
         return stop["armed"] and (tmp_path / "03_distill").exists() and not (tmp_path / "04_qat").exists()
 
     monkeypatch.setattr(_signals, "stop_requested", ctrl_c_in_distill)
+    tiny_recipe.distill.alpha, tiny_recipe.distill.temperature = 0.3, 4.0  # no auto search: stop in the main fit
     said = []
     with pytest.raises(KeyboardInterrupt):
         run(tiny_recipe, run_dir=tmp_path, log=said.append)

@@ -361,7 +361,7 @@ def recipe_teacher(cfg, main: nn.Module, input_shape: tuple[int, ...], num_class
     from ..models import build_model, load_checkpoint
 
     if not cfg.teachers:
-        return TorchTeacher(main)
+        return as_teacher(main)  # None: no teacher (a scratch run)
     members: list[Teacher] = []
     weights: list[float] = []
     if cfg.teacher_weight > 0:

@@ -80,10 +80,11 @@ def build_loss(name: str, params: dict, ctx: LossContext, key: str) -> DistillLo
 
 
 def hard_label_ce(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy over the labelled samples only (label -1 = unlabelled); 0 when none are labelled."""
+    """Cross-entropy over the labelled samples only (label -1 = unlabelled); 0 when none are labelled (still part
+    of the graph, so a batch without labels steps like any other)."""
     if labels is None:
-        return logits.new_zeros(())
+        return logits.sum() * 0.0
     mask = labels >= 0
     if not bool(mask.any()):
-        return logits.new_zeros(())
+        return logits.sum() * 0.0
     return nn.functional.cross_entropy(logits[mask], labels[mask])

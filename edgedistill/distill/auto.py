@@ -1,0 +1,161 @@
+"""``distill.temperature = "auto"`` and ``distill.alpha = "auto"``: a short search on the validation split.
+
+Distillation at the literature's ``T = 4`` lowers a small student's accuracy when every label is there
+(``docs/distillation.md``), and helps a great deal when the teacher knows what the labels do not. Which case a
+run is in is found by trying: every candidate of :func:`candidates` (the scratch-like end ``alpha = 1`` among
+them) is trained briefly from the same untrained student with the recipe's own losses and optimiser, and the
+one with the best validation metric is kept. The test split is never read.
+
+The search costs ``distill.auto_budget`` of the distill stage's training samples (epochs x training set), shared
+equally by the candidates: each trains whole epochs of the training set when its share allows, else one epoch
+of a random subset of that size (the same subset for all). ``choose`` returns the chosen values and a record for
+``meta.json`` and the report: every candidate's validation metric and seconds, the share actually spent.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .losses import LOSSES
+from .teachers import CachedTeacher
+from .train import FitConfig, Term, fit
+
+#: The grid: alpha is the hard-label weight (1 = labels only, the teacher ignored), T the softmax temperature.
+ALPHAS = (1.0, 0.5, 0.1)
+TEMPERATURES = (1.0, 2.0, 4.0)
+#: What a loss reads while the values are still unknown (checks before any training build the losses once).
+PLACEHOLDER = {"alpha": 0.5, "temperature": 2.0}
+#: Fewest samples a candidate trains on, whatever the budget (a run shorter than this chooses nothing).
+MIN_SAMPLES = 512
+
+
+@dataclass
+class Choice:
+    """What the search chose and the record of it (``meta.json``'s ``settings``)."""
+
+    alpha: float
+    temperature: float
+    record: dict = field(default_factory=dict)
+
+
+def reads(losses) -> set[str]:
+    """Which of ``alpha`` / ``temperature`` the recipe's loss terms take from ``[distill]`` (a loss whose
+    constructor has the parameter and whose term does not set it)."""
+    found = set()
+    for term in losses:
+        params = inspect.signature(LOSSES.get(term.name)).parameters
+        found |= {k for k in ("alpha", "temperature") if k in params and k not in term.params}
+    return found
+
+
+def fixed(cfg) -> dict[str, float]:
+    """The recipe's values, with the placeholder for an "auto" one (for checks that build the losses)."""
+    return {k: PLACEHOLDER[k] if getattr(cfg, k) == "auto" else float(getattr(cfg, k)) for k in PLACEHOLDER}
+
+
+def to_search(cfg) -> list[str]:
+    """The settings the search must choose: those set to "auto" that some loss term reads."""
+    return [k for k in ("alpha", "temperature") if getattr(cfg, k) == "auto" and k in reads(cfg.losses)]
+
+
+def candidates(cfg, searched: list[str]) -> list[dict[str, float]]:
+    """The (alpha, temperature) pairs to try: the grid over the searched settings, the recipe's value for the
+    other; ``alpha = 1`` ignores the teacher, so it is tried once, whatever the temperature."""
+    base = fixed(cfg)
+    alphas = ALPHAS if "alpha" in searched else (base["alpha"],)
+    temps = TEMPERATURES if "temperature" in searched else (base["temperature"],)
+    out = []
+    for a in alphas:
+        for t in (temps[:1] if a == 1.0 else temps):
+            out.append({"alpha": a, "temperature": t})
+    return out
+
+
+def choose(student: nn.Module, train, val, cfg, fit_cfg: FitConfig, make_terms: Callable[[float, float], list[Term]],
+           out_dir: Path, teacher=None, teacher_cache=None, evaluate=None, log=None) -> Choice:
+    """Train each candidate briefly from a copy of the untrained ``student``, keep the best on ``val``.
+
+    ``make_terms(alpha, temperature)`` builds the recipe's loss terms with those values; ``fit_cfg`` is the distill
+    stage's (its epochs are replaced by the candidates'); ``evaluate`` is the task's validation metric (higher is
+    better). With nothing to search (no loss reads an "auto" value) the placeholders stand and nothing trains.
+    """
+    searched = to_search(cfg)
+    values = fixed(cfg)
+    if not searched:  # "auto" stays "auto" in the record when no loss reads it
+        return Choice(values["alpha"], values["temperature"], {"searched": [], "alpha": cfg.alpha,
+                                                                "temperature": cfg.temperature})
+    if val is None or len(val) == 0:
+        raise ConfigError(f"distill.{searched[0]}: \"auto\" chooses on the validation split, but this data has none; "
+                          "set data.val_fraction above 0 or give distill.alpha and distill.temperature as numbers.")
+    grid = candidates(cfg, searched)
+    budget = cfg.auto_budget * max(1, fit_cfg.epochs) * len(train)  # training samples, all candidates together
+    per = max(MIN_SAMPLES, int(budget / len(grid)))
+    if per >= len(train):
+        epochs, subset = max(1, min(fit_cfg.epochs, per // len(train))), None
+        search_train = train
+    else:  # one epoch of a random subset, the same for every candidate
+        epochs = 1
+        subset = np.sort(np.random.default_rng(fit_cfg.seed).choice(len(train), per, replace=False))
+        search_train = train.subset(subset)
+    search_teacher, search_cache = teacher, teacher_cache
+    if teacher_cache is not None and subset is not None:  # the cache is looked up by position in the whole split
+        search_teacher, search_cache = _AtPositions(teacher_cache, subset), None
+
+    t0 = time.perf_counter()
+    rows = []
+    for i, c in enumerate(grid):
+        model = copy.deepcopy(student)
+        cfg_c = FitConfig(**{**fit_cfg.__dict__, "epochs": epochs, "checkpoint_every": 0,
+                             "desc": f"auto {i + 1}/{len(grid)} alpha={c['alpha']:g} T={c['temperature']:g}"})
+        t = time.perf_counter()
+        result = fit(model, search_train, cfg_c, make_terms(c["alpha"], c["temperature"]), out_dir / f"candidate_{i}",
+                     teacher=search_teacher, val=val, teacher_cache=search_cache, evaluate=evaluate)
+        name, value = _val_metric(result.history[-1])
+        rows.append({**c, f"val_{name}": value, "seconds": round(time.perf_counter() - t, 2)})
+        if log is not None:
+            log(f"[distill] auto: alpha {c['alpha']:g}, T {c['temperature']:g}: val {name} {value:.4f}")
+    key = next(k for k in rows[0] if k.startswith("val_"))
+    best = max(range(len(rows)), key=lambda i: (rows[i][key], -i))  # ties: the earlier (alpha = 1 first)
+    chosen = {k: rows[best][k] for k in ("alpha", "temperature")}
+    record = {"searched": searched, **chosen, "candidates": rows, "metric": key,
+              "epochs_per_candidate": epochs, "samples_per_epoch": len(search_train),
+              "budget": cfg.auto_budget, "samples_share": round(len(grid) * epochs * len(search_train)
+                                                                / (max(1, fit_cfg.epochs) * len(train)), 4),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    if log is not None:
+        log(f"[distill] auto: chose alpha {chosen['alpha']:g}, T {chosen['temperature']:g} "
+            f"({key} {rows[best][key]:.4f}) in {record['seconds']:.0f} s")
+    return Choice(chosen["alpha"], chosen["temperature"], record)
+
+
+def _val_metric(row: dict) -> tuple[str, float]:
+    for k, v in row.items():
+        if k.startswith("val_"):
+            if not math.isfinite(v):
+                break
+            return k[4:], float(v)
+    return "acc", float("-inf")  # a candidate that diverged or had no validation row loses
+
+
+class _AtPositions(CachedTeacher):
+    """The teacher cache read through a subset of the training split: position ``i`` of the subset is position
+    ``positions[i]`` of the split the cache was built on."""
+
+    def __init__(self, cache, positions: np.ndarray) -> None:
+        super().__init__(cache)
+        self.positions = torch.from_numpy(positions.astype(np.int64))
+
+    def outputs(self, x, layers=(), index=None):
+        return super().outputs(x, layers, self.positions[index.cpu()])
+
