@@ -71,10 +71,10 @@ def machine_line(report: dict) -> str:
 
 def distillation_line(report: dict) -> str:
     """What ``distill.alpha`` / ``distill.temperature = "auto"`` chose and by which validation figures, as a
-    sentence (empty when nothing was searched)."""
+    sentence (empty when the recipe gave numbers)."""
     d = report.get("distillation") or {}
     if not d.get("searched"):
-        return ""
+        return f"Not chosen: {d['note']}." if d.get("note") else ""
     key = d["metric"]
     tried = "; ".join(f"alpha {r['alpha']:g}, T {r['temperature']:g}: {r[key]:.4f}" for r in d["candidates"])
     why = " (labels only: the teacher did not help on validation)" if d["alpha"] == 1.0 else ""

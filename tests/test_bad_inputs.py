@@ -111,7 +111,7 @@ CASES = {
     "recipe-unknown-nested-key": (_text("r.toml", _recipe("[distill]\nepoch = 3")), ["run", "{d}/r.toml"], 1,
                                   r"r\.toml: distill\.epoch: unknown key; valid keys here are: epochs, lr"),
     "recipe-wrong-type": (_text("r.toml", _recipe('[distill]\ntemperature = "hot"')), ["run", "{d}/r.toml"], 1,
-                          r"r\.toml: distill\.temperature: expected a number, got 'hot'\."),
+                          r"r\.toml: distill\.temperature: expected a number or 'auto', got 'hot'\."),
     "recipe-out-of-range": (_text("r.toml", _recipe("[distill]\nalpha = 1.5")), ["run", "{d}/r.toml"], 1,
                             r"r\.toml: distill\.alpha: 1\.5 is out of range; it must be <= 1\.0\."),
     "recipe-zero-batch": (_text("r.toml", _recipe().replace("batch_size = 64", "batch_size = 0")), ["run", "{d}/r.toml"], 1,

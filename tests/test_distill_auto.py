@@ -106,21 +106,22 @@ def test_a_search_over_a_subset_reads_the_cache_at_the_right_positions(tmp_path)
     assert json.loads(stored.read_text())["temperature"] == max(auto.TEMPERATURES)
 
 
-def test_auto_without_a_validation_split_is_refused(tmp_path):
+def test_auto_without_a_validation_split_says_so_and_uses_the_middle_of_the_grid(tmp_path):
     from edgedistill.distill.stage import distill as run
 
     splits = Splits(_split(64), _split(0), _split(16, seed=2), num_classes=5, input_shape=(1, 8, 8), name="toy")
-    with pytest.raises(ConfigError, match=r"distill.alpha: \"auto\" chooses on the validation split, but this data "
-                                          r"has none; set data.val_fraction above 0"):
-        run(_student(), _Linear(), splits, _recipe(), tmp_path / "d")
-    assert not (tmp_path / "d" / "model.pt").exists()
+    said = []
+    meta = run(_student(), _Linear(), splits, _recipe(epochs=1), tmp_path / "d", log=said.append)
+    assert meta["settings"]["searched"] == [] and (meta["settings"]["alpha"], meta["settings"]["temperature"]) == (0.5, 2.0)
+    assert said == ["[distill] auto: no validation split to choose on (data.val_fraction = 0?): alpha 0.5, T 2 used "
+                    "unchosen; give a validation split or set them as numbers"]
 
 
 def test_recipe_takes_auto_or_a_number_in_range():
     assert _recipe().distill.alpha == "auto" and _recipe(temperature=2).distill.temperature == 2.0
     with pytest.raises(ConfigError, match=r"distill.alpha: 1.5 is out of range; it must be <= 1.0"):
         _recipe(alpha=1.5)
-    with pytest.raises(ConfigError, match=r"distill.temperature: expected a number or one of 'auto', got 'high'"):
+    with pytest.raises(ConfigError, match=r"distill.temperature: expected a number or 'auto', got 'high'"):
         _recipe(temperature="high")
 
 
@@ -134,6 +135,8 @@ def test_the_report_says_what_was_chosen_and_why():
                            "not help on validation).")
     assert "alpha 0.5, T 4: 0.8800" in line and "took 12 s, 19 % of the distill stage" in line
     assert distillation_line({}) == "" and distillation_line({"distillation": {"searched": []}}) == ""
+    assert distillation_line({"distillation": {"searched": [], "note": "no validation split"}}) == \
+        "Not chosen: no validation split."
     report = {"target": {"name": "t", "architecture": "x86_64", "cores": 2, "budgets": {}}, "deliverable": None,
               "models": [], "comparisons": [], "warnings": [], "distillation": settings}
     assert "## Distillation\n\n" + line in render_markdown(report)

@@ -144,6 +144,7 @@ def _report(ctx: RunContext) -> None:
     cfg = ctx.recipe.report
     distill_meta = ctx.path("distill", "meta.json")  # the auto alpha / temperature search, when there was one
     settings = _io.read_json(distill_meta).get("settings") if distill_meta.exists() else None
+    settings = settings if settings and (settings.get("searched") or settings.get("note")) else None
     report = build_report(ctx.target, metrics, bench, _models(ctx), ctx.run_dir, tolerance=cfg.tolerance,
                           favour=cfg.favour, extra={"distillation": settings} if settings else None)
     write_report(ctx.path("report"), report, curves=_curves(ctx))
