@@ -122,7 +122,7 @@ class DistillConfig:
                                      "split among 1 (labels only), 0.5 and 0.1")
     temperature: Union[float, Literal["auto"]] = field(
         "auto", gt=0.0, le=100.0, help="softmax temperature of the soft labels; auto: chosen on the validation split "
-                                       "among 1, 2 and 4")
+                                       "among 1 and 2")
     auto_budget: float = field(0.2, gt=0.0, le=1.0, help="share of the distill stage's training samples the search "
                                                          "for auto alpha / temperature may spend")
     losses: list[LossTerm] = field(default_factory=lambda: [LossTerm()])

@@ -78,6 +78,8 @@ def distillation_line(report: dict) -> str:
     key = d["metric"]
     tried = "; ".join(f"alpha {r['alpha']:g}, T {r['temperature']:g}: {r[key]:.4f}" for r in d["candidates"])
     why = " (labels only: the teacher did not help on validation)" if d["alpha"] == 1.0 else ""
+    if d.get("margin") is not None:
+        why += f"; distilling had to beat labels only by more than {d['margin']:.4f}"
     share = d.get("share_of_stage_seconds")
     cost = f"{d['seconds']:.0f} s" + (f", {100 * share:.0f} % of the distill stage" if share is not None else "")
     return (f"Chosen on the validation split: alpha {d['alpha']:g}, temperature {d['temperature']:g}{why}. "

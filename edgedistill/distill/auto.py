@@ -32,7 +32,12 @@ from .train import FitConfig, Term, fit
 
 #: The grid: alpha is the hard-label weight (1 = labels only, the teacher ignored), T the softmax temperature.
 ALPHAS = (1.0, 0.5, 0.1)
-TEMPERATURES = (1.0, 2.0, 4.0)
+#: T = 4, the literature's default, is left out: it lowered small students' accuracy here (docs/distillation.md)
+#: and came last in every search of benchmarks/results/distill_pays.json's first run.
+TEMPERATURES = (1.0, 2.0)
+#: Distillation is kept only when it beats labels only by this many standard errors of the difference of two
+#: validation accuracies: a short run favours the dense soft labels early on, and a tie must not turn KD on.
+MARGIN_SE = 2.0
 #: What a loss reads while the values are still unknown (checks before any training build the losses once), and
 #: what it reads when there is no validation split to choose on (KD at T = 2 was neutral for small students here).
 PLACEHOLDER = {"alpha": 0.5, "temperature": 2.0}
@@ -129,9 +134,10 @@ def choose(student: nn.Module, train, val, cfg, fit_cfg: FitConfig, make_terms: 
         if log is not None:
             log(f"[distill] auto: alpha {c['alpha']:g}, T {c['temperature']:g}: val {name} {value:.4f}")
     key = next(k for k in rows[0] if k.startswith("val_"))
-    best = max(range(len(rows)), key=lambda i: (rows[i][key], -i))  # ties: the earlier (alpha = 1 first)
+    margin = _margin(rows, key, len(val))
+    best = pick(rows, key, margin)
     chosen = {k: rows[best][k] for k in ("alpha", "temperature")}
-    record = {"searched": searched, **chosen, "candidates": rows, "metric": key,
+    record = {"searched": searched, **chosen, "candidates": rows, "metric": key, "margin": margin,
               "epochs_per_candidate": epochs, "samples_per_epoch": len(search_train),
               "budget": cfg.auto_budget, "samples_share": round(len(grid) * epochs * len(search_train)
                                                                 / (max(1, fit_cfg.epochs) * len(train)), 4),
@@ -140,6 +146,25 @@ def choose(student: nn.Module, train, val, cfg, fit_cfg: FitConfig, make_terms: 
         log(f"[distill] auto: chose alpha {chosen['alpha']:g}, T {chosen['temperature']:g} "
             f"({key} {rows[best][key]:.4f}) in {record['seconds']:.0f} s")
     return Choice(chosen["alpha"], chosen["temperature"], record)
+
+
+def pick(rows: list[dict], key: str, margin: float | None) -> int:
+    """The chosen candidate: the best ``key`` (ties: the earlier), unless it distils and beats the labels-only
+    candidate (``rows[0]``) by no more than ``margin``: then the labels alone."""
+    best = max(range(len(rows)), key=lambda i: (rows[i][key], -i))
+    if margin is not None and rows[best]["alpha"] < 1.0 and rows[best][key] - rows[0][key] <= margin:
+        return 0
+    return best
+
+
+def _margin(rows: list[dict], key: str, n_val: int) -> float | None:
+    """How much a distilled candidate must beat the labels-only one (``rows[0]``) by: ``MARGIN_SE`` standard errors
+    of the difference of two accuracies on ``n_val`` samples. None when there is no labels-only candidate (alpha
+    was given) or the metric is not an accuracy."""
+    if rows[0]["alpha"] != 1.0 or key != "val_acc":
+        return None
+    p = min(max(rows[0][key], 1.0 / n_val), 1.0 - 1.0 / n_val)
+    return round(MARGIN_SE * math.sqrt(2.0 * p * (1.0 - p) / n_val), 4)
 
 
 def _val_metric(row: dict) -> tuple[str, float]:
