@@ -105,6 +105,9 @@ def test_numbers_are_used_as_given_and_nothing_is_searched(tmp_path):
     meta = _distill(tmp_path, _split(64), _Linear(), epochs=1, alpha=0.3, temperature=4.0)
     assert meta["settings"] == {"searched": [], "alpha": 0.3, "temperature": 4.0}
     assert not (tmp_path / "distill" / "auto").exists()
+    meta = _distill(tmp_path / "none", _split(64), _Linear(), epochs=0)  # no training: no search either
+    assert meta["settings"] == {"searched": [], "alpha": "auto", "temperature": "auto"}
+    assert not (tmp_path / "none" / "distill" / "auto").exists()
 
 
 def test_a_search_over_a_subset_reads_the_cache_at_the_right_positions(tmp_path):

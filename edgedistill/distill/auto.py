@@ -93,14 +93,15 @@ def choose(student: nn.Module, train, val, cfg, fit_cfg: FitConfig, make_terms: 
 
     ``make_terms(alpha, temperature)`` builds the recipe's loss terms with those values; ``fit_cfg`` is the distill
     stage's (its epochs are replaced by the candidates'); ``evaluate`` is the task's validation metric (higher is
-    better). With nothing to search (no loss reads an "auto" value) the placeholders stand and nothing trains.
+    better). With nothing to search (no loss reads an "auto" value, or ``distill.epochs`` is 0) the placeholders stand
+    and nothing trains.
     """
-    searched = to_search(cfg)
+    searched = to_search(cfg) if fit_cfg.epochs > 0 else []  # distill.epochs = 0: nothing trains, nothing to choose
     values = fixed(cfg)
     if not searched:  # "auto" stays "auto" in the record when no loss reads it
         return Choice(values["alpha"], values["temperature"], {"searched": [], "alpha": cfg.alpha,
                                                                 "temperature": cfg.temperature})
-    if val is None or len(val) == 0:  # nothing to choose on (the test split is never read): the middle of the grid
+    if val is None or len(val) == 0:  # nothing to choose on (the test split is never read): the placeholders
         why = ("no validation split to choose on (data.val_fraction = 0?): alpha {alpha:g}, T {temperature:g} used "
                "unchosen; give a validation split or set them as numbers").format(**values)
         if log is not None:
