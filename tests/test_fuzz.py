@@ -89,7 +89,7 @@ def _refused_well(e: ConfigError) -> None:
 def _check_recipe(recipe: Recipe) -> None:
     assert isinstance(recipe, Recipe) and recipe.distill.losses
     for f in (recipe.distill.lr, recipe.distill.alpha, recipe.distill.temperature, recipe.ptq.percentile):
-        assert math.isfinite(f)
+        assert f == "auto" or math.isfinite(f)  # alpha and temperature: a number or "auto"
     assert recipe_from_dict(tomllib.loads(dump_recipe(recipe))) == recipe  # recipe.toml in the run folder
 
 

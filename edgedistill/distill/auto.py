@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed as dist
 from .losses import LOSSES
 from .teachers import CachedTeacher
 from .train import FitConfig, Term, fit
@@ -130,7 +131,8 @@ def choose(student: nn.Module, train, val, cfg, fit_cfg: FitConfig, make_terms: 
         t = time.perf_counter()
         result = fit(model, search_train, cfg_c, make_terms(c["alpha"], c["temperature"]), out_dir / f"candidate_{i}",
                      teacher=search_teacher, val=val, teacher_cache=search_cache, evaluate=evaluate)
-        name, value = _val_metric(result.history[-1])
+        # rank 0 validates; a candidate resumed already finished has its curves on rank 0 alone (torchrun)
+        name, value = _val_metric(dist.broadcast(result.history[-1] if dist.is_main() else None))
         rows.append({**c, f"val_{name}": value, "seconds": round(time.perf_counter() - t, 2)})
         if log is not None:
             log(f"[distill] auto: alpha {c['alpha']:g}, T {c['temperature']:g}: val {name} {value:.4f}")
