@@ -29,6 +29,8 @@ params = { width = 4, depth = 1 }
 
 [distill]
 epochs = 2
+alpha = 0.3          # numbers, not the "auto" default: its search (tests/test_distill_auto.py) would add a
+temperature = 4.0    # minute to the many pipeline runs of the suite
 losses = [{ name = "kd" }]
 
 [qat]
