@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -37,37 +36,20 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._provenance import stamp  # noqa: E402
-from benchmarks.distill_methods import FMNIST, load_fmnist  # noqa: E402
+from benchmarks.distill_methods import _summary as dm_summary, load_fmnist  # noqa: E402
 from edgedistill._machine import machine_info  # noqa: E402
 from edgedistill.data import ArraySplit, Splits  # noqa: E402
-from edgedistill.data.fashion_mnist import MEAN, STD, read_idx  # noqa: E402
 from edgedistill.distill.train import evaluate_accuracy  # noqa: E402
 from edgedistill.models import build_model, count_params  # noqa: E402
 from edgedistill.recipe import recipe_from_dict  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "distill_pays.json"
 SHAPE = (1, 28, 28)
-
-
-def _fmnist_train() -> tuple[np.ndarray, np.ndarray, ArraySplit]:
-    """The 60 k training images (normalised, NCHW) and labels in a fixed shuffled order, and the 10 k test set."""
-    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
-        sys.exit(f"{FMNIST}: Fashion-MNIST not found; apt-get install dataset-fashion-mnist (or set FMNIST_DIR).")
-
-    def prep(x):
-        return np.ascontiguousarray(((x.astype(np.float32) / 255.0 - MEAN) / STD)[:, None])
-
-    x, y = read_idx(FMNIST / "train-images-idx3-ubyte.gz"), read_idx(FMNIST / "train-labels-idx1-ubyte.gz")
-    order = np.random.default_rng(0).permutation(len(x))
-    test = ArraySplit(prep(read_idx(FMNIST / "t10k-images-idx3-ubyte.gz")),
-                      read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64))
-    return prep(x[order]), y[order].astype(np.int64), test
 
 
 def _model(arch: str, params: dict, seed: int):
@@ -141,8 +123,7 @@ def _run(job: dict) -> dict:
 
 
 def _summary(runs: list[dict]) -> dict:
-    accs = [r["test"] for r in runs]
-    return {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "runs": runs}
+    return {**dm_summary([r["test"] for r in runs]), "runs": runs}
 
 
 def _pool(args, data: dict, jobs: list[dict]) -> dict[str, list[dict]]:
@@ -163,7 +144,8 @@ def _gap(value: float, scratch: float, teacher: float) -> float:
 # ---------------------------------------------------------------- the parts
 
 def few_labels(args) -> dict:
-    x, y, test = _fmnist_train()
+    full, _, test = load_fmnist(60000, 0)  # the 60 k training images in the fixed shuffled order, and the test set
+    x, y = full.x, full.y
     teacher_part, user = slice(0, 30000), slice(30000, 55000)
     teacher_path = Path(args.teacher_dir) / "distill_pays_teacher.pt"
     teacher = train_teacher(args, ArraySplit(x[teacher_part], y[teacher_part]), test, teacher_path)
