@@ -47,7 +47,12 @@ def _recipe(*sections: str, teacher: str = "") -> str:
     for extra in sections:
         if extra.startswith("["):
             head, _, body = extra.partition("\n")
-            text = text.replace(head + "\n", f"{head}\n{body}\n", 1)
+            start = text.index(head + "\n") + len(head) + 1
+            end = text.find("\n[", start) + 1 or len(text)
+            keys = {line.split("=")[0].strip() for line in body.splitlines() if "=" in line}
+            kept = [line for line in text[start:end].splitlines(keepends=True)
+                    if line.split("=")[0].strip() not in keys]  # a key given again replaces the tiny recipe's
+            text = text[:start] + body + "\n" + "".join(kept) + text[end:]
         else:
             text = extra + "\n" + text
     if teacher:
