@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 def _current_umask() -> int:
@@ -31,22 +31,36 @@ def make_readable(path: str | os.PathLike) -> None:
         path.chmod(0o666 & ~_UMASK)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
+                 defer: Optional[Callable[[Callable[[], None]], Any]] = None) -> Path:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then fsync it and rename it into place.
+
+    ``defer`` (e.g. a one-thread executor's ``submit``) is handed that last part, the slow one (the disk's commit),
+    to run later; the file is in place once it has run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     make_readable(tmp)  # mkstemp makes 0600
-    try:
-        write(tmp)
+
+    def commit() -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def guarded(step: Callable[[], None]) -> None:
+        try:
+            step()
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    guarded(lambda: write(tmp))
+    if defer is None:
+        guarded(commit)
+    else:
+        defer(lambda: guarded(commit))
     return path
 
 

@@ -484,9 +484,9 @@ def test_disk_full_mid_run_is_one_sentence_and_leaves_nothing_half_written(tiny_
     real = _io.atomic_write
     failed = []
 
-    def full_disk(path, write):
+    def full_disk(path, write, **kw):
         if "03_distill" not in str(path):
-            return real(path, write)
+            return real(path, write, **kw)
 
         def half_then_enospc(tmp):
             with open(tmp, "wb") as f:
@@ -494,7 +494,7 @@ def test_disk_full_mid_run_is_one_sentence_and_leaves_nothing_half_written(tiny_
             failed.append(tmp)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
 
-        return real(path, half_then_enospc)
+        return real(path, half_then_enospc, **kw)
 
     monkeypatch.setattr(_io, "atomic_write", full_disk)
     recipe = tmp_path / "r.toml"

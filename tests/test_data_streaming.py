@@ -394,6 +394,35 @@ def test_batches_with_workers_raise_a_data_error_as_one_sentence():
                 pass
 
 
+def test_an_array_in_memory_is_read_in_the_callers_order_as_a_copy(tmp_path):
+    """No sort for an array in memory (a memory map is read front to back), and never a view of its data."""
+    x = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
+    np.save(tmp_path / "x.npy", x)
+    in_memory = ArraySplit(x.copy(), np.zeros(12, np.int64))
+    mapped = ArraySplit(np.load(tmp_path / "x.npy", mmap_mode="r"), np.zeros(12, np.int64))
+    assert not in_memory.sorted_reads and mapped.sorted_reads
+    for idx in ([7, 2, 9, 2], [3, 4, 5]):  # a contiguous run of a file is read as a slice
+        np.testing.assert_array_equal(mapped.read(idx), x[idx])
+        got = in_memory.read(idx)
+        np.testing.assert_array_equal(got, x[idx])
+        got += 100
+    np.testing.assert_array_equal(in_memory.x, x)
+
+
+def test_batches_read_in_this_process_leave_torchs_generator_as_the_dataloader_does():
+    """Without workers the batches are read here, not by a DataLoader, which draws a seed from torch's generator:
+    the same draw keeps augmentations and dropout drawing the same numbers."""
+    import torch
+
+    split = ArraySplit(np.zeros((4, 2), np.float32), np.zeros(4, np.int64))
+    torch.manual_seed(0)
+    list(batches(split, 2, workers=0))
+    ours = torch.rand(3)
+    torch.manual_seed(0)
+    list(torch.utils.data.DataLoader(range(4), batch_size=2))
+    assert torch.equal(ours, torch.rand(3))
+
+
 # ---- channel statistics ------------------------------------------------------------------
 
 def test_channel_stats_equal_numpy():

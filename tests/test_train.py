@@ -83,6 +83,51 @@ def test_nan_loss_stops_with_a_message(tmp_path, digits_splits):
         fit(s, digits_splits.train, cfg, [Term("boom", _Exploding(LossContext()))], tmp_path, teacher=t)
 
 
+def test_a_later_term_that_turns_non_finite_is_named_with_its_step(tmp_path, digits_splits):
+    """The terms are checked together (one host sync a step); the message still names the one that failed."""
+    s, t = _models()
+    cfg = FitConfig(epochs=1, lr=1e-2, batch_size=64)
+    with pytest.raises(StageError, match=r"loss 'boom' became inf at epoch 1, step 3; lower the learning rate"):
+        fit(s, digits_splits.train, cfg, [Term("kd", _kd()), Term("boom", _Exploding(LossContext()))], tmp_path,
+            teacher=t)
+
+
+def test_the_tally_adds_up_what_each_step_added_as_python_floats():
+    """Steps wait on the device and are added in batches (across FOLD_STEPS here): the sums, accuracy counts and
+    running loss are exactly those of adding every step as it came."""
+    from edgedistill.distill import train as tr
+
+    tally = tr._Tally.start([Term("a", _kd()), Term("b", _kd())], 0, 8, None)
+    g = torch.Generator().manual_seed(0)
+    sums, correct, count, samples = {"a": 0.0, "b": 0.0, "total": 0.0}, 0, 0, 0
+    for step in range(tr.FOLD_STEPS + 5):
+        n = 3 + step % 5
+        losses = torch.rand(3, generator=g) * 10
+        logits, labels = torch.randn(n, 4, generator=g), torch.randint(-1, 4, (n,), generator=g)
+        tally.add(losses, logits, labels)
+        for k, v in zip(sums, losses):
+            sums[k] += float(v) * n
+        mask = labels >= 0
+        correct, count, samples = correct + int((logits.argmax(1)[mask] == labels[mask]).sum()), count + int(mask.sum()), samples + n
+    assert tally.running_loss() == sums["total"] / samples
+    assert tally.state() == {"sums": sums, "correct": correct, "count": count}
+
+
+def test_a_checkpoint_that_cannot_be_put_in_place_fails_the_fit(tmp_path, digits_splits, monkeypatch):
+    """Files are committed (fsync, rename) in the background; a failure still reaches the caller."""
+    import edgedistill._io
+
+    def refuse(src, dst):
+        raise OSError("disk gone")
+
+    s, t = _models()
+    monkeypatch.setattr(edgedistill._io.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk gone"):
+        fit(s, digits_splits.train, FitConfig(epochs=1, lr=1e-2, batch_size=256), [Term("kd", _kd())], tmp_path,
+            teacher=t)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_resume_from_mid_epoch_checkpoint_is_bit_identical(tmp_path, digits_splits):
     train = digits_splits.train
     cfg = FitConfig(epochs=2, lr=1e-2, batch_size=64, checkpoint_every=5)

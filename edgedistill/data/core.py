@@ -65,6 +65,9 @@ class SampleSet:
     preprocess: Preprocess
     decodes: bool = False
     repeatable: bool = True
+    #: ``_read`` gets its indices sorted (a file is read front to back) and ``read`` puts the batch back in the
+    #: caller's order; a source that gathers as fast in any order says False and is read in the caller's order.
+    sorted_reads: bool = True
 
     def __len__(self) -> int:
         return len(self.y)
@@ -87,16 +90,18 @@ class SampleSet:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"sample index out of range 0..{len(self) - 1}")
-        order = np.argsort(idx, kind="stable")  # sources read in file order; the caller's order is restored
-        raw = self._read(idx[order])
-        x = self.preprocess.apply(raw)
+        order = np.argsort(idx, kind="stable") if self.sorted_reads else None
+        read = idx if order is None else idx[order]
+        x = self.preprocess.apply(self._read(read))
         if tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise DataError(f"{self.where(int(idx[order[0]]))}: samples have shape {tuple(x.shape[1:])}, expected "
+            raise DataError(f"{self.where(int(read[0]))}: samples have shape {tuple(x.shape[1:])}, expected "
                             f"{tuple(self.input_shape)}; make every sample the same shape.")
         bad = ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))  # per sample; an empty batch has none
         if bad.any():
-            raise DataError(f"{self.where(int(idx[order[int(np.argmax(bad))]]))}: contains NaN or inf; "
+            raise DataError(f"{self.where(int(read[int(np.argmax(bad))]))}: contains NaN or inf; "
                             "clean or drop that sample.")
+        if order is None:
+            return x
         out = np.empty_like(x)
         out[order] = x
         return out
@@ -122,10 +127,13 @@ class ArraySplit(SampleSet):
         self.preprocess = preprocess or Preprocess()
         self.input_shape = tuple(int(d) for d in x.shape[1:])
         self.source, self._fp = source, fingerprint
+        # An array in memory is gathered in the caller's order, a copy at once; a memory map is read front to back.
+        self.sorted_reads = not isinstance(x, np.ndarray) or isinstance(x, np.memmap)
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
-        # A contiguous run (sorted, no repeated index): a slice, no gather.
-        if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all():
+        # A contiguous run of a file (sorted, no repeated index): a slice, no gather. (In memory that would be a
+        # view of the data, which ``read`` returns as it is: the gather copies.)
+        if self.sorted_reads and len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all():
             return np.asarray(self.x[idx[0]:idx[-1] + 1])
         return np.asarray(self.x[idx])
 

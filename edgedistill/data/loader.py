@@ -1,4 +1,5 @@
-"""Batches of a :class:`~edgedistill.data.core.SampleSet` through ``torch.utils.data.DataLoader``.
+"""Batches of a :class:`~edgedistill.data.core.SampleSet`, through ``torch.utils.data.DataLoader`` when worker
+processes decode or memory is pinned, else read in this process.
 
 The order is given (a seeded permutation per epoch, or the split's own order), and a resumed epoch
 starts at the batch it stopped at: the batch sampler yields the same index lists whatever the
@@ -89,10 +90,14 @@ def batches(split: SampleSet, batch_size: int, order: Optional[np.ndarray] = Non
 
     order = np.arange(len(split)) if order is None else order
     n_workers = auto_workers(split, workers)
-    loader = torch.utils.data.DataLoader(
-        _Reads(split), batch_sampler=OrderedBatches(order, batch_size, start, part), collate_fn=_to_tensors,
-        num_workers=n_workers, pin_memory=pin_memory, prefetch_factor=2 if n_workers else None,
-    )
+    reads, sampler = _Reads(split), OrderedBatches(order, batch_size, start, part)
+    if not n_workers and not pin_memory:  # read here: the DataLoader would only add its bookkeeping, ~0.1 ms a batch
+        # Its iterator draws a seed from torch's global generator; the same draw keeps every later random number
+        # (augmentations, dropout) what it was.
+        torch.empty((), dtype=torch.int64).random_()
+        return _raising(_to_tensors(reads.__getitems__(b)) for b in sampler)
+    loader = torch.utils.data.DataLoader(reads, batch_sampler=sampler, collate_fn=_to_tensors, num_workers=n_workers,
+                                         pin_memory=pin_memory, prefetch_factor=2 if n_workers else None)
     return _raising(iter(loader))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -35,14 +36,15 @@ class Progress:
 
     def epoch(self, epoch: int, start_step: int) -> None:
         self.close()
-        self.e, self.loss_sum, self.loss_n = epoch, 0.0, 0
+        self.e = epoch
         if self.tty and not self.quiet:
             self.bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{self.desc} {epoch + 1}/{self.epochs}",
                             file=self.stream, leave=False)
 
-    def step(self, step: int, n: int, loss: float) -> None:
+    def step(self, step: int, n: int, loss: Callable[[], float]) -> None:
+        """``loss()`` gives the epoch's running loss per sample; it is called only for a line (reading it waits for
+        the device)."""
         self.samples, self.steps = self.samples + n, self.steps + 1
-        self.loss_sum, self.loss_n = self.loss_sum + loss * n, self.loss_n + n
         if self.bar is not None:
             self.bar.update(1)
             return
@@ -54,7 +56,7 @@ class Progress:
         steps_left = (self.steps_per_epoch - step - 1) + (self.epochs - self.e - 1) * self.steps_per_epoch
         rate, eta = self.samples / elapsed, steps_left * elapsed / self.steps
         print(f"{self.desc} epoch {self.e + 1}/{self.epochs} step {step + 1}/{self.steps_per_epoch} "
-              f"loss {self.loss_sum / max(self.loss_n, 1):.4f} {rate:,.0f} samples/s ETA {_duration(eta)}",
+              f"loss {loss():.4f} {rate:,.0f} samples/s ETA {_duration(eta)}",
               file=self.stream, flush=True)
 
     def close(self) -> None:

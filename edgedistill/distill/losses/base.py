@@ -85,6 +85,9 @@ def hard_label_ce(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> torch
     if labels is None:
         return logits.sum() * 0.0
     mask = labels >= 0
-    if not bool(mask.any()):
+    labelled = int(mask.sum())  # one host sync; selecting the labelled samples would take two more
+    if labelled == 0:
         return logits.sum() * 0.0
+    if labelled == len(labels):  # every sample: the same numbers as selecting them all, without the copies
+        return nn.functional.cross_entropy(logits, labels)
     return nn.functional.cross_entropy(logits[mask], labels[mask])
