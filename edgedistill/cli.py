@@ -1,7 +1,8 @@
 """The command line: a thin click layer over the stage verbs. Docstrings are the help.
 
 Exit codes: 0 success (and, for ``run``, the deliverable meets every budget); 3 the run finished
-but a budget is missed; 1 an error, reported in one sentence; 2 bad usage.
+but a budget is missed, or no sized student can meet one (before training); 1 an error, reported in
+one sentence; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted stage from its last checkpoint.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow full unpickling (which can run code) of a teacher checkpoint weights_only refuses; only for files you trust.")
+@click.option("--refit", is_flag=True, help="After a run with student.size = \"fit\": train the next fitting "
+                                           "candidate down (from the student stage on), e.g. when the delivered "
+                                           "model missed a budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, as_json):
+def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, refit, as_json):
     """Run the whole pipeline from RECIPE (a TOML file; the built-in digits recipe when omitted).
 
     Exits 0 when the deliverable meets every budget of the target, 3 when the run finished but a
-    budget is missed, 1 on an error.
+    budget is missed (or, with student.size = "fit", no student candidate can meet one: before any
+    training), 1 on an error.
     """
     from .pipeline import run as run_pipeline
     from .recipe import load_recipe
@@ -54,7 +59,7 @@ def run(recipe, run_dir, target, from_stage, resume, trust_checkpoint, as_json):
     rec = load_recipe(recipe)
     try:
         report = run_pipeline(rec, run_dir=run_dir, target=target, from_stage=from_stage, resume=resume,
-                              trust_checkpoint=trust_checkpoint)
+                              trust_checkpoint=trust_checkpoint, refit=refit)
     except KeyboardInterrupt as e:  # say exactly how to continue this run
         args = [recipe] if recipe else []
         for flag, value in (("--run-dir", run_dir), ("--target", target)):
@@ -162,7 +167,7 @@ def main() -> None:
         sys.exit(130)
     except EdgeDistillError as e:
         _err(f"Error: {e}")
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 1))  # 3 for a budget no student can meet (student.size = "fit")
     except SystemExit:
         raise
     except ImportError as e:  # on the light install, a command (or a data source) that needs the training pipeline

@@ -29,6 +29,8 @@ def plot_report(report: dict, out_dir, *, curves: dict | None = None) -> list[Pa
     out = Path(out_dir)
     paths = [_save(scatter_figure(report, "size"), out / "metric_vs_size.png"),
              _save(scatter_figure(report, "p90"), out / "metric_vs_p90.png")]
+    if report.get("sizing"):
+        paths.append(_save(sizing_figure(report), out / "sizing.png"))
     for label, csv_path in (curves or {}).items():
         if has_curves(csv_path):
             paths.append(_save(curves_figure(read_curves(csv_path), title=f"{label} training curves"),
@@ -71,6 +73,38 @@ def scatter_figure(report: dict, x: str):
     ax.set_title(f"{metric_name} vs {xlabel.split(' (')[0]} on {report['target']['name']}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig
+
+
+def sizing_figure(report: dict):
+    """The sized candidates against the budgets: p90 and file size (and peak RSS when budgeted) against MACs, each
+    budget and its margin line dashed, the ones within budget in green, the trained one ringed."""
+    from matplotlib.figure import Figure
+
+    z, budgets = report["sizing"], report["target"].get("budgets", {})
+    rows = [c for c in z["candidates"] if c["status"] == "measured"]
+    panels = [("p90_ms", "p90 latency (ms)", budgets.get("p90_ms")), ("size_mb", "file size (MB)", budgets.get("size_mb"))]
+    if budgets.get("peak_ram_mb") is not None:
+        panels.append(("peak_rss_mb", "peak RSS (MB)", budgets["peak_ram_mb"]))
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
+    fig.suptitle(f"sizing {z['arch']} for {report['target']['name']}: untrained candidates, most fitting precision")
+    for ax, (key, label, budget) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for ok, colour, name in ((True, "#2ca02c", "within budget"), (False, "#d62728", "misses a budget")):
+            pts = [(c["macs"], c[key]) for c in rows if bool(c["within_budget"]) == ok and c.get(key) is not None]
+            if pts:
+                ax.scatter(*zip(*pts), s=36, c=colour, edgecolors="black", linewidths=0.5, zorder=3, label=name)
+        trained = next((c for c in rows if c["knobs"] == z["trained"]["knobs"]), None)
+        if trained is not None and trained.get(key) is not None:
+            ax.scatter([trained["macs"]], [trained[key]], s=260, facecolors="none", edgecolors="#1f77b4",
+                       linewidths=2, zorder=4, label="trained")
+        if budget is not None:
+            ax.axhline(budget, color="#ff7f0e", linestyle="--", label=f"budget {budget:g}")
+            ax.axhline(budget * (1 - z["margin"]), color="#ff7f0e", linestyle=":", label=f"less {100 * z['margin']:g} % margin")
+        ax.set_xscale("log")
+        ax.set_xlabel("MACs per sample")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
     return fig
 
 

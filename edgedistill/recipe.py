@@ -82,6 +82,16 @@ class StudentConfig:
     params: dict = field(default_factory=lambda: {"width": 8, "depth": 2})
     prune_vocab: bool = field(False, help="text students: keep only the tokens the run's texts use (a smaller "
                                           "embedding table); the pruned tokenizer travels with the model")
+    size: Literal["params", "fit"] = field(
+        "params", help="'fit': before any training, choose the family's knobs from its search space so the student "
+                       "meets the target's budgets (measured untrained, FP32 and INT8); 'params': as given")
+    fit_margin: float = field(0.1, ge=0.0, lt=1.0, help="size = 'fit': the share of each budget (size, p90, RAM) "
+                                                        "the chosen candidate must leave free")
+
+    def _check(self, where: str) -> None:
+        if self.size == "fit" and self.arch == "teacher":
+            raise ConfigError(f"{where}.size: 'fit' sizes a student family; the teacher itself has no knobs to "
+                              "size (set size = \"params\" or name a family such as \"cnn\").")
 
 
 @dataclass

@@ -18,12 +18,16 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._meta: dict[str, dict] = {}
 
-    def register(self, name: str, help: str = "") -> Callable[[T], T]:
+    def register(self, name: str, help: str = "", **meta) -> Callable[[T], T]:
+        """A decorator registering ``name``; ``meta`` is what else the entry declares (a student family's search
+        ``space``), read back with :meth:`meta`."""
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
+            self._meta[name] = dict(meta)
             doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[:1]
             self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
             return obj
@@ -47,6 +51,10 @@ class Registry(Generic[T]):
 
     def describe(self, name: str) -> str:
         return self._help.get(name, "")
+
+    def meta(self, name: str) -> dict:
+        """What ``name`` declared at registration besides its help (empty when nothing)."""
+        return self._meta.get(name, {})
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -93,7 +93,26 @@ def compare_with_teacher(models: list[dict]) -> list[dict]:
 def report_warnings(report: dict) -> list[str]:
     """What a user must not miss, in plain sentences: a student far below its teacher, an INT8 model
     slower than its FP32 student, a benchmark that did not run on the target. Needs ``comparisons``."""
-    return [*_gap_warnings(report["comparisons"]), *_int8_warnings(report["models"]), *_host_warnings(report)]
+    return [*_gap_warnings(report["comparisons"]), *_int8_warnings(report["models"]), *_host_warnings(report),
+            *_refit_warnings(report)]
+
+
+def _refit_warnings(report: dict) -> list[str]:
+    """A sized student (student.size = "fit") whose delivered model still misses a budget: by how much, and the
+    next candidate down that ``edgedistill run --refit`` would train."""
+    z = report.get("sizing")
+    best = next((m for m in report["models"] if m["name"] == report["deliverable"]), None)
+    hardware = misses({k: v for k, v in best["verdict"].items() if k != "min_metric"}) if best else []
+    if not z or not hardware:  # a metric below min_metric is not what a smaller student fixes
+        return []
+    down = z.get("next_down")
+    then = (f"the next candidate down, {', '.join(f'{k}={v}' for k, v in down['knobs'].items())}, measured "
+            f"{down['size_mb']:.3f} MB and p90 {down['p90_ms']:.3f} ms untrained ({down['precision'].upper()}); "
+            "`edgedistill run --refit` trains it from the student stage on." if down else
+            "no smaller candidate was measured within the budgets; raise student.fit_margin or add smaller values "
+            "to the family's search space.")
+    return [f"The sized student's deliverable {best['name']} misses {'; '.join(hardware)} after training "
+            f"(sized with a {100 * z['margin']:g} % margin); {then}"]
 
 
 def _gap_warnings(comparisons: list[dict]) -> list[str]:

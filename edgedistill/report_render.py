@@ -87,6 +87,44 @@ def distillation_line(report: dict) -> str:
             f"{key}: {tried}. The search took {cost}.")
 
 
+def sizing_line(report: dict) -> str:
+    """How ``student.size = "fit"`` chose the student, as sentences (empty when the recipe sized it by hand)."""
+    z = report.get("sizing")
+    if not z:
+        return ""
+    where = ("on the target" if z["machine"].get("measured_on_target") else
+             "on this host, not on the target (its latency is this host's)")
+    share = z.get("share_of_run_seconds")
+    cost = f"{z['seconds']:.0f} s" + (f", {100 * share:.0f} % of the run's stage time" if share is not None else "")
+    text = (f"Sized before training: {z['measured']} of {len(z['candidates'])} {z['arch']} candidates measured "
+            f"untrained {where}, each budget less a {100 * z['margin']:g} % margin. {z['chosen']['why']} "
+            f"Sizing took {cost}.")
+    if z.get("refit_steps"):
+        text += (f" Re-fitted {z['refit_steps']} step(s) down with --refit: trained "
+                 f"{_knob_text(z['trained']['knobs'])}.")
+    return text
+
+
+def _knob_text(knobs: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in knobs.items())
+
+
+def sizing_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per measured candidate (most capable first): knobs, MACs, parameters, figures, verdict."""
+    z = report["sizing"]
+    header = ["candidate", "MACs", "parameters", "precision", "size (MB)", "p90 (ms)", "peak RSS (MB)", "verdict"]
+    rows = []
+    for c in z["candidates"]:
+        if c["status"] != "measured":
+            continue
+        mark = " (trained)" if c["knobs"] == z["trained"]["knobs"] else ""
+        verdict = "within budget" if c["within_budget"] else "; ".join(c["models"][c["precision"]]["misses"])
+        rss = "—" if c.get("peak_rss_mb") is None else f"{c['peak_rss_mb']:.1f}"
+        rows.append([_knob_text(c["knobs"]) + mark, f"{c['macs']:,}", f"{c['parameters']:,}", c["precision"],
+                     f"{c['size_mb']:.4f}", f"{c['p90_ms']:.4f}", rss, verdict])
+    return header, rows
+
+
 def render_markdown(report: dict) -> str:
     lines = ["# edgedistill report", "", f"Target: **{target_line(report)}**", "",
              f"Deliverable: **{report['deliverable']}**"]
@@ -96,6 +134,8 @@ def render_markdown(report: dict) -> str:
     if report["comparisons"]:
         lines += ["", f"## Against the teacher ({report['comparisons'][0]['teacher']})", "",
                   *_md_table(*comparisons_table(report))]
+    if sizing_line(report):
+        lines += ["", "## Sizing", "", sizing_line(report), "", *_md_table(*sizing_table(report))]
     if distillation_line(report):
         lines += ["", "## Distillation", "", distillation_line(report)]
     lines += ["", "## Models", ""] + ([machine_line(report), ""] if machine_line(report) else [])
@@ -125,6 +165,8 @@ def render_html(report: dict, pngs, out_path) -> Path:
     if report["comparisons"]:
         parts += [f'<h2>Against the teacher ({e(report["comparisons"][0]["teacher"])})</h2>',
                   _html_table(*comparisons_table(report), "comparisons")]
+    if sizing_line(report):
+        parts += ["<h2>Sizing</h2>", f"<p>{e(sizing_line(report))}</p>", _html_table(*sizing_table(report), "sizing")]
     if distillation_line(report):
         parts += ["<h2>Distillation</h2>", f"<p>{e(distillation_line(report))}</p>"]
     parts.append("<h2>Models</h2>")

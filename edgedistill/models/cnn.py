@@ -7,7 +7,8 @@ from torch import nn
 from .core import MODELS
 
 
-@MODELS.register("cnn", help="conv-BN-ReLU stages (width doubles per stage), global pooling, linear head")
+@MODELS.register("cnn", help="conv-BN-ReLU stages (width doubles per stage), global pooling, linear head",
+                 space={"width": [4, 8, 12, 16, 24, 32, 48, 64], "depth": [1, 2, 3], "blocks_per_stage": [1, 2]})
 def cnn(input_shape, num_classes: int, width: int = 16, depth: int = 2, blocks_per_stage: int = 1,
         dropout: float = 0.0) -> nn.Module:
     if width < 1 or depth < 1 or blocks_per_stage < 1:

@@ -14,7 +14,8 @@ from torch import nn
 from .core import MODELS
 
 
-@MODELS.register("mlp", help="multilayer perceptron: inputs flattened, Linear-ReLU hidden layers, linear head")
+@MODELS.register("mlp", help="multilayer perceptron: inputs flattened, Linear-ReLU hidden layers, linear head",
+                 space={"hidden": [[32], [64], [128], [256], [512], [64, 32], [128, 64], [256, 128], [512, 256]]})
 def mlp(input_shape, num_classes: int, hidden: list[int] | tuple[int, ...] = (128, 64), dropout: float = 0.0) -> nn.Module:
     sizes = [int(h) for h in hidden]
     if not sizes or any(h < 1 for h in sizes) or not 0.0 <= dropout < 1.0:

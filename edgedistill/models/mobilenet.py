@@ -51,7 +51,8 @@ class MobileNet(ConvClassifier):
         return self.features(x)
 
 
-@MODELS.register("mobilenet", help="MobileNet-style student: depthwise-separable blocks with a width multiplier")
+@MODELS.register("mobilenet", help="MobileNet-style student: depthwise-separable blocks with a width multiplier",
+                 space={"width_mult": [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "depth": [2, 3, 4], "blocks": [1, 2]})
 def mobilenet(input_shape, num_classes: int, width_mult: float = 1.0, base: int = 16, depth: int = 3,
               blocks: int = 1, dropout: float = 0.0, augment: bool = False, stem_stride: int = 1) -> nn.Module:
     if len(input_shape) != 3:

@@ -51,7 +51,8 @@ class ResNet(ConvClassifier):
         return self.stages(x)
 
 
-@MODELS.register("resnet", help="ResNet-style teacher: basic residual blocks, width doubling per stage (width/depth/blocks)")
+@MODELS.register("resnet", help="ResNet-style teacher: basic residual blocks, width doubling per stage (width/depth/blocks)",
+                 space={"width": [8, 16, 24, 32, 48, 64], "depth": [2, 3], "blocks": [1, 2]})
 def resnet(input_shape, num_classes: int, width: int = 32, depth: int = 3, blocks: int = 2, dropout: float = 0.0,
            augment: bool = False, stem_stride: int = 1) -> nn.Module:
     if len(input_shape) != 3:

@@ -145,7 +145,15 @@ def sentence_transformer(input_shape, num_classes: int, name: str = "all-mpnet-b
     return load_folder(resolve_folder(name, "params.name"), num_classes, max_seq_length)
 
 
-@MODELS.register("transformer-layers", help="a student keeping chosen encoder layers of a pretrained model")
+def _layer_space(params: dict) -> dict:
+    """Sizing knobs of ``transformer-layers``: keep 1, 2, ... n of the ``init`` model's n layers, evenly spaced
+    (hidden size and vocabulary are the pretrained model's; ``student.prune_vocab`` shrinks the vocabulary)."""
+    n = layer_count(params.get("init", "all-MiniLM-L6-v2")) or 12
+    return {"layers": [sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) for k in range(1, n + 1)]}
+
+
+@MODELS.register("transformer-layers", help="a student keeping chosen encoder layers of a pretrained model",
+                 space=_layer_space)
 def transformer_layers(input_shape, num_classes: int, init: str = "all-MiniLM-L6-v2", layers: Sequence[int] = (0, 2, 4),
                        max_seq_length: int = 128) -> TextModel:
     base = load_folder(resolve_folder(init, "params.init"), num_classes, max_seq_length)

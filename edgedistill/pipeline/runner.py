@@ -22,7 +22,7 @@ from ..preflight import check_names, preflight
 from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages, require_pipeline
 from ..recipe import Recipe, dump_recipe
 from ..targets import Target, load_target
-from .stage import STAGES, RunContext, Stage
+from .stage import STAGES, RunContext, Stage, resolved_recipe
 
 
 def _versions() -> dict:
@@ -72,11 +72,13 @@ class RunLock:
 
 def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | Target | None = None,
         from_stage: str | None = None, resume: bool = False, log: Callable[[str], None] | None = None,
-        trust_checkpoint: bool = False) -> dict:
+        trust_checkpoint: bool = False, refit: bool = False) -> dict:
     """Run the pipeline; returns ``report.json``'s content. Raises EdgeDistillError on failure.
 
     ``trust_checkpoint`` lets the teacher stage fully unpickle a checkpoint that ``weights_only``
-    refuses (with a warning); never set it for files you did not make. Under ``torchrun`` every rank calls
+    refuses (with a warning); never set it for files you did not make. ``refit`` (after a run with
+    ``student.size = "fit"``) trains the next fitting candidate down from the one the last run trained, from the
+    student stage on (:func:`edgedistill.sizing.step_down`). Under ``torchrun`` every rank calls
     it: rank 0 runs the pipeline, the other ranks join the stages that train (see :func:`_follow`) and
     return an empty dict.
     """
@@ -99,6 +101,12 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
             preflight(recipe, ctx.task, ctx.splits)  # shapes and layer paths, before the run folder is touched
         _check_writable(run_dir)
         with RunLock(run_dir), _signals.graceful_sigint(ctx.log), os_errors_as_messages(run_dir):
+            if refit:
+                from ..sizing import step_down
+
+                down = step_down(run_dir / STAGES.get("size").dir)
+                ctx.log(f"[size] --refit: training the next candidate down, {down['knobs']} (measured untrained: "
+                        f"{down['size_mb']:.3f} MB, p90 {down['p90_ms']:.3f} ms)")
             _run_stages(ctx, from_stage, resume)
         return _io.read_json(run_dir / "report" / "report.json")
     finally:
@@ -115,10 +123,12 @@ def _run_stages(ctx: RunContext, from_stage: str | None, resume: bool) -> None:
     manifest = _read_manifest(run_dir / "manifest.json")
     manifest.update({"seed": recipe.seed, "versions": _versions(), "target": ctx.target.name, "processes": dist.world()})
     stages_m = manifest.setdefault("stages", {})
-    recipe_dict, forced, stages = recipe.to_dict(), False, STAGES.in_order()
+    forced, stages = False, STAGES.in_order()
     followers = _Followers(last=max(i for i, s in enumerate(stages) if s.trains))
     with followers:
         for i, s in enumerate(stages):
+            recipe = ctx.resolve(s)  # what the stages before it filled in (the size stage: the student's params)
+            recipe_dict = recipe.to_dict()
             forced = forced or (from_stage == s.name)
             inputs_hash = _inputs_hash(s, recipe, recipe_dict, ctx.target, stages_m)
             prev = stages_m.get(s.name, {})
@@ -192,6 +202,7 @@ def _follow(ctx: RunContext) -> dict:
                 raise EdgeDistillError(f"rank {dist.rank()}: cannot see the run folder {ctx.run_dir.resolve()} that "
                                        "rank 0 writes; on several machines put it on a filesystem they all share "
                                        "(NFS, Lustre) and pass the same --run-dir on each.")
+            ctx.resolve(STAGES.get(msg["stage"]))  # the recipe rank 0 runs it with (rank 0 wrote the folders it reads)
             ctx.stage = STAGES.get(msg["stage"])
             try:
                 with dist.failures_as_errors(f"the {ctx.stage.name} stage"):
@@ -285,9 +296,11 @@ def _unchanged(prev: dict, inputs_hash: str, run_dir: Path) -> bool:
 def _nothing_to_run(run_dir: Path, recipe: Recipe, tgt: Target) -> bool:
     """True when every stage of an earlier run in ``run_dir`` is done with the same inputs and intact outputs."""
     stages_m = _read_manifest(run_dir / "manifest.json").get("stages", {})
-    recipe_dict = recipe.to_dict()
-    return all(_unchanged(stages_m.get(s.name, {}), _inputs_hash(s, recipe, recipe_dict, tgt, stages_m), run_dir)
-               for s in STAGES.in_order())
+    for s in STAGES.in_order():
+        r = resolved_recipe(recipe, run_dir, s)
+        if not _unchanged(stages_m.get(s.name, {}), _inputs_hash(s, r, r.to_dict(), tgt, stages_m), run_dir):
+            return False
+    return True
 
 
 def _release_heap() -> None:

@@ -44,16 +44,20 @@ class Stage:
     fn: Callable[["RunContext"], None]
     models: tuple[ModelFile, ...] = ()
     trains: bool = False               # under torchrun every rank runs it (rank 0 alone runs the others)
+    # what the later stages read instead of the recipe once this stage has run: resolves(recipe, its folder)
+    resolves: Optional[Callable[[Recipe, Path], Recipe]] = None
 
 
 STAGES: Registry[Stage] = Registry("stage")
 
 
-def stage(name: str, dir: str, sections=(), deps=(), models=(), trains: bool = False):
-    """Register a pipeline stage; stages run in the order they are registered."""
+def stage(name: str, dir: str, sections=(), deps=(), models=(), trains: bool = False, resolves=None):
+    """Register a pipeline stage; stages run in the order they are registered. ``resolves(recipe, stage folder)``
+    gives the recipe the later stages read once this one has run (the size stage fills in the student's params):
+    their inputs hashes see it, so a different choice re-runs them."""
     def deco(fn):
         STAGES.register(name, help=(fn.__doc__ or "").strip().split("\n")[0])(
-            Stage(name, dir, tuple(sections), tuple(deps), fn, tuple(models), trains))
+            Stage(name, dir, tuple(sections), tuple(deps), fn, tuple(models), trains, resolves))
         return fn
     return deco
 
@@ -63,6 +67,17 @@ def model_files() -> dict[str, tuple[Stage, ModelFile]]:
     in the order of the stages that write them (the bench compares each with the first)."""
     found = [(s, m) for s in STAGES.in_order() for m in s.models]
     return {m.name: (s, m) for s, m in sorted(found, key=lambda sm: (sm[1].role != "teacher", sm[1].precision != "fp32"))}
+
+
+def resolved_recipe(recipe: Recipe, run_dir: Path, upto: Stage) -> Recipe:
+    """The recipe ``upto`` reads: the user's, as the stages before it resolve it (:func:`stage`'s ``resolves``)
+    from their folders in ``run_dir``."""
+    for s in STAGES.in_order():
+        if s is upto:
+            break
+        if s.resolves is not None:
+            recipe = s.resolves(recipe, Path(run_dir) / s.dir)
+    return recipe
 
 
 class _RecipeView:
@@ -90,6 +105,7 @@ class RunContext:
     def __init__(self, recipe: Recipe, target: Target, run_dir: Path, trust_checkpoint: bool = False,
                  log: Optional[Callable[[str], None]] = None) -> None:
         self._recipe, self._target, self.run_dir = recipe, target, Path(run_dir)
+        self._given = recipe  # the user's recipe, before any stage resolves it (see resolve)
         self.trust_checkpoint = trust_checkpoint  # full unpickling of the user's teacher checkpoint (--trust-checkpoint)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.data_cache: Optional[Path] = None  # where decoded samples are kept (data.cache_decoded), once the folder is ours
@@ -101,6 +117,11 @@ class RunContext:
     def recipe(self):
         """The recipe, limited to the running stage's declared sections (the whole recipe between stages)."""
         return self._recipe if self.stage is None else _RecipeView(self._recipe, self.stage)
+
+    def resolve(self, upto: Stage) -> Recipe:
+        """Make the recipe the one ``upto`` reads (:func:`resolved_recipe` of the user's); returns it."""
+        self._recipe = resolved_recipe(self._given, self.run_dir, upto)
+        return self._recipe
 
     @property
     def target(self) -> Target:

@@ -10,6 +10,26 @@ from .. import _io
 from .stage import ModelFile, RunContext, stage
 
 
+def _sized(recipe, stage_dir):
+    """The recipe with the student's params the size stage chose (as it is when the stage did not size)."""
+    from ..sizing import sized_recipe
+
+    return sized_recipe(recipe, stage_dir)
+
+
+@stage("size", "00_size", sections=("data", "student", "target", "ptq", "export", "bench.batch_size", "bench.seq_len"),
+       resolves=_sized)
+def _size(ctx: RunContext) -> None:
+    """Size the student to the target's budgets before any training (student.size = "fit")."""
+    if ctx.recipe.student.size != "fit":
+        return _disabled(ctx, 'student.size = "params": the student is built as the recipe gives it (set "fit" to '
+                              "size it to the target's budgets)")
+    from ..sizing import SIZING_FILE, size_student
+
+    result = size_student(ctx.recipe, ctx.splits, ctx.task, ctx.target, ctx.path("size"), ctx.log)
+    _io.write_json(ctx.path("size", SIZING_FILE), result)
+
+
 @stage("teacher", "01_teacher", sections=("data", "teacher", "distill.device", "distill.amp"), trains=True)
 def _teacher(ctx: RunContext) -> None:
     """Load the user's teacher as given, or train one."""
@@ -134,7 +154,7 @@ def _bench(ctx: RunContext) -> None:
     _io.write_json(ctx.path("bench", "bench.json"), result)
 
 
-@stage("report", "report", sections=("report", "target"), deps=("distill", "qat", "verify", "bench"))
+@stage("report", "report", sections=("report", "target"), deps=("size", "distill", "qat", "verify", "bench"))
 def _report(ctx: RunContext) -> None:
     """Choose the deliverable and write report.json, report.md, report.html and the plots."""
     from ..report import build_report, write_report
@@ -145,9 +165,27 @@ def _report(ctx: RunContext) -> None:
     distill_meta = ctx.path("distill", "meta.json")  # the auto alpha / temperature search, when there was one
     settings = _io.read_json(distill_meta).get("settings") if distill_meta.exists() else None
     settings = settings if settings and (settings.get("searched") or settings.get("note")) else None
+    extra = {"distillation": settings} if settings else {}
+    sizing = _sizing(ctx)
+    if sizing:
+        extra["sizing"] = sizing
     report = build_report(ctx.target, metrics, bench, _models(ctx), ctx.run_dir, tolerance=cfg.tolerance,
-                          favour=cfg.favour, extra={"distillation": settings} if settings else None)
+                          favour=cfg.favour, extra=extra or None)
     write_report(ctx.path("report"), report, curves=_curves(ctx))
+
+
+def _sizing(ctx: RunContext) -> dict | None:
+    """The size stage's record (student.size = "fit"), with its share of the run's stage seconds so far."""
+    from ..sizing import sizing_record
+
+    record = sizing_record(ctx.path("size"))
+    if record is None:
+        return None
+    stages_m = _io.read_json(ctx.run_dir / "manifest.json").get("stages", {})
+    total = sum(m.get("seconds", 0.0) for m in stages_m.values() if m.get("status") == "done")
+    size_s = stages_m.get("size", {}).get("seconds")
+    record["share_of_run_seconds"] = round(size_s / total, 4) if size_s and total else None
+    return record
 
 
 def _curves(ctx: RunContext) -> dict:

@@ -52,6 +52,11 @@ class Classification(Task):
 
         return load_student(recipe, splits, path)
 
+    def untrained_student(self, recipe, splits: Splits, params: dict) -> nn.Module:
+        from ..models import build_model
+
+        return build_model(recipe.student.arch, params, splits.input_shape, splits.num_classes, "student")
+
     def val_metric(self, model: nn.Module, split: SampleSet, workers: Optional[int] = None) -> tuple[str, float]:
         from ..distill.train import evaluate_accuracy
 

@@ -68,6 +68,10 @@ class Task:
     def load_student(self, recipe, splits: Splits, path: Path) -> nn.Module:
         raise NotImplementedError
 
+    def untrained_student(self, recipe, splits: Splits, params: dict) -> nn.Module:
+        """The recipe's student family built untrained with ``params`` (the size stage's candidates)."""
+        raise NotImplementedError
+
     def val_metric(self, model: nn.Module, split: SampleSet, workers: Optional[int] = None) -> tuple[str, float]:
         """``(short name, value)`` of a PyTorch model on ``split`` (the curves' ``val_<name>`` column)."""
         raise NotImplementedError
@@ -76,9 +80,9 @@ class Task:
         """Up to ``n`` real samples as the model's inputs (export parity, the bench's shapes)."""
         raise NotImplementedError
 
-    def fusion_args(self) -> Optional[dict]:
+    def fusion_args(self, model: Optional[nn.Module] = None) -> Optional[dict]:
         """ONNX Runtime transformer-optimizer arguments (``model_type``, ``num_heads``, ``hidden_size``) for
-        the student before dynamic quantization, or None for no fusion."""
+        the student (the student stage's, or ``model``) before dynamic quantization, or None for no fusion."""
         return None
 
     def metric(self, onnx_path: str | os.PathLike, split: SampleSet, role: str) -> dict:

@@ -35,8 +35,11 @@ class _TextTask(Task):
     opset = 17
     supports_qat = False
 
-    def fusion_args(self) -> dict:
+    def fusion_args(self, model: Optional[nn.Module] = None) -> dict:
         # ORT cannot detect the head count of these graphs itself: without it no Attention is fused
+        if model is not None:
+            config = model.encoder.config
+            return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
         meta = _io.read_json(self._stage_dir("student") / "meta.json")
         return {"model_type": "bert", "num_heads": meta["num_heads"], "hidden_size": meta["hidden_size"]}
 
@@ -133,17 +136,14 @@ class _TextTask(Task):
         return model.eval()
 
     def build_student(self, recipe, splits: Splits, out_dir: Path, teacher_path: Optional[Path] = None) -> nn.Module:
-        from ..models import build_model, count_params, save_checkpoint
-        from ..models.text import prune_vocab_, pruned_vocab, save_tokenizer
+        from ..models import count_params, save_checkpoint
+        from ..models.text import save_tokenizer
         import torch
 
         torch.manual_seed(recipe.seed)
         cfg = recipe.student
-        model = build_model(cfg.arch, cfg.params, (), splits.num_classes, "student")
-        keep = None
-        if cfg.prune_vocab:  # the tokens of every text the run reads, streamed split by split
-            keep = pruned_vocab(model.tokenizer, _all_texts(splits))
-            prune_vocab_(model, keep)
+        model = self.untrained_student(recipe, splits, cfg.params)
+        keep = self._kept_tokens(recipe, splits, model)  # found once, by untrained_student
         save_tokenizer(model, out_dir / "tokenizer")
         save_checkpoint(out_dir / "model.pt", model, arch=cfg.arch)
         config = model.encoder.config
@@ -151,6 +151,26 @@ class _TextTask(Task):
                                                "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
                                                "vocab": len(model.tokenizer), "kept_token_ids": keep})
         return model
+
+    def untrained_student(self, recipe, splits: Splits, params: dict) -> nn.Module:
+        """The student built with ``params``, its vocabulary pruned when ``student.prune_vocab`` asks."""
+        from ..models import build_model
+        from ..models.text import prune_vocab_
+
+        model = build_model(recipe.student.arch, params, (), splits.num_classes, "student")
+        keep = self._kept_tokens(recipe, splits, model)
+        return prune_vocab_(model, keep) if keep else model
+
+    def _kept_tokens(self, recipe, splits: Splits, model: nn.Module) -> Optional[list[int]]:
+        """The token ids ``student.prune_vocab`` keeps: those of every text the run reads (streamed split by split),
+        found once per task (the size stage's candidates share one tokenizer)."""
+        from ..models.text import pruned_vocab
+
+        if not recipe.student.prune_vocab:
+            return None
+        if getattr(self, "_keep", None) is None:
+            self._keep = pruned_vocab(model.tokenizer, _all_texts(splits))
+        return self._keep
 
     def load_student(self, recipe, splits: Splits, path: Path) -> nn.Module:
         from ..models import build_model, load_checkpoint
