@@ -15,6 +15,10 @@ def check_names(recipe) -> None:
     check_params(recipe.teacher.arch, recipe.teacher.params, "teacher")
     arch, params, key = student_spec(recipe)
     check_params(arch, params, key)
+    if recipe.student.size == "fit":  # a family with no search space cannot be sized: say so before any data is read
+        from .sizing import search_space
+
+        search_space(arch, params)
     for i, term in enumerate(recipe.distill.losses):
         check_loss(term.name, term.params, f"distill.losses[{i}]")
 

@@ -55,13 +55,15 @@ def search_space(arch: str, params: dict) -> dict[str, list]:
     from .models import MODELS
 
     space = MODELS.meta(arch).get("space")
-    if space is None:
-        raise ConfigError(
-            f"student.size: the student family {arch!r} declares no search space, so it cannot be sized to the "
-            f"budget; register it with MODELS.register({arch!r}, space={{'width': [8, 16, 32]}}) (each knob and the "
-            "values to try), or set student.size = \"params\" and size it by hand.")
     space = space(params) if callable(space) else space
-    if not space or any(not isinstance(v, (list, tuple)) or not v for v in space.values()):
+    if space is None:
+        how = ("give your factory function a `space` attribute, e.g. build.space = {'width': [8, 16, 32]} (each "
+               "keyword of `kwargs` to try and its values)" if arch == "factory" else
+               f"register it with MODELS.register({arch!r}, space={{'width': [8, 16, 32]}}) (each knob and the values "
+               "to try)")
+        raise ConfigError(f"student.size: the student family {arch!r} declares no search space, so it cannot be "
+                          f"sized to the budget; {how}, or set student.size = \"params\" and size it by hand.")
+    if not isinstance(space, dict) or not space or any(not isinstance(v, (list, tuple)) or not v for v in space.values()):
         raise ConfigError(f"student.size: the search space of {arch!r} must map each knob to a non-empty list of "
                           f"values; it is {space!r}.")
     return {k: list(v) for k, v in space.items()}
@@ -104,7 +106,7 @@ def candidates(arch: str, base: dict, space: dict[str, list], build: Callable[[d
     out = []
     for values in itertools.product(*space.values()):
         knobs = dict(zip(space, values))
-        entry = {"knobs": knobs, "params": {**base, **knobs}, "macs": None, "parameters": None}
+        entry = {"knobs": knobs, "params": with_knobs(base, knobs), "macs": None, "parameters": None}
         try:
             model = build(entry["params"]).eval()
             entry.update(macs=count_macs(model, inputs), parameters=count_params(model))
@@ -113,6 +115,19 @@ def candidates(arch: str, base: dict, space: dict[str, list], build: Callable[[d
         out.append(entry)
     built = sorted((c for c in out if c["macs"] is not None), key=lambda c: (-c["macs"], -c["parameters"]))
     return built + [c for c in out if c["macs"] is None]
+
+
+def with_knobs(base: dict, knobs: dict) -> dict:
+    """``base`` params with each knob set; a dotted knob (``kwargs.width``) sets a key of a nested table."""
+    out = dict(base)
+    for name, value in knobs.items():
+        *path, key = name.split(".")
+        table = out
+        for part in path:
+            table[part] = dict(table.get(part) or {})
+            table = table[part]
+        table[key] = value
+    return out
 
 
 def limits(budgets, margin: float):

@@ -121,6 +121,13 @@ CASES = {
                             r"r\.toml: distill\.alpha: 1\.5 is out of range; it must be <= 1\.0\."),
     "recipe-zero-batch": (_text("r.toml", _recipe().replace("batch_size = 64", "batch_size = 0")), ["run", "{d}/r.toml"], 1,
                           r"data\.batch_size: 0 is out of range; it must be >= 1\."),
+    "recipe-fit-family-without-space": (_text("r.toml", _recipe('[student]\narch = "efficientnet-lite0"\n'
+                                                             'params = { pretrained = false }\nsize = "fit"')),
+                                        ["run", "{d}/r.toml"], 1,
+                                        r"student\.size: the student family 'efficientnet-lite0' declares no search "
+                                        r"space, so it cannot be sized to the budget; register it with MODELS\.register"),
+    "recipe-fit-the-teacher": (_text("r.toml", _recipe('[student]\narch = "teacher"\nsize = "fit"')), ["run", "{d}/r.toml"], 1,
+                               r"student\.size: 'fit' sizes a student family; the teacher itself has no knobs"),
     "recipe-nan-lr": (_text("r.toml", _recipe("[distill]\nlr = nan")), ["run", "{d}/r.toml"], 1,
                       r"distill\.lr: expected a finite number, got nan\."),
     "recipe-section-not-table": (_text("r.toml", 'data = 3\nname = "x"\n'), ["run", "{d}/r.toml"], 1,

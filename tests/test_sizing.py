@@ -143,9 +143,30 @@ def test_a_budget_no_candidate_meets_names_the_budget_and_the_closest_miss(tmp_p
 
 
 def test_a_family_without_a_search_space_is_refused_with_how_to_declare_one():
-    with pytest.raises(ConfigError, match=r"student family 'factory' declares no search space.*MODELS\.register"):
-        sizing.search_space("factory", {})
+    with pytest.raises(ConfigError, match=r"student family 'efficientnet-lite0' declares no search space.*"
+                                          r"MODELS\.register\('efficientnet-lite0', space="):
+        sizing.search_space("efficientnet-lite0", {})
+    with pytest.raises(ConfigError, match=r"student family 'factory' declares no search space.*give your factory "
+                                          r"function a `space` attribute"):
+        sizing.search_space("factory", {"factory": "test_sizing:_build"})
     assert sizing.search_space("cnn", {})["width"]  # the built-in families declare theirs
+
+
+def tiny_factory(input_shape, num_classes: int, width: int = 4):
+    return cnn(input_shape, num_classes, width=width, depth=1)
+
+
+tiny_factory.space = {"width": [2, 4, 8]}
+
+
+def test_a_users_factory_takes_part_through_its_space_attribute():
+    base = {"factory": "test_sizing:tiny_factory", "kwargs": {"width": 4}}
+    space = sizing.search_space("factory", base)
+    assert space == {"kwargs.width": [2, 4, 8]}
+    rows = sizing.candidates("factory", base, space,
+                             lambda p: build_model("factory", p, SHAPE, CLASSES, "student"), ONE)
+    assert [r["params"] for r in rows] == [{"factory": base["factory"], "kwargs": {"width": w}} for w in (8, 4, 2)]
+    assert base["kwargs"] == {"width": 4}  # the recipe's own table is left as it was
 
 
 def test_count_macs_of_a_known_network():

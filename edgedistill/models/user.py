@@ -17,7 +17,16 @@ from ..errors import ConfigError
 from .core import MODELS, load_checkpoint, mark_trained
 
 
-@MODELS.register("factory", help="your own nn.Module from a 'module:function' factory, plus an optional checkpoint")
+def _factory_space(params: dict) -> dict | None:
+    """Sizing knobs of a user's factory: its function's ``space`` attribute (keyword -> values to try), set as
+    ``kwargs.<keyword>``; None when it has none."""
+    fn = import_object(params["factory"], "student.params.factory") if params.get("factory") else None
+    space = getattr(fn, "space", None)
+    return None if space is None else {f"kwargs.{k}": v for k, v in dict(space).items()}
+
+
+@MODELS.register("factory", help="your own nn.Module from a 'module:function' factory, plus an optional checkpoint",
+                 space=_factory_space)
 def user_factory(input_shape, num_classes: int, factory: str = "", kwargs: dict | None = None,
                  checkpoint: str | None = None) -> nn.Module:
     if not factory:
