@@ -121,7 +121,7 @@ def test_every_built_in_stage_declares_what_it_writes_and_reads():
     from edgedistill.pipeline import stage_names
     from edgedistill.pipeline.stage import STAGES, model_files
 
-    assert stage_names() == ["teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report",
+    assert stage_names() == ["size", "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report",
                              "bundle"]
     files = model_files()
     assert list(files) == ["teacher_fp32", "student_fp32", "student_qat_int8", "student_int8"]
