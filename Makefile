@@ -27,11 +27,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/edgedistill run --run-dir runs/demo
 
+# pytest-xdist: one worker per core (at most 4); every test makes its own folders, ports and processes.
 test: $(VENV)/.extras
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4
 
 test-fast: $(VENV)/.extras
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto --maxprocesses 4 -m "not slow"
 
 # ARM parity under emulation (root; builds an aarch64 Debian once, kept in ~/.cache/edgedistill/arm64):
 # every model of each run in RUNS, in ONNX Runtime on emulated Cortex-A72 and A76, against this host's outputs.

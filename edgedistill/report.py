@@ -101,9 +101,9 @@ def _refit_warnings(report: dict) -> list[str]:
     """A sized student (student.size = "fit") whose delivered model still misses a budget: by how much, and the
     next candidate down that ``edgedistill run --refit`` would train."""
     z = report.get("sizing")
-    best = next((m for m in report["models"] if m["name"] == report["deliverable"]), None)
+    best = next((m for m in report["models"] if m["name"] == report["deliverable"]), None) if z else None
     hardware = misses({k: v for k, v in best["verdict"].items() if k != "min_metric"}) if best else []
-    if not z or not hardware:  # a metric below min_metric is not what a smaller student fixes
+    if not hardware:  # a metric below min_metric is not what a smaller student fixes
         return []
     down = z.get("next_down")
     then = (f"the next candidate down, {', '.join(f'{k}={v}' for k, v in down['knobs'].items())}, measured "

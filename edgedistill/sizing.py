@@ -98,7 +98,7 @@ def count_macs(model, inputs) -> int:
     return int(total)
 
 
-def candidates(arch: str, base: dict, space: dict[str, list], build: Callable[[dict], object], inputs) -> list[dict]:
+def candidates(base: dict, space: dict[str, list], build: Callable[[dict], object], inputs) -> list[dict]:
     """Every combination of ``space`` over ``base``, built untrained, ranked most capable first; each with its
     ``knobs``, full ``params``, ``macs`` and ``parameters`` (or a ``reason`` it could not be built)."""
     from .models import count_params
@@ -152,7 +152,7 @@ def fit_student(arch: str, base: dict, build: Callable[[dict], object], export: 
     """
     t0 = time.perf_counter()
     space = search_space(arch, base)
-    cands = candidates(arch, base, space, build, inputs)
+    cands = candidates(base, space, build, inputs)
     allowed = limits(target.budgets, margin)
     for c in cands:
         if c["macs"] is not None and allowed.size_mb is not None and c["parameters"] / 1e6 > allowed.size_mb:
@@ -170,12 +170,11 @@ def fit_student(arch: str, base: dict, build: Callable[[dict], object], export: 
     if below:  # what --refit would train next: measured too
         log(f"[size] measuring the candidate below the best one that fits: {_knobs(below)}")
         machine = _measure_round([below], build, export, quantize, measure, allowed, work_dir) or machine
-    for c in cands:
-        c.setdefault("status", "not measured")
-        if c["status"] == "not measured":
-            c.setdefault("reason", "ranks below a measured candidate that fits" if _best(cands) is not None and
-                         c["macs"] <= _best(cands)["macs"] else f"left after {rounds} rounds")
     best = _best(cands)
+    for i, c in enumerate(cands):
+        if "status" not in c:
+            c.update(status="not measured", reason="ranks below the best candidate that fits"
+                     if best is not None and i > cands.index(best) else f"left after {rounds} rounds")
     if best is None:
         raise BudgetError(_nothing_fits(cands, target.budgets, margin, arch))
     return {"arch": arch, "space": space, "margin": margin, "candidates": cands,
@@ -189,8 +188,8 @@ def _next_round(cands: list[dict], k: int) -> list[dict]:
     """Up to ``k`` unmeasured candidates spread evenly over those that rank above the best fitting one so far
     (all, before any fits), the first and last of them included."""
     best = _best(cands)
-    open_ = [c for c in cands if "status" not in c and (best is None or c["macs"] > best["macs"] or
-                                                        (c["macs"] == best["macs"] and c["parameters"] > best["parameters"]))]
+    above = cands if best is None else cands[:cands.index(best)]
+    open_ = [c for c in above if "status" not in c]
     if not open_:
         return []
     picks = sorted(set(np.linspace(0, len(open_) - 1, min(k, len(open_))).round().astype(int).tolist()))

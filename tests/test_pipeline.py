@@ -155,7 +155,7 @@ def test_unknown_from_stage(tiny_recipe, tmp_path):
     from edgedistill.errors import ConfigError
     from edgedistill.pipeline import run
 
-    with pytest.raises(ConfigError, match=r"--from: unknown stage 'distil'; choose one of: teacher, student"):
+    with pytest.raises(ConfigError, match=r"--from: unknown stage 'distil'; choose one of: size, teacher, student"):
         run(tiny_recipe, run_dir=tmp_path, from_stage="distil")
 
 

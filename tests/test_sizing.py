@@ -14,13 +14,21 @@ from _cli import edgedistill
 
 from edgedistill import sizing
 from edgedistill.errors import ConfigError
-from edgedistill.models import MODELS, build_model, count_params
+from edgedistill.models import build_model, count_params
 from edgedistill.models.cnn import cnn
 from edgedistill.targets import Budgets, Target
 
 FAMILY = "fit-test-cnn"  # a user's family with its own (small) search space, registered like any other
-if FAMILY not in MODELS:
-    MODELS.register(FAMILY, space={"width": [2, 4, 8, 16], "depth": [1, 2]})(cnn)
+
+
+@pytest.fixture(autouse=True)
+def _family(monkeypatch):
+    """``MODELS.register(FAMILY, space=...)(cnn)`` for the test only: the registry is global, and the other test
+    modules check that it holds the built-in families alone."""
+    from edgedistill.models import MODELS
+
+    monkeypatch.setitem(MODELS._items, FAMILY, cnn)
+    monkeypatch.setitem(MODELS._meta, FAMILY, {"space": {"width": [2, 4, 8, 16], "depth": [1, 2]}})
 
 SHAPE, CLASSES = (1, 8, 8), 10
 ONE = np.zeros((1, *SHAPE), dtype=np.float32)
@@ -163,7 +171,7 @@ def test_a_users_factory_takes_part_through_its_space_attribute():
     base = {"factory": "test_sizing:tiny_factory", "kwargs": {"width": 4}}
     space = sizing.search_space("factory", base)
     assert space == {"kwargs.width": [2, 4, 8]}
-    rows = sizing.candidates("factory", base, space,
+    rows = sizing.candidates(base, space,
                              lambda p: build_model("factory", p, SHAPE, CLASSES, "student"), ONE)
     assert [r["params"] for r in rows] == [{"factory": base["factory"], "kwargs": {"width": w}} for w in (8, 4, 2)]
     assert base["kwargs"] == {"width": 4}  # the recipe's own table is left as it was

@@ -136,7 +136,9 @@ def _run_stages(ctx: RunContext, from_stage: str | None, resume: bool) -> None:
                 ctx.log(f"[{s.name}] unchanged, skipped")
                 followers.passed(i)
                 continue
-            forced = True  # everything after a re-run stage re-runs too
+            # A later stage re-runs when its own inputs changed: its hash holds the outputs of the stages it reads,
+            # so one that re-ran to the same files (the size stage switched off, or choosing the same student)
+            # leaves the stages after it skipped; --from re-runs everything after it.
             same = prev.get("inputs_hash") == inputs_hash
             # a stage stopped by Ctrl-C or killed ("running" under no lock) continues by itself; --from restarts it
             auto = same and prev.get("status") in ("running", "interrupted") and from_stage is None and not resume
