@@ -705,6 +705,40 @@ def test_text_classification_task_end_to_end(st_folder, tmp_path):
     assert json.loads((run_dir / "03_distill" / "meta.json").read_text())["teacher_cache"] is None
 
 
+def test_the_size_stage_sizes_a_text_student_by_the_layers_it_keeps(st_folder, tmp_path, monkeypatch):
+    """student.size = "fit" on a transformer student: candidates keep 1 or 2 of the init model's layers (its
+    vocabulary pruned as the run's would be), exported and dynamically quantized as the pipeline does; a fake
+    timer (1 ms per 4 KB of file) so the choice does not depend on this machine."""
+    import dataclasses
+
+    from edgedistill import sizing
+    from edgedistill.targets import Budgets, Target
+    from edgedistill.tasks import get_task
+
+    def fake(target, **settings):
+        return lambda paths: {"models": [{"path": p, "size_mb": Path(p).stat().st_size / 1e6,
+                                          "latency_ms": {"p90": Path(p).stat().st_size / 4000}, "peak_rss_mb": 40.0}
+                                         for p in paths], "machine": {"cpu": "fake"}}
+
+    monkeypatch.setattr(sizing, "_bench_measure", fake)
+    recipe = _recipe(tmp_path, st_folder, "text-classification")
+    recipe = dataclasses.replace(recipe, student=dataclasses.replace(recipe.student, size="fit"))
+    task = get_task(recipe.task, tmp_path / "run")
+    splits = task.load_data(recipe.data, recipe.seed)
+
+    def size(p90_ms: float) -> dict:
+        target = Target(name="fake", budgets=Budgets(size_mb=20.0, p90_ms=p90_ms))
+        return sizing.size_student(recipe, splits, task, target, tmp_path, lambda m: None)
+
+    loose = size(1000.0)
+    rows = {tuple(c["knobs"]["layers"]): c for c in loose["candidates"]}
+    assert list(rows) == [(0, 1), (0,)] and loose["chosen"]["knobs"] == {"layers": [0, 1]}
+    assert all(set(c["models"]) == {"fp32", "int8"} for c in rows.values())
+    assert rows[(0, 1)]["parameters"] > rows[(0,)]["parameters"]
+    between = (rows[(0,)]["p90_ms"] + rows[(0, 1)]["p90_ms"]) / 2 / 0.9  # the one-layer student fits, not the other
+    assert size(between)["chosen"]["knobs"] == {"layers": [0]}
+
+
 # --- bad input: refused before the run folder is created ---------------------------------------------------------------
 
 @pytest.mark.parametrize("task, kw, key, message", [
