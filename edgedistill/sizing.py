@@ -16,7 +16,8 @@ trained.
 Search: candidates whose parameters alone exceed the size budget at one byte each (the least an INT8 weight
 takes) are not measured; of the others, rounds of at most ``per_round`` candidates spread over the ranking are
 measured together, until no unmeasured candidate ranks above the best one that fits (at most ``rounds`` rounds;
-those left are recorded as not measured). With none that fits, :class:`BudgetError` names the budget, the
+those left are recorded as not measured). A candidate at least as large in every knob as one that misses a budget
+is not measured either: latency, size and memory grow with each knob, though not with MACs across knobs. With none that fits, :class:`BudgetError` names the budget, the
 closest candidate and by how much it misses, before any training.
 """
 
@@ -142,7 +143,7 @@ def limits(budgets, margin: float):
 def fit_student(arch: str, base: dict, build: Callable[[dict], object], export: Callable[[object, Path], None],
                 quantize: Optional[Callable[[Path, Path], None]], inputs, target, margin: float, *,
                 work_dir: Path, measure: Optional[Callable[[list[str]], dict]] = None, per_round: int = 6,
-                rounds: int = 3, log: Callable[[str], None] = lambda msg: None) -> dict:
+                rounds: int = 6, log: Callable[[str], None] = lambda msg: None) -> dict:
     """Size ``arch`` to ``target``: the ``sizing`` record of ``report.json`` (``candidates``, ``chosen``, ...).
 
     ``build(params)`` makes an untrained model, ``export(model, path)`` writes its FP32 ONNX file and
@@ -186,14 +187,30 @@ def fit_student(arch: str, base: dict, build: Callable[[dict], object], export: 
 
 def _next_round(cands: list[dict], k: int) -> list[dict]:
     """Up to ``k`` unmeasured candidates spread evenly over those that rank above the best fitting one so far
-    (all, before any fits), the first and last of them included."""
+    (all, before any fits), the first and last of them included. A candidate at least as large in every knob as
+    one measured to miss a budget is not measured: it is marked as missing too (``status`` "dominated")."""
     best = _best(cands)
     above = cands if best is None else cands[:cands.index(best)]
+    missed = [c for c in cands if c.get("status") == "measured" and not c["within_budget"]]
+    for c in above:
+        big = next((m for m in missed if "status" not in c and _dominates(c["knobs"], m["knobs"])), None)
+        if big is not None:
+            c.update(status="dominated", within_budget=False,
+                     reason=f"at least as large in every knob as {_knobs(big)}, which misses a budget")
     open_ = [c for c in above if "status" not in c]
     if not open_:
         return []
     picks = sorted(set(np.linspace(0, len(open_) - 1, min(k, len(open_))).round().astype(int).tolist()))
     return [open_[i] for i in picks]
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    """Whether knobs ``a`` are at least ``b``'s in every knob (numbers compared; any other value must be equal):
+    latency, size and memory grow with each knob of a family, though not with MACs across knobs."""
+    def ge(x, y) -> bool:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+        return x >= y if numbers else x == y
+    return all(ge(a[k], b[k]) for k in b)
 
 
 def _below_best(cands: list[dict]) -> Optional[dict]:

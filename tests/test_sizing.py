@@ -89,17 +89,36 @@ def test_the_search_picks_the_most_capable_candidate_within_the_budget(tmp_path,
     rows = result["candidates"]
     assert len(rows) == 8 and [r["macs"] for r in rows] == sorted((r["macs"] for r in rows), reverse=True)
     for r in rows:
-        assert r["status"] in ("measured", "not measured"), r
+        assert r["status"] in ("measured", "not measured", "dominated"), r
         if r["status"] == "measured":
             assert set(r["models"]) == {"fp32", "int8"} and r["within_budget"] == (not r["models"][r["precision"]]["misses"])
             assert {"size_mb", "p90_ms", "peak_rss_mb"} <= set(r)
     assert all(len(files) <= 2 * per_round for files in measured)  # each round benchmarks its files together
     chosen_at = next(i for i, r in enumerate(rows) if r["knobs"] == result["chosen"]["knobs"])
-    assert all(r["status"] == "measured" for r in rows[:chosen_at])  # nothing more capable was left unmeasured
+    # nothing more capable was left unmeasured, but for those at least as large in every knob as a measured miss
+    assert all(r["status"] in ("measured", "dominated") for r in rows[:chosen_at])
+    for r in rows[:chosen_at]:
+        if r["status"] == "dominated":
+            assert "which misses a budget" in r["reason"] and r["within_budget"] is False
     if per_round == 2 and chosen_at < 4:  # spread rounds leave some smaller candidates unmeasured
         assert result["measured"] < 8
     if chosen_at + 1 < len(rows):  # the next one down is measured: what --refit would train
         assert rows[chosen_at + 1]["status"] == "measured"
+
+
+def test_a_candidate_as_large_in_every_knob_as_a_miss_is_not_measured(tmp_path):
+    export, quantize, measure, measured = _fake_files()
+    result = sizing.fit_student(FAMILY, {}, _build, export, quantize, ONE, _target(p90_ms=0.5), 0.0,
+                                work_dir=tmp_path, measure=measure, per_round=2, rounds=6)
+    rows = result["candidates"]
+    dominated = [r for r in rows if r["status"] == "dominated"]
+    assert dominated, [r["status"] for r in rows]
+    seen = {f["parameters"] for files in measured for f in files}
+    for r in dominated:
+        miss = next(m for m in rows if m["status"] == "measured" and not m["within_budget"]
+                    and all(r["knobs"][k] >= m["knobs"][k] for k in m["knobs"]))
+        assert r["parameters"] not in seen and sizing._knobs(miss) in r["reason"]
+    assert result["chosen"]["knobs"] == _expected(0.5, 0.0)
 
 
 def test_the_margin_keeps_the_chosen_candidate_off_the_budget_line(tmp_path):
