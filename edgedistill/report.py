@@ -92,7 +92,8 @@ def compare_with_teacher(models: list[dict]) -> list[dict]:
 
 def report_warnings(report: dict) -> list[str]:
     """What a user must not miss, in plain sentences: a student far below its teacher, an INT8 model
-    slower than its FP32 student, a benchmark that did not run on the target. Needs ``comparisons``."""
+    slower than its FP32 student, a benchmark that did not run on the target, a sized student whose deliverable
+    still misses a budget (and what ``--refit`` would train). Needs ``comparisons``."""
     return [*_gap_warnings(report["comparisons"]), *_int8_warnings(report["models"]), *_host_warnings(report),
             *_refit_warnings(report)]
 
