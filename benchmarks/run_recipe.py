@@ -53,6 +53,8 @@ def main(argv=None) -> int:
                                       "within_budget")} for m in report["models"]],
         "deliverable": report["deliverable"], "deliverable_reason": report["deliverable_reason"],
         "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
+        "sizing": {k: report["sizing"][k] for k in ("chosen", "measured", "seconds", "share_of_run_seconds")}
+        | {"candidates": len(report["sizing"]["candidates"])} if report.get("sizing") else None,
         "wall_seconds": round(time.time() - t0, 1),
         "note": args.note,
     }
