@@ -27,12 +27,15 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/edgedistill run --run-dir runs/demo
 
-# pytest-xdist: one worker per core (at most 4); every test makes its own folders, ports and processes.
+# pytest-xdist: one worker per core (at most 4), a module per worker at a time: every test makes its own folders,
+# ports and processes, but the SSH tests' remote is this machine's /tmp, which the module's tests check together.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(VENV)/.extras
-	$(PY) -m pytest -n auto --maxprocesses 4
+	$(PY) -m pytest $(XDIST)
 
 test-fast: $(VENV)/.extras
-	$(PY) -m pytest -n auto --maxprocesses 4 -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 # ARM parity under emulation (root; builds an aarch64 Debian once, kept in ~/.cache/edgedistill/arm64):
 # every model of each run in RUNS, in ONNX Runtime on emulated Cortex-A72 and A76, against this host's outputs.

@@ -28,6 +28,8 @@ from edgedistill.targets import load_target
 from tests._cli import edgedistill
 
 SSHD = "/usr/sbin/sshd"
+# The remote is this machine: its temporary folders (_leftovers) are /tmp's, which every pytest-xdist worker
+# shares; `make test` distributes by module (--dist loadfile), so this module's tests run on one worker.
 FAST = ["--runs", "5", "--warmup", "1", "--min-seconds", "0"]
 ROOT = Path(__file__).resolve().parents[1]
 
