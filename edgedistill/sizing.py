@@ -17,8 +17,9 @@ Search: candidates whose parameters alone exceed the size budget at one byte eac
 takes) are not measured; of the others, rounds of at most ``per_round`` candidates spread over the ranking are
 measured together, until no unmeasured candidate ranks above the best one that fits (at most ``rounds`` rounds;
 those left are recorded as not measured). A candidate at least as large in every knob as one that misses a budget
-is not measured either: latency, size and memory grow with each knob, though not with MACs across knobs. With none that fits, :class:`BudgetError` names the budget, the
-closest candidate and by how much it misses, before any training.
+is not measured either: latency, size and memory grow with each knob, though not with MACs across knobs. With none
+that fits, :class:`BudgetError` names the budget, the closest candidate and by how much it misses, before any
+training.
 """
 
 from __future__ import annotations
