@@ -43,7 +43,7 @@ REFIT_FILE = "refit.json"  # written by `run --refit`; not an output of the stag
 CALIBRATION_SAMPLES = 32
 PARITY_SAMPLES = 8
 #: the bench settings a candidate is measured with: shorter than the bench stage's (the margin absorbs the noise)
-BENCH_SETTINGS = {"runs": 50, "warmup": 5, "min_seconds": 0.25, "max_seconds": 1.0}
+BENCH_SETTINGS = {"runs": 50, "warmup": 5, "min_seconds": 0.1, "max_seconds": 0.5}
 
 
 class BudgetError(EdgeDistillError):
