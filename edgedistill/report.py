@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import _io, _schema
 from .budgets import TIE_FRACTION, choose_deliverable, judge, misses
+from .sizing import knob_text
 from .targets import Target
 
 STUDENT_GAP_POINTS = 5.0  # a student more than this many metric points below its teacher is warned about
@@ -107,7 +108,7 @@ def _refit_warnings(report: dict) -> list[str]:
     if not hardware:  # a metric below min_metric is not what a smaller student fixes
         return []
     down = z.get("next_down")
-    then = (f"the next candidate down, {', '.join(f'{k}={v}' for k, v in down['knobs'].items())}, measured "
+    then = (f"the next candidate down, {knob_text(down['knobs'])}, measured "
             f"{down['size_mb']:.3f} MB and p90 {down['p90_ms']:.3f} ms untrained ({down['precision'].upper()}); "
             "`edgedistill run --refit` trains it from the student stage on." if down else
             "no smaller candidate was measured within the budgets; raise student.fit_margin or add smaller values "

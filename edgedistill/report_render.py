@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import _io
 from .errors import DataError
+from .sizing import knob_text
 
 
 def models_table(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -101,12 +102,8 @@ def sizing_line(report: dict) -> str:
             f"Sizing took {cost}.")
     if z.get("refit_steps"):
         text += (f" Re-fitted {z['refit_steps']} step(s) down with --refit: trained "
-                 f"{_knob_text(z['trained']['knobs'])}.")
+                 f"{knob_text(z['trained']['knobs'])}.")
     return text
-
-
-def _knob_text(knobs: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in knobs.items())
 
 
 def sizing_table(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -120,7 +117,7 @@ def sizing_table(report: dict) -> tuple[list[str], list[list[str]]]:
         mark = " (trained)" if c["knobs"] == z["trained"]["knobs"] else ""
         verdict = "within budget" if c["within_budget"] else "; ".join(c["models"][c["precision"]]["misses"])
         rss = "—" if c.get("peak_rss_mb") is None else f"{c['peak_rss_mb']:.1f}"
-        rows.append([_knob_text(c["knobs"]) + mark, f"{c['macs']:,}", f"{c['parameters']:,}", c["precision"],
+        rows.append([knob_text(c["knobs"]) + mark, f"{c['macs']:,}", f"{c['parameters']:,}", c["precision"],
                      f"{c['size_mb']:.4f}", f"{c['p90_ms']:.4f}", rss, verdict])
     return header, rows
 

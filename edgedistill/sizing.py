@@ -148,9 +148,9 @@ def fit_student(arch: str, base: dict, build: Callable[[dict], object], export: 
     """Size ``arch`` to ``target``: the ``sizing`` record of ``report.json`` (``candidates``, ``chosen``, ...).
 
     ``build(params)`` makes an untrained model, ``export(model, path)`` writes its FP32 ONNX file and
-    ``quantize(fp32_path, int8_path)`` its INT8 one (None: FP32 only, PTQ is off); ``inputs`` is one real sample
-    as the model's inputs (MACs). ``measure(paths)`` benchmarks files interleaved (the bench harness at the target's
-    threads by default; a test passes a fake timer).
+    ``quantize(fp32_path, int8_path)`` its INT8 one (None: FP32 only, PTQ is off); ``inputs`` are real samples as
+    the model's inputs (the first one counts the MACs). ``measure(paths)`` benchmarks files interleaved (the bench
+    harness at the target's threads by default; a test passes a fake timer).
     """
     t0 = time.perf_counter()
     space = search_space(arch, base)
@@ -170,7 +170,7 @@ def fit_student(arch: str, base: dict, build: Callable[[dict], object], export: 
         machine = _measure_round(todo, build, export, quantize, measure, allowed, work_dir) or machine
     below = _below_best(cands)
     if below:  # what --refit would train next: measured too
-        log(f"[size] measuring the candidate below the best one that fits: {_knobs(below)}")
+        log(f"[size] measuring the candidate below the best one that fits: {knob_text(below['knobs'])}")
         machine = _measure_round([below], build, export, quantize, measure, allowed, work_dir) or machine
     best = _best(cands)
     for i, c in enumerate(cands):
@@ -197,7 +197,7 @@ def _next_round(cands: list[dict], k: int) -> list[dict]:
         big = next((m for m in missed if "status" not in c and _dominates(c["knobs"], m["knobs"])), None)
         if big is not None:
             c.update(status="dominated", within_budget=False,
-                     reason=f"at least as large in every knob as {_knobs(big)}, which misses a budget")
+                     reason=f"at least as large in every knob as {knob_text(big['knobs'])}, which misses a budget")
     open_ = [c for c in above if "status" not in c]
     if not open_:
         return []
@@ -280,14 +280,15 @@ def _summary(c: dict) -> dict:
 
 
 def _why(best: dict, cands: list[dict], margin: float) -> str:
-    above = [c for c in cands if c["status"] == "measured" and not c["within_budget"] and c["macs"] > best["macs"]]
-    text = (f"{_knobs(best)} is the most capable candidate measured within every budget less {100 * margin:g} % "
+    above = [c for c in cands[:cands.index(best)] if c["status"] == "measured" and not c["within_budget"]]
+    text = (f"{knob_text(best['knobs'])} is the most capable candidate measured within every budget less {100 * margin:g} % "
             f"({best['precision'].upper()}: {best['size_mb']:.3f} MB, p90 {best['p90_ms']:.3f} ms"
             + (f", peak RSS {best['peak_rss_mb']:.1f} MB" if best.get("peak_rss_mb") is not None else "")
             + f"; {best['macs']:,} MACs, {best['parameters']:,} parameters)")
     if above:
-        nearest = min(above, key=lambda c: c["macs"])
-        text += f"; the next larger measured, {_knobs(nearest)}, misses {'; '.join(nearest['models'][nearest['precision']]['misses'])}"
+        nearest = above[-1]  # ranked right above the best
+        missed = nearest["models"][nearest["precision"]]["misses"]
+        text += f"; the next larger measured, {knob_text(nearest['knobs'])}, misses {'; '.join(missed)}"
     return text + "."
 
 
@@ -298,13 +299,13 @@ def _nothing_fits(cands: list[dict], budgets, margin: float, arch: str) -> str:
         if smallest is None:
             return f"student.size: no candidate of {arch!r} could be built; see the search space's values."
         return (f"budgets.size_mb: no {arch} candidate fits {budgets.size_mb:g} MB less the {100 * margin:g} % margin; "
-                f"the smallest, {_knobs(smallest)}, {smallest.get('reason', 'could not be measured')}; raise the budget, "
-                "lower student.fit_margin or add smaller values to the family's search space.")
+                f"the smallest, {knob_text(smallest['knobs'])}, {smallest.get('reason', 'could not be measured')}; raise "
+                "the budget, lower student.fit_margin or add smaller values to the family's search space.")
     closest = min(measured, key=lambda c: _shortfall(c, budgets, margin))
     key, limit, value = _worst_budget(closest, budgets, margin)
     unit = "ms" if key == "p90_ms" else "MB"
     return (f"budgets.{key}: no {arch} candidate meets {limit:g} {unit} less the {100 * margin:g} % margin; the "
-            f"closest, {_knobs(closest)} ({closest['precision'].upper()}), measures {value:.3f} {unit}, "
+            f"closest, {knob_text(closest['knobs'])} ({closest['precision'].upper()}), measures {value:.3f} {unit}, "
             f"{100 * (value / (limit * (1 - margin)) - 1):.0f} % over; raise the budget, lower student.fit_margin or "
             "add smaller values to the family's search space.")
 
@@ -322,8 +323,9 @@ def _shortfall(c: dict, budgets, margin: float) -> float:
     return value / (limit * (1 - margin))
 
 
-def _knobs(c: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in c["knobs"].items())
+def knob_text(knobs: dict) -> str:
+    """A candidate's knobs as the log, the errors and the report write them: ``width=8, depth=2``."""
+    return ", ".join(f"{k}={v}" for k, v in knobs.items())
 
 
 def _first_line(e: Exception) -> str:
@@ -426,7 +428,7 @@ def step_down(stage_dir: Path) -> dict:
                           "student.size = \"fit\".")
     _, fitting, at, steps = found
     if at + 1 >= len(fitting):
-        raise ConfigError(f"--refit: {_knobs(fitting[at])} is already the smallest candidate measured within the "
+        raise ConfigError(f"--refit: {knob_text(fitting[at]['knobs'])} is already the smallest candidate measured within the "
                           "budgets; raise the budget or add smaller values to the family's search space.")
     _io.write_json(Path(stage_dir) / REFIT_FILE, {"steps_down": steps + 1, "from": fitting[at]["knobs"],
                                                  "to": fitting[at + 1]["knobs"]})

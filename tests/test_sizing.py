@@ -119,7 +119,7 @@ def test_a_candidate_as_large_in_every_knob_as_a_miss_is_not_measured(tmp_path, 
     assert dominated, [r["status"] for r in rows]
     seen = {f["parameters"] for files in measured for f in files}
     for r in dominated:  # never benchmarked, and the reason names a measured miss it is as large as in every knob
-        misses = [sizing._knobs(m) for m in rows if m["status"] == "measured" and not m["within_budget"]
+        misses = [sizing.knob_text(m["knobs"]) for m in rows if m["status"] == "measured" and not m["within_budget"]
                   and all(r["knobs"][k] >= m["knobs"][k] for k in m["knobs"])]
         assert r["parameters"] not in seen and any(f"as {m}, which misses" in r["reason"] for m in misses)
     assert result["chosen"]["knobs"] == _expected(0.2, 0.0, widths, depths)

@@ -34,6 +34,7 @@ class _TextTask(Task):
     ptq_mode = "dynamic"
     opset = 17
     supports_qat = False
+    _keep: Optional[list[int]] = None  # the token ids student.prune_vocab keeps, found once (_kept_tokens)
 
     def fusion_args(self, model: Optional[nn.Module] = None) -> dict:
         # ORT cannot detect the head count of these graphs itself: without it no Attention is fused
@@ -168,7 +169,7 @@ class _TextTask(Task):
 
         if not recipe.student.prune_vocab:
             return None
-        if getattr(self, "_keep", None) is None:
+        if self._keep is None:
             self._keep = pruned_vocab(model.tokenizer, _all_texts(splits))
         return self._keep
 
