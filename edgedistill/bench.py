@@ -1,4 +1,6 @@
-"""Latency, memory and size of ONNX models on this machine, judged against a target's budgets.
+"""Latency, memory and size of models on this machine, judged against a target's budgets: ``.onnx`` files through
+ONNX Runtime, ``.tflite`` files through LiteRT (:class:`edgedistill.litert.LiteRTSession`, int8 I/O converted inside
+each timed call, as an app pays it).
 
 Mirrors ``onnxruntime_perf_test`` and TFLite's ``benchmark_model``: session-creation time, first
 inference, warm-up kept apart from the steady state (at least ``runs`` runs *and* ``min_seconds``),
@@ -10,7 +12,7 @@ A B A B ..., each child timing a block of ``session.run`` calls while the others
 pipe, so a machine that drifts (thermal throttling, a neighbour's job) biases every model alike.
 
 This module imports onnxruntime, numpy and the stdlib only -- never torch -- so a board can run
-it with the light install (``pip install edgedistill[bench]``).
+it with the light install (``pip install edgedistill``; ``ai-edge-litert`` beside it for ``.tflite`` files).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .litert import LiteRTSession, check_tflite, is_tflite
 from .onnx_inspect import check_onnx
 from ._io import file_size_mb
 from ._machine import cpu_count, machine_info
@@ -43,7 +46,7 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
               keep_samples: bool = False, remote: str | None = None, ssh_options: list[str] = (),
               remote_python: str | None = None, gate_indicative: bool = False, ci_tolerance: float | None = 0.05,
               max_seconds: float = 10.0) -> dict:
-    """Benchmark ONNX models interleaved (A B A B ...) and return the bench output contract.
+    """Benchmark models (``.onnx`` and ``.tflite``) interleaved (A B A B ...) and return the bench output contract.
 
     Threads: ``threads``, else ``target.threads``, else 1. Providers: ``providers``, else the
     target's execution provider when this onnxruntime has it, else CPU. With a target, every model
@@ -63,9 +66,9 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     """
     paths = [str(p) for p in paths]
     if not paths:
-        raise DataError("benchmark: no model given; pass at least one .onnx path.")
-    for p in paths:
-        check_onnx(p)  # existence, onnx.checker and the opset range before a worker loads it
+        raise DataError("benchmark: no model given; pass at least one .onnx or .tflite path.")
+    for p in paths:  # existence, onnx.checker and the opset range (the TFLite identifier) before a worker loads it
+        check_tflite(p) if is_tflite(p) else check_onnx(p)
     if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1 or max_seconds < 0 \
             or (ci_tolerance or 0) < 0:
         raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds, max_seconds, "
@@ -255,6 +258,7 @@ def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> lis
             "peak_rss_mb": end["peak_rss_mb"],
             "rss_before_session_mb": w.init["rss_before_session_mb"],
             "execution_provider": w.init["provider"],
+            "int8_io_ms": w.init.get("int8_io_ms"),
             "inputs": w.init["inputs"],
         })
         if tol is not None:
@@ -419,7 +423,8 @@ def _worker_main() -> None:
             so.log_severity_level = 3
             try:
                 t0 = time.perf_counter()
-                sess = ort.InferenceSession(msg["path"], sess_options=so, providers=msg["providers"])
+                sess = LiteRTSession(msg["path"], msg["threads"]) if is_tflite(msg["path"]) else \
+                    ort.InferenceSession(msg["path"], sess_options=so, providers=msg["providers"])
                 create_ms = (time.perf_counter() - t0) * 1000
                 feeds = random_inputs(sess, msg["batch_size"], msg["seq_len"])
             except EdgeDistillError as e:
@@ -433,7 +438,7 @@ def _worker_main() -> None:
             sess.run(None, feeds)
             first_ms = (time.perf_counter() - t0) * 1000
             reply({"session_create_ms": create_ms, "first_inference_ms": first_ms, "rss_before_session_mb": rss0,
-                   "provider": sess.get_providers()[0],
+                   "provider": sess.get_providers()[0], "int8_io_ms": _int8_io_ms(sess, feeds),
                    "inputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()]})
         elif cmd in ("warmup", "run"):
             ms = _timed_runs(sess, feeds, msg["n"])
@@ -444,6 +449,19 @@ def _worker_main() -> None:
         elif cmd == "stop":
             reply({"peak_rss_mb": _peak_rss_mb()})
             return
+
+
+def _int8_io_ms(sess, feeds: dict, n: int = 200) -> float | None:
+    """For a ``.tflite`` model with int8 inputs or outputs: the median time of the quantize / dequantize that each
+    timed call includes (done in numpy here, as an app's code would do it), so a reader can see its share."""
+    if not getattr(sess, "int8_io", False):
+        return None
+    ms = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        sess.convert_io(feeds)
+        ms.append((time.perf_counter_ns() - t0) / 1e6)
+    return sorted(ms)[n // 2]
 
 
 def _timed_runs(sess, feeds: dict, n: int) -> list[float]:

@@ -1,4 +1,5 @@
-"""The mobile bundle: everything an Android / iOS / board app needs to ship one ONNX model.
+"""The mobile bundle: everything an Android / iOS / board app needs to ship one model, for ONNX Runtime, LiteRT or
+both.
 
 ``write_bundle`` writes, into one folder (built beside it and renamed into place, so a crash
 never leaves a half bundle):
@@ -8,9 +9,12 @@ never leaves a half bundle):
   ``required_operators.config`` for a reduced-operator ONNX Runtime build; the ``.ort`` file is
   checked to give the same outputs as the ``.onnx`` on random inputs before the bundle is kept;
 - any ``extra_files`` (tokenizer files for text models), copied as they are;
+- ``model.tflite`` when a LiteRT model is bundled (chosen, or beside the ONNX one for a target with
+  ``runtime = "both"``), with its inputs and outputs in ``metadata.json["litert"]``: shapes, the NCHW layout, and
+  the scale and zero point of int8 inputs and outputs an app quantizes / dequantizes with;
 - ``MODEL_CARD.md``; and ``metadata.json`` with inputs/outputs, preprocessing, labels, opset,
-  onnxruntime version, ORT mobile usability (NNAPI / CoreML partitions) and the sha256 of every
-  other file in the folder.
+  onnxruntime version, ORT mobile usability (NNAPI / CoreML partitions), ``runtime`` (the chosen model's) and the
+  sha256 of every other file in the folder.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from . import _io
 from .errors import ConfigError, DataError, StageError
+from .litert import is_tflite, tflite_facts
 from .onnx_inspect import inspect_model
 
 METADATA_KEYS = ("name", "description", "task", "labels", "preprocessing", "metric", "teacher", "target",
@@ -37,10 +42,11 @@ _COREML_QDQ_WARNING = ("the model is QDQ-quantized and the CoreML execution prov
                        "graph; ship the FP32 model for CoreML or run the INT8 model on the CPU provider.")
 
 
-def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_files: list[str] = (),
-                 execution_provider: str | None = None, target_platform: str | None = None) -> dict:
-    """Write the mobile bundle for ``onnx_path`` into ``out_dir``; return what was written.
+def write_bundle(model_path, out_dir, *, metadata: dict, model_card: dict, extra_files: list[str] = (),
+                 execution_provider: str | None = None, target_platform: str | None = None, also: list[str] = ()) -> dict:
+    """Write the mobile bundle for ``model_path`` (``.onnx`` or ``.tflite``) into ``out_dir``; return what was written.
 
+    ``also``: at most one more model for the other runtime (a target with ``runtime = "both"`` ships both files).
     ``metadata`` keys: one of METADATA_KEYS (``labels`` a list, ``preprocessing`` and ``metric`` tables).
     ``model_card`` keys: MODEL_CARD_KEYS (measured figures and the machine they came from).
     ``execution_provider`` (default ``metadata["execution_provider"]``) is the provider the app will
@@ -51,19 +57,27 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
 
     _check_keys(metadata, METADATA_KEYS, "metadata")
     _check_keys(model_card, MODEL_CARD_KEYS, "model_card")
-    src = Path(onnx_path)
-    if not src.is_file():
-        raise DataError(f"{src}: model file not found; check the path.")
+    sources = [Path(model_path), *map(Path, also)]
+    for src in sources:
+        if not src.is_file():
+            raise DataError(f"{src}: model file not found; check the path.")
+    by_runtime = {("litert" if is_tflite(p) else "onnxruntime"): p for p in sources}
+    if len(by_runtime) != len(sources):
+        raise DataError(f"also: {', '.join(map(str, also))} is for the same runtime as {model_path}; a bundle holds "
+                        "one model per runtime.")
+    runtime = "litert" if is_tflite(sources[0]) else "onnxruntime"
     extras = [Path(p) for p in extra_files]
     for p in extras:
         if not p.is_file():
             raise DataError(f"{p}: extra file for the bundle not found; check the path.")
     names = [p.name for p in extras]
-    clash = {"model.onnx", "model.ort", "required_operators.config", "metadata.json", "MODEL_CARD.md"} & set(names)
+    clash = {"model.onnx", "model.ort", "model.tflite", "required_operators.config", "metadata.json",
+             "MODEL_CARD.md"} & set(names)
     if clash or len(set(names)) != len(names):
         raise DataError(f"extra_files: {sorted(clash) or names} would collide with another bundle file; rename it.")
-    info = inspect_model(str(src))
-    if info["size_mb"] * 1e6 > 2e9:
+    src = by_runtime.get("onnxruntime")
+    info = inspect_model(str(src)) if src else None
+    if info and info["size_mb"] * 1e6 > 2e9:
         raise DataError(f"{src}: over 2 GB, too big for a single-file mobile bundle; shrink the model first.")
     ep = execution_provider or metadata.get("execution_provider") or "CPUExecutionProvider"
 
@@ -71,22 +85,29 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        facts = _key_facts(metadata, info, ort.__version__)
-        _write_onnx_with_props(src, work / "model.onnx", facts)
-        _convert_to_ort(work, target_platform)
-        parity = _ort_parity(work / "model.onnx", work / "model.ort")
+        litert = _write_tflite(by_runtime["litert"], work) if "litert" in by_runtime else None
+        facts = _key_facts(metadata, info or litert, ort.__version__ if info else None)
+        usability, warnings, parity = None, [], None
+        if info:
+            _write_onnx_with_props(src, work / "model.onnx", facts)
+            _convert_to_ort(work, target_platform)
+            parity = _ort_parity(work / "model.onnx", work / "model.ort")
+            usability = mobile_usability(work / "model.onnx")
+            warnings = _warnings(info, ep, usability)
         for p in extras:
             shutil.copyfile(p, work / p.name)
-        usability = mobile_usability(work / "model.onnx")
-        warnings = _warnings(info, ep, usability)
-        bundled = {**info, "size_mb": round(_io.file_size_mb(work / "model.onnx"), 6)}  # only the props changed
+        bundled = {**info, "size_mb": round(_io.file_size_mb(work / "model.onnx"), 6)} if info else None
         card = render_model_card(model_card, info=bundled, facts=facts, usability=usability, warnings=warnings,
-                                 ort_size_mb=_io.file_size_mb(work / "model.ort"))
+                                 ort_size_mb=_io.file_size_mb(work / "model.ort") if info else None, litert=litert,
+                                 runtime=runtime)
         _io.write_text(work / "MODEL_CARD.md", card)
         files = {p.name: {"sha256": _io.sha256_file(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
-        meta = {**facts, "execution_provider": ep, "extra_files": names, "usability": usability,
-                "ort_parity": parity, "warnings": warnings, "files": files,
+        meta = {**facts, "runtime": runtime, "extra_files": names, "warnings": warnings, "files": files,
                 "files_note": "sha256 of every file in the bundle except metadata.json itself"}
+        if info:
+            meta.update(execution_provider=ep, usability=usability, ort_parity=parity)
+        if litert:
+            meta["litert"] = litert
         _io.write_json(work / "metadata.json", meta)
         _io.make_readable(work)
         if out.exists():
@@ -96,7 +117,25 @@ def write_bundle(onnx_path, out_dir, *, metadata: dict, model_card: dict, extra_
         shutil.rmtree(work, ignore_errors=True)
         raise
     return {"out_dir": str(out), "files": {n: f["sha256"] for n, f in files.items()}, "usability": usability,
-            "warnings": warnings, "ort_parity": parity}
+            "warnings": warnings, "ort_parity": parity, "runtime": runtime}
+
+
+def _write_tflite(src: Path, work: Path) -> dict:
+    """Copy the LiteRT model as ``model.tflite``; what an app reads to feed it (layout, int8 I/O parameters)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    shutil.copyfile(src, work / "model.tflite")
+    facts = {"path": str(src), **tflite_facts(work / "model.tflite")}
+    try:
+        facts["ai_edge_litert"] = version("ai-edge-litert")
+    except PackageNotFoundError:  # pragma: no cover - tflite_facts needs it
+        facts["ai_edge_litert"] = None
+    image = len(facts["inputs"]) == 1 and len(facts["inputs"][0]["shape"]) == 4
+    facts.update(file="model.tflite", size_mb=round(facts["size_mb"], 6), input_layout="NCHW" if image else None,
+                 batch=facts["inputs"][0]["shape"][0] if facts["inputs"] and facts["inputs"][0]["shape"] else None,
+                 int8_io_note=("an int8 input is fed as round(x / scale) + zero_point (clamped to int8), an int8 output "
+                               "read as scale * (q - zero_point)") if facts["format"] == "int8" else None)
+    return facts
 
 
 def _check_keys(d: dict, allowed: tuple, what: str) -> None:
@@ -107,7 +146,9 @@ def _check_keys(d: dict, allowed: tuple, what: str) -> None:
             raise ConfigError(f"{what}.{k}: unknown key; valid keys are: {', '.join(allowed)}.")
 
 
-def _key_facts(metadata: dict, info: dict, ort_version: str) -> dict:
+def _key_facts(metadata: dict, info: dict, ort_version: str | None) -> dict:
+    """The facts both metadata.json and the ONNX file's props carry; ``info``: the ONNX model's
+    :func:`inspect_model`, or with a LiteRT model alone :func:`_write_tflite`'s facts (no opset, params or MACs)."""
     return {
         "name": metadata.get("name", Path(info["path"]).stem),
         "description": metadata.get("description", ""),
@@ -120,10 +161,10 @@ def _key_facts(metadata: dict, info: dict, ort_version: str) -> dict:
         "teacher": metadata.get("teacher"),
         "target": metadata.get("target"),
         "precision": metadata.get("precision", "int8" if info["format"] != "float" else "fp32"),
-        "opset": info["opset"],
+        "opset": info.get("opset"),
         "onnxruntime": ort_version,
-        "params": info["params"],
-        "macs": info["macs"],
+        "params": info.get("params"),
+        "macs": info.get("macs"),
     }
 
 
@@ -237,26 +278,36 @@ def _warnings(info: dict, ep: str, usability: dict) -> list[str]:
     return warnings
 
 
-def render_model_card(card: dict, *, info: dict, facts: dict, usability: dict, warnings: list[str],
-                      ort_size_mb: float) -> str:
-    """MODEL_CARD.md: what the model is, its measured figures and where they were measured."""
+def render_model_card(card: dict, *, info: dict | None, facts: dict, usability: dict | None, warnings: list[str],
+                      ort_size_mb: float | None, litert: dict | None = None, runtime: str = "onnxruntime") -> str:
+    """MODEL_CARD.md: what the model is, its measured figures and where they were measured. ``info`` (the ONNX model)
+    and ``litert`` (the LiteRT model): whichever the bundle holds; ``runtime`` says which one the figures are for."""
     name = card.get("name") or facts["name"]
     lines = [f"# {name}", ""]
     if card.get("description") or facts.get("description"):
         lines += [card.get("description") or facts["description"], ""]
-    lines += ["## Measured", "", "| quantity | value |", "|---|---|"]
+    chosen = {"onnxruntime": "model.onnx (ONNX Runtime)", "litert": "model.tflite (LiteRT)"}[runtime]
+    lines += [f"The measured figures are those of {chosen}.", "", "## Measured", "", "| quantity | value |", "|---|---|"]
     metric = card.get("metric") or facts.get("metric")
     if metric:
         lines.append(f"| {metric.get('name', 'metric')} | {_fmt(metric.get('value'))} |")
-    lines.append(f"| size, model.onnx | {_fmt(card.get('size_mb', info['size_mb']))} MB |")
-    lines.append(f"| size, model.ort | {_fmt(ort_size_mb)} MB |")
+    if info:
+        onnx_mb = card.get("size_mb", info["size_mb"]) if runtime == "onnxruntime" else info["size_mb"]
+        lines.append(f"| size, model.onnx | {_fmt(onnx_mb)} MB |")
+        lines.append(f"| size, model.ort | {_fmt(ort_size_mb)} MB |")
+    if litert:
+        lines.append(f"| size, model.tflite | {_fmt(litert['size_mb'])} MB |")
     for k, v in (card.get("latency_ms") or {}).items():
         lines.append(f"| latency {k} | {_fmt(v)} ms |")
     if card.get("peak_rss_mb") is not None:
         lines.append(f"| peak RSS | {_fmt(card['peak_rss_mb'])} MB |")
-    lines += [f"| parameters | {info['params']:,} |", f"| MACs per sample | {info['macs']:,} |",
-              f"| precision | {card.get('precision') or facts['precision']} ({info['format']}, "
-              f"{info['quantized_share']:.0%} of compute ops quantized) |", ""]
+    if info:
+        lines += [f"| parameters | {info['params']:,} |", f"| MACs per sample | {info['macs']:,} |",
+                  f"| precision | {card.get('precision') or facts['precision']} ({info['format']}, "
+                  f"{info['quantized_share']:.0%} of compute ops quantized) |"]
+    else:
+        lines.append(f"| precision | {card.get('precision') or facts['precision']} ({litert['format']}) |")
+    lines.append("")
     machine = card.get("machine")
     if machine:
         if isinstance(machine, dict):
@@ -270,28 +321,51 @@ def render_model_card(card: dict, *, info: dict, facts: dict, usability: dict, w
         value = card.get(key) or facts.get(key)
         if value:
             lines.append(f"- {label}: {value if isinstance(value, str) else json.dumps(value)}")
-    lines += [f"- Opset: {json.dumps(facts['opset'])}; converted with onnxruntime {facts['onnxruntime']}", ""]
-    lines += ["## Inputs and outputs", "", "| | name | shape | dtype |", "|---|---|---|---|"]
-    lines += [f"| {kind} | {v['name']} | {v['shape']} | {v['dtype']} |"
-              for kind, vs in (("input", info["inputs"]), ("output", info["outputs"])) for v in vs]
+    if info:
+        lines.append(f"- Opset: {json.dumps(facts['opset'])}; converted with onnxruntime {facts['onnxruntime']}")
+    if litert:
+        lines.append(f"- model.tflite: converted with litert-torch; runs with ai-edge-litert {litert.get('ai_edge_litert')}")
+    lines.append("")
+    if info:
+        lines += ["## Inputs and outputs (model.onnx)", "", "| | name | shape | dtype |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {v['name']} | {v['shape']} | {v['dtype']} |"
+                  for kind, vs in (("input", info["inputs"]), ("output", info["outputs"])) for v in vs]
+        lines.append("")
+    if litert:
+        lines += _tflite_io_lines(litert)
     if facts.get("preprocessing"):
-        lines += ["", "## Preprocessing", "", "```json", json.dumps(facts["preprocessing"], indent=2), "```"]
+        lines += ["## Preprocessing", "", "```json", json.dumps(facts["preprocessing"], indent=2), "```", ""]
     if facts.get("labels"):
-        lines += ["", f"Labels ({len(facts['labels'])}): " + ", ".join(map(str, facts["labels"][:50]))
-                  + (" ..." if len(facts["labels"]) > 50 else "")]
-    lines += ["", "## ORT mobile usability", "",
-              "| provider | supported nodes | partitions | verdict | verdict with fixed input shapes |",
-              "|---|---|---|---|---|"]
-    for ep in ("nnapi", "coreml_neuralnetwork", "coreml_mlprogram"):
-        u = usability[ep]
-        lines.append(f"| {ep} | {u['supported_nodes']}/{u['nodes']} | {u['partitions']} | {u['suitability']} "
-                     f"| {u.get('suitability_if_shapes_fixed', u['suitability'])} |")
+        lines += [f"Labels ({len(facts['labels'])}): " + ", ".join(map(str, facts["labels"][:50]))
+                  + (" ..." if len(facts["labels"]) > 50 else ""), ""]
+    if usability:
+        lines += ["## ORT mobile usability", "",
+                  "| provider | supported nodes | partitions | verdict | verdict with fixed input shapes |",
+                  "|---|---|---|---|---|"]
+        for ep in ("nnapi", "coreml_neuralnetwork", "coreml_mlprogram"):
+            u = usability[ep]
+            lines.append(f"| {ep} | {u['supported_nodes']}/{u['nodes']} | {u['partitions']} | {u['suitability']} "
+                         f"| {u.get('suitability_if_shapes_fixed', u['suitability'])} |")
     for label, key in (("Intended use", "intended_use"), ("Limitations", "limitations")):
         if card.get(key):
             lines += ["", f"## {label}", "", card[key]]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _tflite_io_lines(litert: dict) -> list[str]:
+    """The model card's table of the .tflite file's inputs and outputs, with the int8 tensors' scale and zero point."""
+    lines = ["## Inputs and outputs (model.tflite)", "",
+             f"Batch {litert['batch']}" + (f", layout {litert['input_layout']}" if litert.get("input_layout") else "")
+             + (f"; {litert['int8_io_note']}." if litert.get("int8_io_note") else "."), "",
+             "| | name | shape | dtype | scale | zero point |", "|---|---|---|---|---|---|"]
+    for kind, tensors in (("input", litert["inputs"]), ("output", litert["outputs"])):
+        for v in tensors:
+            q = v.get("quantization") or {}
+            lines.append(f"| {kind} | {v['name']} | {v['shape']} | {v['dtype']} | {_fmt(q['scale']) if q else ''} | "
+                         f"{q.get('zero_point', '')} |")
+    return lines + [""]
 
 
 def _fmt(v) -> str:

@@ -1,5 +1,6 @@
 """Export stage: ONNX with dynamic batch (and sequence) axes, the ONNX checker, and a parity check of
-ONNX Runtime against PyTorch on real inputs that fails the stage on disagreement.
+ONNX Runtime against PyTorch on real inputs that fails the stage on disagreement; and, for a target whose runtime
+is LiteRT, :func:`export_tflite` (``.tflite`` by ``litert_torch``, FP32 checked the same way, INT8 by PT2E).
 
 Inputs are one array (named ``input``) or named arrays (a transformer's ``input_ids`` and
 ``attention_mask``); the output is always named ``output``, so an app's code does not depend on
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from . import _io
-from .errors import StageError
+from .errors import EdgeDistillError, StageError
 from .recipe import ExportConfig
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"  # a one-input model's names in every exported artifact (QAT's too)
@@ -88,10 +90,10 @@ def check_parity(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray |
                  rtol: float) -> dict:
     """Run the same real inputs through PyTorch and ONNX Runtime, a batch at a time; raise StageError
     when they disagree."""
-    from .verify import onnx_session
+    from .verify import model_session
 
     feeds = _named(inputs)
-    sess = onnx_session(path)
+    sess = model_session(path)
     n = len(next(iter(feeds.values())))
     max_abs, same, ok = 0.0, 0, True
     for start in range(0, n, _PARITY_BATCH):
@@ -108,3 +110,80 @@ def check_parity(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray |
         raise StageError(f"export: {Path(path).name} disagrees with PyTorch (max |diff| {max_abs:.3g} > atol {atol}); "
                          "the exported graph is wrong — check for unsupported ops or raise export.parity_atol.")
     return result
+
+
+def export_tflite(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray, *, calibration=None,
+                  parity: tuple[float, float] | None = None) -> dict:
+    """Convert ``model`` to ``path`` with ``litert_torch`` for batch 1 (``inputs[:1]`` traces it). With
+    ``calibration`` (a SampleSet or array), INT8 by PT2E: symmetric per-channel INT8 weights and per-tensor int8
+    activations observed on those samples, int8 input and output. ``parity`` ``(atol, rtol)`` checks the FP32 file
+    against PyTorch on ``inputs`` (:func:`edgedistill.export.check_parity`; fails the stage); an INT8 file reports its
+    top-1 agreement with PyTorch's FP32 model instead."""
+    from .data.core import as_samples
+    from .litert import quiet_fds
+
+    path = Path(path)
+    model = model.eval().cpu()
+    sample = (torch.from_numpy(np.ascontiguousarray(inputs[:1], dtype=np.float32)),)
+    printed: list[str] = []
+    t0 = time.perf_counter()
+    try:
+        with quiet_fds(printed), torch.no_grad():
+            litert_torch = _litert_torch()
+            if calibration is None:
+                edge = litert_torch.convert(model, sample)
+            else:
+                from litert_torch.quantize import pt2e_quantizer
+                from litert_torch.quantize.quant_config import QuantConfig
+                from torchao.quantization.pt2e import quantize_pt2e
+
+                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+                prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
+                calib = as_samples(calibration)
+                for i in range(len(calib)):  # batch 1, as the converted model runs
+                    prepared(torch.from_numpy(calib.read(np.array([i]))))
+                edge = litert_torch.convert(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), sample,
+                                            quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            tmp = path.with_name(f".{path.name}.tmp")
+            edge.export(str(tmp))
+        os.replace(tmp, path)
+    except EdgeDistillError:
+        raise
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise StageError(f"litert: converting the model to {path.name} failed ({detail}); LiteRT's converter supports "
+                         "fewer operators than ONNX: set the target's runtime = \"onnxruntime\" for this model.") from None
+    seconds = time.perf_counter() - t0
+    out = {"path": str(path), "size_mb": path.stat().st_size / 1e6, "seconds": round(seconds, 3),
+           "precision": "fp32" if calibration is None else "int8", "batch": 1}
+    if calibration is not None:
+        out["calibration_samples"] = len(as_samples(calibration))
+    check = inputs[: 256]
+    if calibration is None and parity is not None:
+        out["parity"] = check_parity(model, path, check, *parity)
+    else:
+        out["agreement"] = top1_agreement(model, path, check)
+    return out
+
+
+def top1_agreement(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray) -> dict:
+    """Top-1 agreement and the largest absolute difference of ``path``'s outputs against PyTorch's ``model``."""
+    from .litert import LiteRTSession
+
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))).numpy()
+    got = LiteRTSession(path).run(None, {"input": inputs.astype(np.float32)})[0]
+    same = float((ref.argmax(1) == got.argmax(1)).mean()) if ref.ndim == 2 else None
+    return {"samples": len(inputs), "top1_agreement": same, "max_abs_diff": float(np.max(np.abs(ref - got)))}
+
+
+def _litert_torch():
+    from .litert import INSTALL
+
+    try:
+        import litert_torch
+    except ImportError:
+        raise EdgeDistillError(f"the target's runtime asks for LiteRT, whose converter is not installed; {INSTALL}, "
+                               "or set runtime = \"onnxruntime\" in the target.") from None
+    return litert_torch

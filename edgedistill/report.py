@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import _io, _schema
 from .budgets import TIE_FRACTION, choose_deliverable, judge, misses
+from .litert import is_tflite
 from .sizing import knob_text
 from .targets import Target
 
@@ -35,7 +36,7 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
             continue
         b = by_path[str(Path(path).resolve())]
         entry = {
-            "name": name, "role": role, "precision": precision,
+            "name": name, "role": role, "precision": precision, "runtime": "litert" if is_tflite(path) else "onnxruntime",
             "path": str(Path(path).resolve().relative_to(run_dir.resolve())),
             "metric": metrics[name]["metric"], "size_mb": round(b["size_mb"], 6),
             "latency_ms": {k: round(b["latency_ms"][k], 4) for k in ("p50", "p90", "p99", "mean")}
@@ -48,10 +49,12 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
         entry["indicative_misses"] = misses(entry["verdict"], entry["metric"]["name"], indicative=True)
         entry["within_budget"] = not entry["violations"]
         entries.append(entry)
-    deliverable, reason = choose_deliverable(entries, target.budgets, tolerance, favour, latency_indicative=indicative)
+    runtimes = target.runtimes
+    candidates = [e for e in entries if e["role"] != "student" or e["runtime"] in runtimes]
+    deliverable, reason = choose_deliverable(candidates, target.budgets, tolerance, favour, latency_indicative=indicative)
     report = {
         "target": {"name": target.name, "architecture": target.architecture, "cores": target.cores,
-                   "budgets": _schema.to_dict(target.budgets)},
+                   "budgets": _schema.to_dict(target.budgets), "runtime": target.runtime},
         "deliverable": deliverable,
         "deliverable_reason": reason,
         "tolerance_points": tolerance,
@@ -61,6 +64,12 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
         "host_matches_target": bench.get("host_matches_target"),
         "latency_indicative": indicative,
     }
+    if len(runtimes) > 1:  # runtime = "both": the deliverable, and the same rule's choice in the other runtime
+        chosen_rt = next(e["runtime"] for e in entries if e["name"] == deliverable)
+        report["deliverable_by_runtime"] = {chosen_rt: deliverable} | {
+            rt: choose_deliverable([e for e in candidates if e["role"] != "student" or e["runtime"] == rt],
+                                   target.budgets, tolerance, favour, latency_indicative=indicative)[0]
+            for rt in runtimes if rt != chosen_rt and any(e["role"] == "student" and e["runtime"] == rt for e in entries)}
     if bench.get("remote"):  # measured on a device over SSH (the target's `remote`)
         report["remote"] = bench["remote"]
     if extra:
@@ -128,23 +137,34 @@ def _gap_warnings(comparisons: list[dict]) -> list[str]:
             "longer, make it wider, or try another distillation loss."]
 
 
+_INT8_WHY = {
+    "onnxruntime": "an INT8 part of an ONNX Runtime graph pays a quantize and a layout transpose where it starts and the "
+                   "reverse where it ends (about a microsecond each), which layers of a few microseconds do not win "
+                   "back, and ORT's INT8 depthwise and few-channel convolutions are slower than its FP32 ones "
+                   "(ptq.speed_rules keeps those in FP32; docs/quantization.md)",
+    "litert": "each call quantizes the float input and dequantizes the output with the int8 tensors' parameters "
+              "(the bench's int8_io_ms), which a model of a few microseconds does not win back",
+}
+
+
 def _int8_warnings(models: list[dict]) -> list[str]:
-    fp32 = next((m for m in models if m["role"] == "student" and m["precision"] == "fp32"), None)
-    if fp32 is None:
-        return []
-    base = fp32["latency_ms"]["p90"]
-    slow = [m for m in models if m["role"] == "student" and m["precision"] == "int8"
-            and m["latency_ms"]["p90"] > base * (1 + TIE_FRACTION)]
-    if not slow:
-        return []
-    each = ", ".join(f"{m['name']} {m['latency_ms']['p90'] / base:.2f}x slower ({m['latency_ms']['p90']:.3f} ms)"
-                     for m in slow)
-    return [f"INT8 is slower at p90 than the FP32 student {fp32['name']} ({base:.3f} ms) on this host: {each}. "
-            "Here quantization buys a smaller file, not speed: an INT8 part of an ONNX Runtime graph pays a quantize "
-            "and a layout transpose where it starts and the reverse where it ends (about a microsecond each), which "
-            "layers of a few microseconds do not win back, and ORT's INT8 depthwise and few-channel convolutions are "
-            "slower than its FP32 ones (ptq.speed_rules keeps those in FP32; docs/quantization.md). INT8 pays off "
-            "on CPUs with fast INT8 instructions (AVX-512 VNNI, Arm dot-product) and larger layers."]
+    """An INT8 student slower at p90 than the FP32 student of its own runtime: one sentence per runtime."""
+    out = []
+    for runtime, why in _INT8_WHY.items():
+        mine = [m for m in models if m["role"] == "student" and m.get("runtime", "onnxruntime") == runtime]
+        fp32 = next((m for m in mine if m["precision"] == "fp32"), None)
+        if fp32 is None:
+            continue
+        base = fp32["latency_ms"]["p90"]
+        slow = [m for m in mine if m["precision"] == "int8" and m["latency_ms"]["p90"] > base * (1 + TIE_FRACTION)]
+        if not slow:
+            continue
+        each = ", ".join(f"{m['name']} {m['latency_ms']['p90'] / base:.2f}x slower ({m['latency_ms']['p90']:.3f} ms)"
+                         for m in slow)
+        out.append(f"INT8 is slower at p90 than the FP32 student {fp32['name']} ({base:.3f} ms) on this host: {each}. "
+                   f"Here quantization buys a smaller file, not speed: {why}. INT8 pays off on CPUs with fast INT8 "
+                   "instructions (AVX-512 VNNI, Arm dot-product) and larger layers.")
+    return out
 
 
 def _host_warnings(report: dict) -> list[str]:

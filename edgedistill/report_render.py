@@ -18,17 +18,21 @@ from .sizing import knob_text
 def models_table(report: dict) -> tuple[list[str], list[list[str]]]:
     """The header and one row of cells per model (metric, size, latency, peak RSS, budget verdict)."""
     ci = " [95% CI]" if any("ci95" in x["latency_ms"] for x in report["models"]) else ""
-    header = ["model", "role", "precision", "metric", "size (MB)", f"p50 (ms){ci}", f"p90 (ms){ci}", "p99 (ms)",
-              "peak RSS (MB)", "verdict"]
+    header = ["model", "role", "precision", "runtime", "metric", "size (MB)", f"p50 (ms){ci}", f"p90 (ms){ci}",
+              "p99 (ms)", "peak RSS (MB)", "verdict"]
     rows = []
     for x in report["models"]:
         lat = x["latency_ms"]
         verdict = "within budget" if x.get("within_budget") else "; ".join(x.get("violations") or ["—"])
         verdict += "".join(f"; {m} (indicative)" for m in x.get("indicative_misses") or [])
-        rows.append([x["name"], x["role"], x["precision"], f"{x['metric']['name']} {x['metric']['value']:.4f}",
+        rows.append([x["name"], x["role"], x["precision"], _RUNTIME_NAMES[x.get("runtime", "onnxruntime")],
+                     f"{x['metric']['name']} {x['metric']['value']:.4f}",
                      f"{x['size_mb']:.4f}", _with_ci(lat, "p50"), _with_ci(lat, "p90"), f"{lat['p99']:.4f}",
                      f"{x['peak_rss_mb']:.1f}", verdict])
     return header, rows
+
+
+_RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "litert": "LiteRT"}
 
 
 def _with_ci(lat: dict, q: str) -> str:
@@ -56,7 +60,8 @@ def target_line(report: dict) -> str:
     """``laptop-x86 (x86_64, 4 cores); budgets: size_mb = 20.0, ...`` (plain text, for either renderer)."""
     t = report["target"]
     hw = f" ({t['architecture']}, {t['cores']} cores)" if t.get("architecture") else ""
-    return f"{t['name']}{hw}; budgets: " + ", ".join(f"{k} = {v}" for k, v in t.get("budgets", {}).items())
+    runtime = f"; runtime: {t['runtime']}" if t.get("runtime", "onnxruntime") != "onnxruntime" else ""
+    return f"{t['name']}{hw}{runtime}; budgets: " + ", ".join(f"{k} = {v}" for k, v in t.get("budgets", {}).items())
 
 
 def machine_line(report: dict) -> str:
@@ -202,7 +207,7 @@ def _figure(p: Path) -> str:
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}"
+        "th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3),td:nth-child(4){text-align:left}"
         "tr.deliverable{font-weight:bold;background:#eef8ee}tr.ok td:last-child{color:#2a7a2a}"
         "tr.miss td:last-child{color:#b22}.warn li{color:#b25b00;font-weight:bold;margin:.3em 0}"
         "p.deliverable{font-size:1.2em}img{max-width:100%}figure{margin:1.5em 0}")

@@ -35,6 +35,9 @@ class Target:
     ram_mb: Optional[float] = field(None, gt=0.0)
     execution_provider: Literal["CPUExecutionProvider", "XnnpackExecutionProvider", "NnapiExecutionProvider",
                                 "CoreMLExecutionProvider", "CUDAExecutionProvider"] = "CPUExecutionProvider"
+    runtime: Literal["onnxruntime", "litert", "both"] = field(
+        "onnxruntime", help="the app's runtime: ONNX Runtime (.onnx), LiteRT (.tflite, the litert extra), or both, "
+                            "measured side by side; the deliverable is chosen among the runtimes named")
     quant_format: Literal["QDQ", "QOperator"] = "QDQ"
     activation_type: Literal["int8", "uint8"] = "int8"
     budgets: Budgets = field(default_factory=Budgets)
@@ -50,6 +53,11 @@ class Target:
         check_ssh_options(self.ssh_options, "ssh_options")
         if not self.remote_python.strip():
             raise ConfigError("remote_python: empty; name the device's python, e.g. python3 or ~/venv/bin/python.")
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes the deliverable may be for (``runtime = "both"``: both)."""
+        return ("onnxruntime", "litert") if self.runtime == "both" else (self.runtime,)
 
     def to_dict(self) -> dict:
         return _schema.to_dict(self)

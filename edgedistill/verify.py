@@ -1,4 +1,5 @@
-"""Verify stage: the metric of every artifact on the held-out split, through ONNX Runtime, a batch at a time."""
+"""Verify stage: the metric of every artifact on the held-out split, a batch at a time, through the runtime its file
+is for: ONNX Runtime for ``.onnx``, LiteRT for ``.tflite`` (:class:`edgedistill.litert.LiteRTSession`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from .data.core import SampleSet, as_samples
 from .errors import EdgeDistillError
 
 
-def onnx_session(path: str | os.PathLike, threads: int = 0):
-    """A checked ONNX Runtime CPU session for ``path``; a file ORT cannot load is one sentence."""
+def model_session(path: str | os.PathLike, threads: int = 0):
+    """A checked session for ``path``: ONNX Runtime's CPU session, or for a ``.tflite`` file a
+    :class:`~edgedistill.litert.LiteRTSession` with the same surface; a file the runtime cannot load is one sentence."""
+    from .litert import LiteRTSession, is_tflite
+
+    if is_tflite(path):
+        return LiteRTSession(path, threads)
     import onnxruntime as ort
 
     check_onnx(path)
@@ -28,9 +34,9 @@ def onnx_session(path: str | os.PathLike, threads: int = 0):
 
 def onnx_batches(path: str | os.PathLike, split: SampleSet | np.ndarray, batch_size: int = 256,
                  threads: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(outputs, labels)`` of the ONNX model at ``path`` for each batch of ``split``, read as it goes."""
+    """``(outputs, labels)`` of the model (.onnx or .tflite) at ``path`` for each batch of ``split``, read as it goes."""
     split = as_samples(split)
-    sess = onnx_session(path, threads)
+    sess = model_session(path, threads)
     inp = sess.get_inputs()[0]
     shape = inp.shape[1:]
     want = tuple(split.input_shape)
@@ -43,13 +49,13 @@ def onnx_batches(path: str | os.PathLike, split: SampleSet | np.ndarray, batch_s
 
 
 def onnx_predict(path: str | os.PathLike, x: SampleSet | np.ndarray, batch_size: int = 256, threads: int = 0) -> np.ndarray:
-    """Outputs of the ONNX model at ``path`` on ``x`` (for a bounded number of samples: parity checks)."""
+    """Outputs of the model at ``path`` on ``x`` (for a bounded number of samples: parity checks)."""
     outs = [out for out, _ in onnx_batches(path, x, batch_size, threads)]
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
 def accuracy(path: str | os.PathLike, split: SampleSet) -> float:
-    """Top-1 accuracy of the ONNX model at ``path`` on ``split`` (unlabelled samples ignored), streamed."""
+    """Top-1 accuracy of the model at ``path`` on ``split`` (unlabelled samples ignored), streamed."""
     correct = count = 0
     for out, y in onnx_batches(path, split):
         mask = y >= 0
@@ -59,7 +65,7 @@ def accuracy(path: str | os.PathLike, split: SampleSet) -> float:
 
 
 def verify(models: dict[str, str], split: SampleSet, task=None, roles: dict[str, str] | None = None) -> dict:
-    """``{name: {"metric": {"name": ..., "value": v}, "samples": n}}`` for every ONNX file: the task's metric
+    """``{name: {"metric": {"name": ..., "value": v}, "samples": n}}`` for every model file: the task's metric
     (see :mod:`edgedistill.tasks`), measured with what the file's role (teacher or student) needs (its
     tokenizer); without a task, top-1 accuracy."""
     roles = roles or {}

@@ -13,6 +13,11 @@ from edgedistill.errors import StageError
 from edgedistill.quant.fallback import accuracy_aware_fallback, rank_quantizers, remove_quantizers
 from edgedistill.quant.calibration import ArrayReader
 
+# 7-bit weights: on an x86 CPU without VNNI, ORT's U8S8 kernels (VPMADDUBSW) saturate their 16-bit pair sums with
+# full 8-bit weights, which adds CPU-dependent harm to every quantizer; these tests are about which quantizer the
+# fallback finds, so their INT8 arithmetic must be exact on every CPU (ONNX Runtime's advice for such CPUs).
+REDUCE_RANGE = True
+
 
 def _mlp(path, planted: float) -> None:
     """x(4) -> fc1(16) -> relu -> fc2(16) -> relu -> fc3(3). ``planted`` scales one fc2 unit up and the
@@ -54,7 +59,7 @@ def planted(tmp_path):
     def quantize(exclude, out):
         quantize_static(str(fp32), out, ArrayReader("x", calib), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=REDUCE_RANGE)
 
     def evaluate(path):
         return float((_predict(path, test_x) == labels).mean())
@@ -65,11 +70,11 @@ def planted(tmp_path):
 def test_fallback_converges_on_planted_sensitive_layer(planted, tmp_path):
     fp32, calib, quantize, evaluate = planted
     out = tmp_path / "int8.onnx"
-    # without the planted unit INT8 loses 2 points on this tiny, tie-prone MLP; with it, about 20
-    rec = accuracy_aware_fallback(quantize, fp32, out, evaluate, calib, max_drop=3.0, max_nodes=3)
+    # without the planted unit INT8 (7-bit weights) loses 3.5 points on this tiny, tie-prone MLP; with it, about 20
+    rec = accuracy_aware_fallback(quantize, fp32, out, evaluate, calib, max_drop=4.0, max_nodes=3)
     assert rec["fp32_accuracy"] == 1.0
     assert rec["steps"][0]["nodes_in_fp32"] == [] and rec["steps"][0]["drop_points"] > 10.0  # INT8 alone fails
-    assert rec["met"] and rec["steps"][-1]["drop_points"] <= 3.0
+    assert rec["met"] and rec["steps"][-1]["drop_points"] <= 4.0
     # one step: the quantizer on the planted tensor goes; its producer and consumer now run in FP32, fc1 not
     assert rec["quantizers_removed"] == ["r2"] and len(rec["steps"]) == 2
     assert set(rec["nodes_in_fp32"]) == {"fc2", "fc3"}
@@ -116,7 +121,7 @@ def test_no_fallback_when_int8_is_already_accurate(tmp_path):
 
     def quantize(exclude, out):
         quantize_static(str(fp32), out, ArrayReader("x", calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                        nodes_to_exclude=exclude)
+                        nodes_to_exclude=exclude, reduce_range=REDUCE_RANGE)
 
     rec = accuracy_aware_fallback(quantize, fp32, tmp_path / "o.onnx",
                                   lambda p: float((_predict(p, test_x) == labels).mean()), calib, max_drop=5.0)
@@ -134,7 +139,8 @@ def test_quantize_int8_runs_the_fallback_when_max_drop_is_set(planted, tmp_path)
     from edgedistill.recipe import PTQConfig
 
     fp32, calib, _, evaluate = planted
-    cfg = PTQConfig(max_drop=3.0, max_fallback_nodes=3, equalize=False)  # equalization would rescue it first
+    cfg = PTQConfig(max_drop=3.0, max_fallback_nodes=3, equalize=False,  # equalization would rescue it first
+                    reduce_range=REDUCE_RANGE)
     meta = quantize_int8(fp32, tmp_path / "int8.onnx", calib, cfg, evaluate=evaluate)
     fb = meta["fallback"]
     assert fb["met"] and fb["steps"][0]["drop_points"] > 10.0
@@ -143,7 +149,9 @@ def test_quantize_int8_runs_the_fallback_when_max_drop_is_set(planted, tmp_path)
     assert evaluate(str(tmp_path / "int8.onnx")) >= 0.97
     with pytest.raises(StageError, match="ptq.max_drop is set but no evaluate"):
         quantize_int8(fp32, tmp_path / "x.onnx", calib, cfg)
-    # with the defaults, equalization evens out the planted unit's layer: INT8 alone loses far less
-    meta = quantize_int8(fp32, tmp_path / "eq.onnx", calib, PTQConfig(max_drop=3.0), evaluate=evaluate)
+    # with the defaults, equalization evens out the planted unit's layer: INT8 alone loses less (15.5 against 22.25
+    # points with 7-bit weights; the rest is the tiny MLP's ties)
+    meta = quantize_int8(fp32, tmp_path / "eq.onnx", calib, PTQConfig(max_drop=3.0, reduce_range=REDUCE_RANGE),
+                         evaluate=evaluate)
     assert meta["equalization"]["pairs_equalized"] == 1
-    assert meta["fallback"]["steps"][0]["drop_points"] < fb["steps"][0]["drop_points"] / 2
+    assert meta["fallback"]["steps"][0]["drop_points"] < fb["steps"][0]["drop_points"] * 0.75

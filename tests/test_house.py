@@ -121,10 +121,12 @@ def test_every_built_in_stage_declares_what_it_writes_and_reads():
     from edgedistill.pipeline import stage_names
     from edgedistill.pipeline.stage import STAGES, model_files
 
-    assert stage_names() == ["size", "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report",
-                             "bundle"]
+    assert stage_names() == ["size", "teacher", "student", "distill", "qat", "export", "ptq", "litert", "verify", "bench",
+                             "report", "bundle"]
     files = model_files()
-    assert list(files) == ["teacher_fp32", "student_fp32", "student_qat_int8", "student_int8"]
-    assert {s.name for s, _ in files.values()} == {"export", "qat", "ptq"}
+    assert list(files) == ["teacher_fp32", "student_fp32", "student_fp32_litert", "student_qat_int8", "student_int8",
+                           "student_int8_litert", "student_qat_int8_litert"]
+    assert {s.name for s, _ in files.values()} == {"export", "qat", "ptq", "litert"}
+    assert {n for n, (_, m) in files.items() if m.runtime == "litert"} == {n for n in files if n.endswith("_litert")}
     for s in STAGES.in_order():
         assert set(s.deps) <= set(stage_names()[: stage_names().index(s.name)]), s.name  # only earlier stages

@@ -92,7 +92,7 @@ def test_run_folder_has_every_artifact_and_a_manifest(finished_run):
         assert (out / rel).is_file(), rel
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and "torch" in manifest["versions"]
-    for name in ["size", "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report", "bundle"]:
+    for name in ["size", "teacher", "student", "distill", "qat", "export", "ptq", "litert", "verify", "bench", "report", "bundle"]:
         st = manifest["stages"][name]
         assert st["status"] == "done" and st["seconds"] >= 0 and st["outputs"]
 
@@ -294,7 +294,7 @@ def test_names_are_checked_before_any_data_is_read_and_a_skipped_rerun_reads_non
     said = []
     assert run(tiny_recipe, run_dir=out, log=said.append) == report  # every stage skipped, no data read
     assert [line for line in said if line.startswith("[")] == [f"[{s}] unchanged, skipped" for s in (
-        "size", "teacher", "student", "distill", "qat", "export", "ptq", "verify", "bench", "report", "bundle")]
+        "size", "teacher", "student", "distill", "qat", "export", "ptq", "litert", "verify", "bench", "report", "bundle")]
     typo = tiny_recipe.teacher.params | {"widht": 3}
     tiny_recipe.teacher.params = typo
     with pytest.raises(ConfigError, match=r"teacher\.params\.widht: unknown parameter of 'cnn'"):

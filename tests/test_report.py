@@ -123,7 +123,7 @@ def test_build_report_delivers_what_the_favour_asks(tmp_path, favour, chosen):
     assert report["deliverable"] == chosen and report["favour"] == favour
     assert f'([report] favour = "{favour}")' in report["deliverable_reason"]
     assert report["target"] | {"budgets": None} == {"name": "laptop-x86", "architecture": "x86_64", "cores": 4,
-                                                     "budgets": None}
+                                                     "budgets": None, "runtime": "onnxruntime"}
     assert [c["name"] for c in report["comparisons"]] == ["student_fp32", "student_int8", "student_qat_int8"]
     assert report["warnings"] == []  # 2 points below the teacher, INT8 faster, measured on the target's hardware
 
@@ -148,4 +148,4 @@ def test_a_latency_measured_off_the_target_is_indicative_in_the_report(tmp_path)
     int8 = next(m for m in report["models"] if m["name"] == "student_int8")
     assert not int8["within_budget"] and int8["latency_ms"]["ci95"]["p90"] == [7.95, 8.1235]
     header, rows = models_table(report)
-    assert header[6] == "p90 (ms) [95% CI]" and rows[2][6] == "8.0000 [7.9500, 8.1235]"
+    assert header[7] == "p90 (ms) [95% CI]" and rows[2][7] == "8.0000 [7.9500, 8.1235]" and rows[2][3] == "ONNX Runtime"

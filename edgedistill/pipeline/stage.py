@@ -26,13 +26,18 @@ ALWAYS_READ = ("seed", "task")  # in every stage's inputs hash, so any stage may
 
 @dataclass(frozen=True)
 class ModelFile:
-    """An ONNX model a stage writes: the name the verify, bench and report stages give it, its file in the
+    """A model file (.onnx or .tflite) a stage writes: the name the verify, bench and report stages give it, its file in the
     stage's folder, and what it is."""
 
     name: str
     file: str
     role: str        # "teacher" or "student"
     precision: str   # "fp32" or "int8"
+
+    @property
+    def runtime(self) -> str:
+        """The runtime its file is for: "litert" for a ``.tflite`` file, else "onnxruntime"."""
+        return "litert" if self.file.endswith(".tflite") else "onnxruntime"
 
 
 @dataclass

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from .. import _io
+from ..errors import StageError
 from .stage import ModelFile, RunContext, stage
 
 
@@ -122,6 +125,39 @@ def _ptq(ctx: RunContext) -> None:
     _io.write_json(ctx.path("ptq", "meta.json"), meta)
 
 
+@stage("litert", "06b_litert", sections=("data", "teacher", "student", "target", "export", "ptq.enabled", "ptq.samples", "qat"),
+       deps=("distill", "qat"),
+       models=[ModelFile("student_fp32_litert", "student_fp32.tflite", "student", "fp32"),
+               ModelFile("student_int8_litert", "student_ptq_int8.tflite", "student", "int8"),
+               ModelFile("student_qat_int8_litert", "student_qat_int8.tflite", "student", "int8")])
+def _litert(ctx: RunContext) -> None:
+    """Convert the students to .tflite for LiteRT (target runtime "litert" or "both"): FP32, PTQ INT8, QAT INT8."""
+    if "litert" not in ctx.target.runtimes:
+        return _disabled(ctx, f'the target\'s runtime is "{ctx.target.runtime}": no .tflite files (set runtime = '
+                              '"litert" or "both" in the target to convert the students for LiteRT)')
+    from ..export import export_tflite
+    from ..quant.calibration import calibration_sample
+    from ..quant.qat import float_twin, load_qat
+
+    recipe, splits, task = ctx.recipe, ctx.splits, ctx.task
+    student = task.load_student(recipe, splits, ctx.path("distill", "model.pt"))
+    x = task.export_inputs(student, splits.test, recipe.export.parity_samples)
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        raise StageError(f"litert: the {task.name} task's models take token inputs, which the LiteRT conversion "
+                         "here does not handle yet; set the target's runtime = \"onnxruntime\".")
+    parity = (recipe.export.parity_atol, recipe.export.parity_rtol)
+    out = {"student_fp32_litert": export_tflite(student, ctx.model_path("student_fp32_litert"), x, parity=parity)}
+    calib = calibration_sample(splits.train, recipe.ptq.samples, recipe.seed)
+    if recipe.ptq.enabled:
+        out["student_int8_litert"] = export_tflite(student, ctx.model_path("student_int8_litert"), x, calibration=calib)
+    qat_model = ctx.path("qat", "model.pt")
+    if recipe.qat.enabled and qat_model.exists():  # QAT's weights carried over; activation ranges re-observed (PT2E)
+        twin = float_twin(load_qat(student, qat_model, recipe.qat))
+        out["student_qat_int8_litert"] = export_tflite(twin, ctx.model_path("student_qat_int8_litert"), x,
+                                                       calibration=calib)
+    _io.write_json(ctx.path("litert", "meta.json"), out)
+
+
 def _models(ctx: RunContext) -> dict[str, tuple]:
     """Every model the run wrote: name -> (path, role, precision)."""
     from .stage import model_files
@@ -130,9 +166,9 @@ def _models(ctx: RunContext) -> dict[str, tuple]:
     return {name: (path, files[name][1].role, files[name][1].precision) for name, path in ctx.written_models().items()}
 
 
-@stage("verify", "07_verify", sections=("data",), deps=("qat", "export", "ptq"))
+@stage("verify", "07_verify", sections=("data",), deps=("qat", "export", "ptq", "litert"))
 def _verify(ctx: RunContext) -> None:
-    """Measure every model's metric on the test split, through ONNX Runtime."""
+    """Measure every model's metric on the test split, through its runtime (ONNX Runtime or LiteRT)."""
     from ..verify import verify
 
     models = _models(ctx)
@@ -141,7 +177,7 @@ def _verify(ctx: RunContext) -> None:
     _io.write_json(ctx.path("verify", "metrics.json"), {"split": "test", "models": metrics})
 
 
-@stage("bench", "08_bench", sections=("bench", "target"), deps=("qat", "export", "ptq"))
+@stage("bench", "08_bench", sections=("bench", "target"), deps=("qat", "export", "ptq", "litert"))
 def _bench(ctx: RunContext) -> None:
     """Benchmark every model, interleaved, at the target's threads; each judged against its budgets."""
     from ..bench import benchmark
@@ -199,7 +235,8 @@ def _curves(ctx: RunContext) -> dict:
 
 @stage("bundle", "bundle", sections=("name", "data", "teacher", "student", "target"), deps=("report",))
 def _bundle(ctx: RunContext) -> None:
-    """Pack the deliverable for an app: model.onnx, model.ort, metadata, model card, the task's extra files."""
+    """Pack the deliverable for an app: model.onnx and model.ort and/or model.tflite, metadata, model card, the task's
+    extra files."""
     from ..bundle import write_bundle
     from ..report import deliverable_entry
 
@@ -222,7 +259,10 @@ def _bundle(ctx: RunContext) -> None:
         "teacher": f"{recipe.teacher.arch} ({teacher_m['metric']['name']} {teacher_m['metric']['value']:.4f})",
         "target": target.name, "dataset": splits.name, "precision": best["precision"],
     }
+    by_name = {m["name"]: m for m in report["models"]}
+    also = [ctx.run_dir / by_name[name]["path"] for runtime, name in report.get("deliverable_by_runtime", {}).items()
+            if runtime != best.get("runtime", "onnxruntime")]  # runtime = "both": the other runtime's best too
     write_bundle(ctx.run_dir / best["path"], ctx.path("bundle"), metadata=metadata, model_card=card,
-                 extra_files=[str(p) for p in ctx.task.bundle_files(best["role"])],
+                 extra_files=[str(p) for p in ctx.task.bundle_files(best["role"])], also=also,
                  execution_provider=target.execution_provider,
                  target_platform="arm" if target.architecture != "x86_64" else "amd64")

@@ -25,7 +25,7 @@ from ._fakequant import ActFakeQuant, QuantConv2d, QuantLinear, enable_export
 from ._fold import fold_bn_
 from .config import QATConfig
 
-__all__ = ["QATConfig", "QATModel", "prepare_qat", "convert_qat", "freeze_observers_", "export_qat_onnx"]
+__all__ = ["QATConfig", "QATModel", "prepare_qat", "convert_qat", "freeze_observers_", "export_qat_onnx", "float_twin", "load_qat"]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
@@ -100,6 +100,42 @@ def export_qat_onnx(model: nn.Module, path: str | Path, example_input: torch.Ten
     return {"path": str(path), "size_mb": _io.file_size_mb(path), "int8_weights": n_weights, "int32_biases": n_biases,
             "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
             "initializer_elements": _qdq_onnx.int8_initializer_count(proto)}
+
+
+def float_twin(model: QATModel) -> nn.Module:
+    """The converted QAT model as a plain float network for another quantizer (LiteRT's PT2E): each fake-quant conv
+    and linear becomes a plain one holding its fake-quantized weights (already on the symmetric per-channel INT8 grid,
+    so a per-channel max|w|/127 scale recovers them exactly), and every activation quantizer an identity."""
+    m = copy.deepcopy(model.model).eval()
+
+    def plain(module: nn.Module) -> None:
+        for name, child in module._modules.items():
+            if isinstance(child, (QuantConv2d, QuantLinear)):
+                twin = (nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                  padding=child.padding, dilation=child.dilation, groups=child.groups,
+                                  bias=child.bias is not None, padding_mode=child.padding_mode)
+                        if isinstance(child, QuantConv2d) else
+                        nn.Linear(child.in_features, child.out_features, bias=child.bias is not None))
+                with torch.no_grad():
+                    twin.weight.copy_(child.quantized_weight())
+                    if child.bias is not None:
+                        twin.bias.copy_(child.bias)
+                module._modules[name] = twin
+            elif isinstance(child, ActFakeQuant):
+                module._modules[name] = nn.Identity()
+            elif child is not None:
+                plain(child)
+    plain(m)
+    return m
+
+
+def load_qat(student: nn.Module, path: str | Path, cfg: QATConfig | None = None) -> QATModel:
+    """The converted QAT model saved by the QAT stage at ``path``, rebuilt around a copy of the (distilled) student."""
+    from ..models import load_checkpoint
+
+    model = freeze_observers_(prepare_qat(student, cfg).eval())
+    load_checkpoint(path, model, key="qat model")
+    return model
 
 
 def _swap_(module: nn.Module, cfg: QATConfig) -> None:

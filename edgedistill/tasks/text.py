@@ -214,10 +214,10 @@ def onnx_text_outputs(onnx_path, texts: Sequence[str], tokenizer_dir, batch_size
     """An exported text model's outputs for ``texts``, tokenised with the tokenizer saved in ``tokenizer_dir``,
     batched by length (similar lengths pad little), in the order of ``texts``."""
     from ..models.text import load_tokenizer
-    from ..verify import onnx_session
+    from ..verify import model_session
 
     tok = load_tokenizer(tokenizer_dir)
-    sess = onnx_session(onnx_path)
+    sess = model_session(onnx_path)
     names = {i.name for i in sess.get_inputs()}
     order = np.argsort([len(s) for s in texts], kind="stable")
     out = []
