@@ -16,8 +16,10 @@ Models (``--models``):
   ``.tflite`` FP32 and PT2E INT8 (``edgedistill.litert.export_tflite``), both INT8 files calibrated on the same 100
   photo views; metric: top-1 agreement with the PyTorch FP32 model on views of photos calibration never sees
   (``benchmarks/_photos.py``).
-- ``text``: the text-embedding flagship's student (3 of all-MiniLM-L6-v2's layers): its conversion to ``.tflite``
-  is attempted and what fails is recorded (the pipeline's LiteRT stage takes image models only).
+- ``text``: the text-embedding flagship's student architecture (3 of all-MiniLM-L6-v2's layers) at 32 tokens:
+  ONNX FP32 and ORT dynamic INT8 (the text task's PTQ), ``.tflite`` FP32 and PT2E INT8 where they convert (what
+  fails is recorded; the pipeline's LiteRT stage takes image models only); metric: mean cosine similarity of the
+  embeddings with PyTorch's on 12 sentences (the INT8 file calibrated on 12 others).
 
 The pipeline runs use a copy of ``laptop-x86`` with ``runtime = "both"``; their trained models are kept in
 ``--work``, so a second run re-benchmarks without training.
@@ -137,34 +139,91 @@ def prepare_effnet(work: Path, per_photo: int) -> dict:
             "conversion": conversion}
 
 
-def try_text(work: Path) -> dict:
-    """Convert the text-embedding student (3 MiniLM layers) to .tflite: FP32, then PT2E INT8; record what fails."""
+SENTENCES = ["A man is playing a guitar.", "Two dogs run across the snowy field.", "The stock market fell sharply today.",
+             "A woman slices tomatoes in the kitchen.", "Children are playing football in the park.",
+             "The train arrived late at the station.", "A cat sleeps on the warm windowsill.",
+             "Scientists discovered a new species of frog.", "He is reading a book under a tree.",
+             "The concert was cancelled because of the rain.", "A boy rides his bicycle down the hill.",
+             "She painted the old fence bright blue."]
+CALIBRATION = ["A chef is cooking pasta in a large pot.", "The plane landed safely despite the storm.",
+               "A group of friends are hiking up a mountain.", "The baby is laughing at the puppy.",
+               "Prices of fuel rose again this month.", "An old man feeds pigeons in the square.",
+               "The team celebrated their victory with a parade.", "A girl is playing the violin on stage.",
+               "Heavy traffic slowed the morning commute.", "Two women are talking over coffee.",
+               "The museum opened a new exhibition on Egypt.", "A horse gallops along the beach."]
+
+
+def prepare_text(work: Path, seq_len: int = 32) -> dict:
+    """The text-embedding student (3 of all-MiniLM-L6-v2's layers, untrained distillation-wise: the registry's
+    build) in both runtimes at a fixed ``seq_len`` (LiteRT's converted model has static shapes): ONNX FP32 (the
+    text task's TorchScript export) and ORT dynamic INT8 (the text task's PTQ mode), ``.tflite`` FP32 and PT2E INT8
+    (attempted; what fails is recorded). Metric: mean cosine similarity of each file's embeddings with PyTorch's."""
     import torch
 
-    from edgedistill.export import _litert_torch
-    from edgedistill.litert import LiteRTSession, quiet_fds
+    from edgedistill.export import _litert_torch, export_onnx
+    from edgedistill.litert import quiet_fds
     from edgedistill.models import build_model
+    from edgedistill.quant.ptq import quantize_int8
+    from edgedistill.recipe import ExportConfig, PTQConfig
+    from edgedistill.verify import model_session
 
     d = work / "text"
     d.mkdir(parents=True, exist_ok=True)
     model = build_model("transformer-layers", {"layers": [0, 2, 4]}, (), 0, "student").eval()
-    enc = model.encode_inputs(["a photo of a dog on the grass", "two people are walking"])
-    ids, mask = enc["input_ids"][:1], enc["attention_mask"][:1]
-    result = {"model": "transformer-layers 0,2,4 of all-MiniLM-L6-v2", "seq_len": int(ids.shape[1])}
-    printed: list[str] = []
-    try:
-        with quiet_fds(printed), torch.no_grad():
-            _litert_torch().convert(model, (ids, mask)).export(str(d / "fp32.tflite"))
-    except Exception as e:  # what the converter says is the result
-        result["fp32"] = {"converted": False, "error": (str(e).strip().splitlines() or [type(e).__name__])[0][:300],
-                          "converter_output": printed[-5:]}
-        return result
+    def tokens(texts: list[str]) -> dict[str, np.ndarray]:
+        t = model.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+        return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
+
+    feeds, calib = tokens(SENTENCES), tokens(CALIBRATION)
     with torch.no_grad():
-        ref = model(ids, mask).numpy()
-    got = LiteRTSession(d / "fp32.tflite").run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-    result["fp32"] = {"converted": True, "path": str(d / "fp32.tflite"), "size_mb": (d / "fp32.tflite").stat().st_size / 1e6,
-                      "max_abs_diff_vs_pytorch": float(np.abs(ref - got).max())}
-    return result
+        ref = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    files = {"fp32_onnx": d / "fp32.onnx", "int8_onnx": d / "int8.onnx", "fp32_tflite": d / "fp32.tflite",
+             "int8_tflite": d / "int8.tflite"}
+    failed = {}
+    if not files["fp32_onnx"].exists():
+        export_onnx(model, files["fp32_onnx"], feeds, ExportConfig(parity_atol=1e-3, parity_rtol=1e-3),
+                    exporter="torchscript", opset=17)
+    if not files["int8_onnx"].exists():
+        quantize_int8(files["fp32_onnx"], files["int8_onnx"], None, PTQConfig(), mode="dynamic")
+    sample = tuple(torch.from_numpy(v[:1]) for v in feeds.values())
+    for key in ("fp32_tflite", "int8_tflite"):
+        if files[key].exists():
+            continue
+        printed: list[str] = []
+        try:
+            with quiet_fds(printed), torch.no_grad():
+                litert_torch = _litert_torch()
+                if key == "fp32_tflite":
+                    edge = litert_torch.convert(model, sample)
+                else:
+                    from litert_torch.quantize import pt2e_quantizer
+                    from litert_torch.quantize.quant_config import QuantConfig
+                    from torchao.quantization.pt2e import quantize_pt2e
+
+                    q = pt2e_quantizer.PT2EQuantizer().set_global(
+                        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+                    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, sample).module(), q)
+                    for i in range(len(CALIBRATION)):  # calibration sentences, never the evaluated ones
+                        prepared(*(torch.from_numpy(v[i:i + 1]) for v in calib.values()))
+                    edge = litert_torch.convert(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), sample,
+                                                quant_config=QuantConfig(pt2e_quantizer=q))
+                edge.export(str(files[key]))
+        except Exception as e:  # what the converter says is the result
+            failed[key] = {"error": (str(e).strip().splitlines() or [type(e).__name__])[0][:300],
+                           "converter_output": printed[-5:]}
+    models = {}
+    for key, path in files.items():
+        if key in failed:
+            continue
+        got = model_session(path).run(None, feeds)[0]
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        precision, ext = key.split("_")
+        models[key] = {"path": str(path), "runtime": "litert" if ext == "tflite" else "onnxruntime",
+                       "precision": ("int8 dynamic" if ext == "onnx" else "int8 PTQ") if precision == "int8" else "fp32",
+                       "metric": {"name": "mean cosine with PyTorch FP32", "value": float(cos.mean())}}
+    return {"models": models, "failed": failed, "seq_len": seq_len, "sentences": len(SENTENCES),
+            "calibration_sentences": len(CALIBRATION),
+            "model": "transformer-layers 0,2,4 of all-MiniLM-L6-v2 (full vocabulary)"}
 
 
 def measure(models: dict, repeats: int, runs: int, min_seconds: float) -> dict:
@@ -193,7 +252,45 @@ def measure(models: dict, repeats: int, runs: int, min_seconds: float) -> dict:
                      f"p50_vs_{same_rt}": _median_ratio(reps, k, same_rt, "p50_ms")}
         if ort and ort != k:
             ratios[k][f"p90_vs_{ort}"] = _median_ratio(reps, k, ort, "p90_ms")
+    for k, m in models.items():
+        if m["runtime"] == "litert" and m["precision"].startswith("int8"):
+            m["in_process"] = invoke_only(m["path"])
     return {"repeats": reps, "ratios": ratios}
+
+
+def invoke_only(path: str, rounds: int = 7, block: int = 200) -> dict:
+    """For an INT8 ``.tflite``: p50 of ``invoke()`` alone on already-quantized int8 inputs (what an app's native code
+    pays besides its own few-element conversion) against the session's ``run`` (numpy quantize + invoke + numpy
+    dequantize, what the bench times), blocks interleaved in one process at 1 thread."""
+    from edgedistill.bench import random_inputs
+    from edgedistill.litert import LiteRTSession
+
+    sess = LiteRTSession(path, threads=1)
+    feeds = random_inputs(sess)
+    it = sess.interpreter
+    ins = it.get_input_details()
+    quantized = [(d["index"], q(a)) for d, (_, q), a in zip(ins, sess._feed, feeds.values())]
+    quantized = [(i, a.copy()) for i, a in quantized]
+    outs = [d["index"] for d in it.get_output_details()]
+
+    def raw() -> None:
+        for index, a in quantized:
+            it.set_tensor(index, a)
+        it.invoke()
+        for index in outs:
+            it.get_tensor(index)
+
+    def wrapped() -> None:
+        sess.run(None, feeds)
+
+    times: dict = {"invoke": [], "run": []}
+    for _ in range(rounds):
+        for name, fn in (("invoke", raw), ("run", wrapped)):
+            for _ in range(block):
+                t0 = time.perf_counter_ns()
+                fn()
+                times[name].append((time.perf_counter_ns() - t0) / 1e6)
+    return {f"{k}_p50_ms": round(float(np.percentile(v, 50)), 5) for k, v in times.items()}
 
 
 def _median_ratio(reps: list, a: str, b: str, q: str) -> float:
@@ -226,10 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     for name in args.models.split(","):
         print(f"[runtimes] {name} ...", file=sys.stderr, flush=True)
-        if name == "text":
-            results[name] = try_text(args.work)
-            continue
-        prepared = run_pipeline(name, args.work) if name in RECIPES else prepare_effnet(args.work, args.views_per_photo)
+        prepared = (run_pipeline(name, args.work) if name in RECIPES else prepare_text(args.work) if name == "text"
+                    else prepare_effnet(args.work, args.views_per_photo))
         prepared.update(measure(prepared["models"], args.repeats, args.runs, args.min_seconds))
         results[name] = prepared
     timed = {k: v for k, v in results.items() if "ratios" in v}

@@ -52,8 +52,8 @@ def _target(name_or_path):
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
 def bench_cmd(models, target, threads, runs, warmup, min_seconds, ci_tolerance, max_seconds, batch_size, seq_len,
               providers, deliverable, remote, ssh_options, remote_python, gate_indicative, as_json):
-    """Measure latency, memory and size of ONNX MODELS on this machine (or, with --remote, on a device over
-    SSH), interleaved A B A B.
+    """Measure latency, memory and size of MODELS (.onnx through ONNX Runtime, .tflite through LiteRT) on this
+    machine (or, with --remote, on a device over SSH), interleaved A B A B.
 
     With --target, every budget gets a verdict and the command exits 3 when the deliverable misses
     one. Figures are the measuring machine's; when it is not the target, the output says so and the p90
@@ -134,7 +134,8 @@ def _num(v, fmt: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def bundle_cmd(model, out_dir, name, labels_file, prep_file, extra_files, target, as_json):
     """Write a mobile bundle for MODEL: model.onnx, model.ort, required_operators.config,
-    metadata.json and MODEL_CARD.md, with ORT's NNAPI / CoreML usability check."""
+    metadata.json and MODEL_CARD.md, with ORT's NNAPI / CoreML usability check; for a .tflite MODEL, model.tflite
+    with its inputs, outputs and int8 quantization parameters in metadata.json."""
     from .bundle import write_bundle
 
     try:

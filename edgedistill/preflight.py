@@ -23,6 +23,24 @@ def check_names(recipe) -> None:
         check_loss(term.name, term.params, f"distill.losses[{i}]")
 
 
+def check_runtime(task, target) -> None:
+    """A target whose runtime names LiteRT needs a task the litert stage converts and the converter installed:
+    said before any training, not when the litert stage is reached."""
+    if "litert" not in target.runtimes:
+        return
+    from importlib.util import find_spec
+
+    from .errors import ConfigError
+    from .litert import INSTALL
+
+    if not task.supports_litert:
+        raise ConfigError(f"runtime: the target {target.name} asks for LiteRT, which the {task.name} task's models "
+                          "(token inputs) do not convert to here; set runtime = \"onnxruntime\" in the target.")
+    if find_spec("litert_torch") is None:
+        raise ConfigError(f"runtime: the target {target.name} asks for LiteRT, whose converter is not installed; "
+                          f"{INSTALL}, or set runtime = \"onnxruntime\" in the target.")
+
+
 def preflight(recipe, task, splits) -> None:
     """Let the task build the recipe's models, teachers and losses once (without training) so a bad name,
     parameter or layer path fails in seconds with its key; the global RNG is left as it was."""

@@ -161,3 +161,23 @@ def test_pipeline_with_litert_only_delivers_a_tflite_file(tmp_path):
     assert {p.name for p in bundle.iterdir()} == {"model.tflite", "metadata.json", "MODEL_CARD.md"}
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "model.tflite (LiteRT)" in card and "Inputs and outputs (model.tflite)" in card
+
+
+def test_a_litert_target_is_checked_before_any_training(monkeypatch):
+    """A text task, or no converter installed: one sentence naming the target's runtime key, from the preflight."""
+    import importlib.util
+
+    from edgedistill.errors import ConfigError
+    from edgedistill.preflight import check_runtime
+    from edgedistill.targets import Target
+    from edgedistill.tasks import get_task
+
+    phone = Target(name="phone", runtime="both")
+    check_runtime(get_task("classification"), phone)  # converts: no error
+    check_runtime(get_task("embedding"), Target(name="laptop"))  # ONNX Runtime only: nothing to check
+    with pytest.raises(ConfigError, match=r"^runtime: the target phone asks for LiteRT, which the embedding task"):
+        check_runtime(get_task("embedding"), phone)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"converter is not installed; pip install 'edgedistill\[litert\]'"):
+        check_runtime(get_task("classification"), phone)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import _io, _signals, distributed as dist
-from ..preflight import check_names, preflight
+from ..preflight import check_names, check_runtime, preflight
 from ..errors import ConfigError, EdgeDistillError, os_errors_as_messages, require_pipeline
 from ..recipe import Recipe, dump_recipe
 from ..targets import Target, load_target
@@ -95,6 +95,7 @@ def run(recipe: Recipe, run_dir: str | os.PathLike | None = None, target: str | 
         ctx = RunContext(recipe, tgt, run_dir, trust_checkpoint=trust_checkpoint,
                          log=log if dist.is_main() else (lambda msg: None))
         check_names(recipe)  # architectures, model and loss parameters: before any data is read
+        check_runtime(ctx.task, tgt)  # a LiteRT target: a task it converts, and the converter installed
         if not dist.is_main():
             return _follow(ctx)
         if from_stage is not None or not _nothing_to_run(run_dir, recipe, tgt):  # a fully skipped re-run reads no data

@@ -41,6 +41,8 @@ class Task:
     opset: int = 18
     #: whether the QAT stage can train this kind of model
     supports_qat: bool = True
+    #: whether the litert stage converts its students (one float input: image or feature models)
+    supports_litert: bool = True
 
     def __init__(self, run_dir: str | os.PathLike | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None

@@ -32,6 +32,7 @@ _TEXT_ARCHS = ("sentence-transformer", "transformer-layers")
 class _TextTask(Task):
     exporter = "torchscript"
     ptq_mode = "dynamic"
+    supports_litert = False  # token inputs in variable-length batches; LiteRT's converted graphs have static shapes
     opset = 17
     supports_qat = False
     _keep: Optional[list[int]] = None  # the token ids student.prune_vocab keeps, found once (_kept_tokens)
