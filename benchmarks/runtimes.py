@@ -65,7 +65,7 @@ FILES = {  # the pipeline's model name -> (runtime, precision) shown in the tabl
 }
 
 
-def run_pipeline(name: str, work: Path) -> dict:
+def run_pipeline(name: str, work: Path, from_stage: str | None = None) -> dict:
     """Run (or reuse) the recipe with both runtimes; every student file with its verified metric."""
     run_dir = work / name
     target = work / "laptop-x86-both.toml"
@@ -75,8 +75,8 @@ def run_pipeline(name: str, work: Path) -> dict:
         recipe = work / "digits.toml"
         recipe.write_text((ROOT / "edgedistill" / "recipes" / "default.toml").read_text())
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "edgedistill", "run", str(recipe), "--run-dir", str(run_dir),
-                           "--target", str(target)], cwd=ROOT, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "edgedistill", "run", str(recipe), "--run-dir", str(run_dir), "--target", str(target)]
+    proc = subprocess.run(cmd + (["--from", from_stage] if from_stage else []), cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: the pipeline failed:\n{proc.stderr[-3000:]}")
     report = _io.read_json(run_dir / "report" / "report.json")
@@ -318,12 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--views-per-photo", type=int, default=10)
+    ap.add_argument("--from", dest="from_stage", help="re-run the kept pipeline runs from this stage (e.g. litert)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     for name in args.models.split(","):
         print(f"[runtimes] {name} ...", file=sys.stderr, flush=True)
-        prepared = (run_pipeline(name, args.work) if name in RECIPES else prepare_text(args.work) if name == "text"
+        prepared = (run_pipeline(name, args.work, args.from_stage) if name in RECIPES else prepare_text(args.work) if name == "text"
                     else prepare_effnet(args.work, args.views_per_photo))
         prepared.update(measure(prepared["models"], args.repeats, args.runs, args.min_seconds))
         results[name] = prepared

@@ -113,12 +113,14 @@ def check_parity(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray |
 
 
 def export_tflite(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray, *, calibration=None,
-                  parity: tuple[float, float] | None = None) -> dict:
+                  parity: tuple[float, float] | None = None, ranges=None) -> dict:
     """Convert ``model`` to ``path`` with ``litert_torch`` for batch 1 (``inputs[:1]`` traces it). With
     ``calibration`` (a SampleSet or array), INT8 by PT2E: symmetric per-channel INT8 weights and per-tensor int8
     activations observed on those samples, int8 input and output. ``parity`` ``(atol, rtol)`` checks the FP32 file
     against PyTorch on ``inputs`` (:func:`edgedistill.export.check_parity`; fails the stage); an INT8 file reports its
-    top-1 agreement with PyTorch's FP32 model instead."""
+    top-1 agreement with PyTorch's FP32 model instead. ``ranges`` (:func:`edgedistill.quant.qat.activation_ranges`
+    on the first calibration sample): each activation observer whose input is one of those tensors takes its learned range instead
+    of the observed one (a QAT student's ranges carried over); the others keep what they observed."""
     from .data.core import as_samples
     from .litert import quiet_fds
 
@@ -143,6 +145,8 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray,
                 calib = as_samples(calibration)
                 for i in range(len(calib)):  # batch 1, as the converted model runs
                     prepared(torch.from_numpy(calib.read(np.array([i]))))
+                first = (torch.from_numpy(calib.read(np.array([0]))),)  # a calibration sample: no test data observed
+                carried = _carry_ranges(prepared, first, ranges) if ranges else None
                 edge = litert_torch.convert(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), sample,
                                             quant_config=QuantConfig(pt2e_quantizer=quantizer))
             tmp = path.with_name(f".{path.name}.tmp")
@@ -159,12 +163,49 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray,
            "precision": "fp32" if calibration is None else "int8", "batch": 1}
     if calibration is not None:
         out["calibration_samples"] = len(as_samples(calibration))
+    if ranges:
+        out["activation_ranges_carried"] = carried
     check = inputs[: 256]
     if calibration is None and parity is not None:
         out["parity"] = check_parity(model, path, check, *parity)
     else:
         out["agreement"] = top1_agreement(model, path, check)
     return out
+
+
+def _carry_ranges(prepared, sample: tuple, ranges: list) -> dict:
+    """Replace each per-tensor activation observer of a PT2E-prepared module whose input on ``sample`` equals one of
+    ``ranges``' tensors by a MinMax observer holding that tensor's learned range; say how many were replaced."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    seen: dict = {}
+    observers = {n: m for n, m in prepared.named_modules() if n.startswith("activation_post_process")
+                 and getattr(m, "qscheme", None) == torch.per_tensor_affine}
+    def keep(name: str):
+        def hook(module, args) -> None:  # returns None: the input goes on unchanged
+            seen.setdefault(name, args[0].detach().clone())
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in observers.items()]
+    try:
+        prepared(*sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    carried = []
+    for name, obs in observers.items():
+        x = seen.get(name)
+        match = next(((lo, hi) for t, lo, hi in ranges if x is not None and t.shape == x.shape
+                      and torch.allclose(t, x, atol=1e-5, rtol=1e-4)), None)
+        if match is None:
+            continue
+        fixed = MinMaxObserver(dtype=obs.dtype, qscheme=obs.qscheme, quant_min=obs.quant_min, quant_max=obs.quant_max,
+                               eps=getattr(obs, "eps", torch.finfo(torch.float32).eps))
+        fixed.min_val.fill_(match[0])
+        fixed.max_val.fill_(match[1])
+        setattr(prepared, name, fixed)
+        carried.append(name)
+    return {"observers": len(observers), "from_qat": len(carried)}
 
 
 def top1_agreement(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray) -> dict:

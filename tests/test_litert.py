@@ -137,9 +137,16 @@ def test_pipeline_with_both_runtimes_reports_them_side_by_side_and_bundles_both(
     by_rt = report["deliverable_by_runtime"]
     assert runtimes[by_rt["litert"]] == "litert" and runtimes[by_rt["onnxruntime"]] == "onnxruntime"
     assert report["deliverable"] in by_rt.values()
-    meta = json.loads((out / "litert" / "meta.json").read_text()) if (out / "litert").exists() else \
-        json.loads((out / "06b_litert" / "meta.json").read_text())
+    meta = json.loads((out / "06b_litert" / "meta.json").read_text())
     assert meta["student_fp32_litert"]["parity"]["ok"]
+    # the QAT student's activation ranges carried over: its input quantizer is the QAT's, to the bit
+    assert meta["student_qat_int8_litert"]["activation_ranges_carried"]["from_qat"] >= 2
+    import onnx
+    from onnx import numpy_helper
+
+    qat_onnx = {i.name: numpy_helper.to_array(i) for i in onnx.load(out / "04_qat" / "student_qat_int8.onnx").graph.initializer}
+    tfl_in = tflite_facts(out / "06b_litert" / "student_qat_int8.tflite")["inputs"][0]["quantization"]
+    assert np.float32(tfl_in["scale"]) == np.float32(qat_onnx["input_quant.scale"])
     bundle = out / "bundle"
     files = {p.name for p in bundle.iterdir()}
     assert {"model.onnx", "model.ort", "model.tflite", "metadata.json", "MODEL_CARD.md"} <= files

@@ -134,7 +134,10 @@ def _litert(ctx: RunContext) -> None:
                               '"litert" or "both" in the target to convert the students for LiteRT)')
     from ..export import export_tflite
     from ..quant.calibration import calibration_sample
-    from ..quant.qat import float_twin, load_qat
+    import numpy as np
+    import torch
+
+    from ..quant.qat import activation_ranges, float_twin, load_qat
 
     recipe, splits, task = ctx.recipe, ctx.splits, ctx.task
     student = task.load_student(recipe, splits, ctx.path("distill", "model.pt"))
@@ -145,10 +148,11 @@ def _litert(ctx: RunContext) -> None:
     if recipe.ptq.enabled:
         out["student_int8_litert"] = export_tflite(student, ctx.model_path("student_int8_litert"), x, calibration=calib)
     qat_model = ctx.path("qat", "model.pt")
-    if recipe.qat.enabled and qat_model.exists():  # QAT's weights carried over; activation ranges re-observed (PT2E)
-        twin = float_twin(load_qat(student, qat_model, recipe.qat))
-        out["student_qat_int8_litert"] = export_tflite(twin, ctx.model_path("student_qat_int8_litert"), x,
-                                                       calibration=calib)
+    if recipe.qat.enabled and qat_model.exists():  # the QAT's INT8-grid weights and its activation ranges carried over
+        qat = load_qat(student, qat_model, recipe.qat)
+        ranges = activation_ranges(qat, torch.from_numpy(calib.read(np.array([0]))))
+        out["student_qat_int8_litert"] = export_tflite(float_twin(qat), ctx.model_path("student_qat_int8_litert"), x,
+                                                       calibration=calib, ranges=ranges)
     _io.write_json(ctx.path("litert", "meta.json"), out)
 
 

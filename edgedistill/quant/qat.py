@@ -25,7 +25,7 @@ from ._fakequant import ActFakeQuant, QuantConv2d, QuantLinear, enable_export
 from ._fold import fold_bn_
 from .config import QATConfig
 
-__all__ = ["QATConfig", "QATModel", "prepare_qat", "convert_qat", "freeze_observers_", "export_qat_onnx", "float_twin", "load_qat"]
+__all__ = ["QATConfig", "QATModel", "prepare_qat", "convert_qat", "freeze_observers_", "export_qat_onnx", "float_twin", "load_qat", "activation_ranges"]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
@@ -127,6 +127,36 @@ def float_twin(model: QATModel) -> nn.Module:
                 plain(child)
     plain(m)
     return m
+
+
+class _Tap(nn.Module):
+    """An identity that keeps its input and the learned range of the activation quantizer it stands in for."""
+
+    def __init__(self, quant: ActFakeQuant, seen: list) -> None:
+        super().__init__()
+        self.lo, self.hi, self.seen = float(quant.min_val), float(quant.max_val), seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((x.detach().clone(), self.lo, self.hi))
+        return x
+
+
+@torch.no_grad()
+def activation_ranges(model: QATModel, x: torch.Tensor) -> list[tuple[torch.Tensor, float, float]]:
+    """Each activation quantizer's input on ``x`` as :func:`float_twin` computes it (the other quantizers off), with
+    the range the QAT learned for it: what another quantizer needs to reuse the QAT's ranges for the same tensors."""
+    seen: list = []
+    m = copy.deepcopy(model).eval()
+
+    def tap(module: nn.Module) -> None:
+        for name, child in module._modules.items():
+            if isinstance(child, ActFakeQuant):
+                module._modules[name] = _Tap(child, seen)
+            elif child is not None:
+                tap(child)
+    tap(m)
+    m(x)
+    return seen
 
 
 def load_qat(student: nn.Module, path: str | Path, cfg: QATConfig | None = None) -> QATModel:
