@@ -122,11 +122,17 @@ def _litert_recipe(tmp_path, runtime: str) -> str:
     return recipe
 
 
-def test_pipeline_with_both_runtimes_reports_them_side_by_side_and_bundles_both(tmp_path):
-    recipe = _litert_recipe(tmp_path, "both")
-    proc = edgedistill("run", recipe, "--run-dir", tmp_path / "out")
+@pytest.fixture(scope="module")
+def both_run(tmp_path_factory):
+    """A tiny run whose target asks for both runtimes, finished once; read-only (copy it to change it)."""
+    d = tmp_path_factory.mktemp("both")
+    proc = edgedistill("run", _litert_recipe(d, "both"), "--run-dir", d / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out"
+    return d
+
+
+def test_pipeline_with_both_runtimes_reports_them_side_by_side_and_bundles_both(both_run):
+    out = both_run / "out"
     report = json.loads((out / "report" / "report.json").read_text())
     runtimes = {m["name"]: m["runtime"] for m in report["models"]}
     assert {n for n, r in runtimes.items() if r == "litert"} == {"student_fp32_litert", "student_int8_litert",
@@ -156,10 +162,15 @@ def test_pipeline_with_both_runtimes_reports_them_side_by_side_and_bundles_both(
     assert "model.tflite" in bmeta["files"] and "LiteRT" in (out / "report" / "report.md").read_text()
 
 
-def test_pipeline_with_litert_only_delivers_a_tflite_file(tmp_path):
-    recipe = _litert_recipe(tmp_path, "litert")
-    proc = edgedistill("run", recipe, "--run-dir", tmp_path / "out")
+def test_pipeline_with_litert_only_delivers_a_tflite_file(both_run, tmp_path):
+    """The same run with the target's runtime changed to "litert": the stages that read the target re-run (the
+    conversions among them), the trained ones are skipped, and the deliverable and the bundle are LiteRT's alone."""
+    import shutil
+
+    shutil.copytree(both_run / "out", tmp_path / "out")
+    proc = edgedistill("run", _litert_recipe(tmp_path, "litert"), "--run-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[distill] unchanged, skipped" in proc.stderr and "[litert] running" in proc.stderr
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     best = next(m for m in report["models"] if m["name"] == report["deliverable"])
     assert best["runtime"] == "litert" and best["path"].endswith(".tflite")
