@@ -119,18 +119,19 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray,
     activations observed on those samples, int8 input and output. ``parity`` ``(atol, rtol)`` checks the FP32 file
     against PyTorch on ``inputs`` (:func:`edgedistill.export.check_parity`; fails the stage); an INT8 file reports its
     top-1 agreement with PyTorch's FP32 model instead. ``ranges`` (:func:`edgedistill.quant.qat.activation_ranges`
-    on the first calibration sample): each activation observer whose input is one of those tensors takes its learned range instead
-    of the observed one (a QAT student's ranges carried over); the others keep what they observed."""
+    on the first calibration sample): each activation observer whose input is one of those tensors takes its learned
+    range instead of the observed one (a QAT student's ranges carried over); the others keep what they observed.
+    Nothing is left at ``path`` when the conversion fails."""
     from .data.core import as_samples
     from .litert import quiet_fds
 
     path = Path(path)
     model = model.eval().cpu()
     sample = (torch.from_numpy(np.ascontiguousarray(inputs[:1], dtype=np.float32)),)
-    printed: list[str] = []
+    tmp = path.with_name(f".{path.name}.tmp")
     t0 = time.perf_counter()
     try:
-        with quiet_fds(printed), torch.no_grad():
+        with quiet_fds(), torch.no_grad():
             litert_torch = _litert_torch()
             if calibration is None:
                 edge = litert_torch.convert(model, sample)
@@ -149,12 +150,12 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, inputs: np.ndarray,
                 carried = _carry_ranges(prepared, first, ranges) if ranges else None
                 edge = litert_torch.convert(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), sample,
                                             quant_config=QuantConfig(pt2e_quantizer=quantizer))
-            tmp = path.with_name(f".{path.name}.tmp")
             edge.export(str(tmp))
         os.replace(tmp, path)
     except EdgeDistillError:
         raise
     except Exception as e:
+        tmp.unlink(missing_ok=True)
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise StageError(f"litert: converting the model to {path.name} failed ({detail}); LiteRT's converter supports "
                          "fewer operators than ONNX: set the target's runtime = \"onnxruntime\" for this model.") from None
@@ -181,6 +182,7 @@ def _carry_ranges(prepared, sample: tuple, ranges: list) -> dict:
     seen: dict = {}
     observers = {n: m for n, m in prepared.named_modules() if n.startswith("activation_post_process")
                  and getattr(m, "qscheme", None) == torch.per_tensor_affine}
+
     def keep(name: str):
         def hook(module, args) -> None:  # returns None: the input goes on unchanged
             seen.setdefault(name, args[0].detach().clone())
