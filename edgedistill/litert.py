@@ -58,8 +58,8 @@ def _interpreter(path: str | os.PathLike, threads: int = 0):
             it = Interpreter(model_path=str(path), num_threads=threads or None)
             it.allocate_tensors()
     except Exception as e:
-        raise EdgeDistillError(f"{path}: LiteRT cannot load it ({str(e).splitlines()[0][:160]}); re-export the "
-                               "model.") from None
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise EdgeDistillError(f"{path}: LiteRT cannot load it ({detail}); re-export the model.") from None
     return it
 
 
