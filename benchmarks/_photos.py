@@ -138,3 +138,10 @@ if __name__ == "__main__":
     for split, photos in photo_sets().items():
         print(f"{split}: {len(photos)} photos, {50 * len(photos)} views at 50 per photo: "
               + ", ".join(f"{n} {p.shape[1]}x{p.shape[0]}" for n, p in photos))
+
+
+def split_views(per_photo: int, notes: list[str] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``(photo_sets, calibration views, evaluation views)``: all 50 views of each calibration photo (callers take
+    their calibration and validation subsets from them), ``per_photo`` views of each photo calibration never sees."""
+    sets = photo_sets(notes)
+    return sets, views(sets["calibration"], per_photo=50)[0], views(sets["evaluation"], per_photo=per_photo)[0]

@@ -73,7 +73,7 @@ def prepare_effnet(work: Path, per_photo: int) -> dict[str, dict]:
     """EfficientNet-Lite0 FP32 ONNX, and views labelled with its own FP32 top-1."""
     import torch
 
-    from benchmarks._photos import photo_sets, views
+    from benchmarks._photos import split_views
     from edgedistill.export import export_onnx
     from edgedistill.models import build_model
     from edgedistill.models.efficientnet import IMAGE_SIZE
@@ -83,9 +83,7 @@ def prepare_effnet(work: Path, per_photo: int) -> dict[str, dict]:
     data = work / "effnet"
     data.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    sets = photo_sets(notes)
-    cal, cal_names = views(sets["calibration"], per_photo=50)
-    test, test_names = views(sets["evaluation"], per_photo=per_photo)
+    sets, cal, test = split_views(per_photo, notes)
     fp32 = data / "fp32.onnx"
     if not fp32.exists():
         torch.set_num_threads(2)

@@ -96,9 +96,8 @@ def prepare_effnet(work: Path, per_photo: int) -> dict:
     """EfficientNet-Lite0 in both runtimes, FP32 and INT8, and its top-1 agreement with PyTorch FP32 per file."""
     import torch
 
-    from benchmarks._photos import photo_sets, views
-    from edgedistill.export import export_onnx
-    from edgedistill.export import export_tflite
+    from benchmarks._photos import split_views
+    from edgedistill.export import export_onnx, export_tflite
     from edgedistill.models import build_model
     from edgedistill.models.efficientnet import IMAGE_SIZE
     from edgedistill.quant.ptq import quantize_int8
@@ -108,9 +107,7 @@ def prepare_effnet(work: Path, per_photo: int) -> dict:
     d = work / "effnet"
     d.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    sets = photo_sets(notes)
-    cal, _ = views(sets["calibration"], per_photo=50)
-    test, _ = views(sets["evaluation"], per_photo=per_photo)
+    _, cal, test = split_views(per_photo, notes)
     calib = cal[0::5][:100]
     torch.set_num_threads(2)
     model = build_model("efficientnet-lite0", {}, (3, IMAGE_SIZE, IMAGE_SIZE), 1000, "model").eval()

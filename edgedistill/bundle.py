@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import _io
 from .errors import ConfigError, DataError, StageError
-from .litert import is_tflite, tflite_facts
+from .litert import runtime_of, tflite_facts
 from .onnx_inspect import inspect_model
 
 METADATA_KEYS = ("name", "description", "task", "labels", "preprocessing", "metric", "teacher", "target",
@@ -61,11 +61,11 @@ def write_bundle(model_path, out_dir, *, metadata: dict, model_card: dict, extra
     for src in sources:
         if not src.is_file():
             raise DataError(f"{src}: model file not found; check the path.")
-    by_runtime = {("litert" if is_tflite(p) else "onnxruntime"): p for p in sources}
+    by_runtime = {runtime_of(p): p for p in sources}
     if len(by_runtime) != len(sources):
         raise DataError(f"also: {', '.join(map(str, also))} is for the same runtime as {model_path}; a bundle holds "
                         "one model per runtime.")
-    runtime = "litert" if is_tflite(sources[0]) else "onnxruntime"
+    runtime = runtime_of(sources[0])
     extras = [Path(p) for p in extra_files]
     for p in extras:
         if not p.is_file():

@@ -35,6 +35,11 @@ def is_tflite(path: str | os.PathLike) -> bool:
     return Path(path).suffix == SUFFIX
 
 
+def runtime_of(path: str | os.PathLike) -> str:
+    """The runtime a model file is for: ``"litert"`` for a ``.tflite`` file, else ``"onnxruntime"``."""
+    return "litert" if is_tflite(path) else "onnxruntime"
+
+
 def check_tflite(path: str | os.PathLike) -> None:
     """The file exists and is a TFLite flatbuffer (file identifier ``TFL3``), before an interpreter reads it."""
     p = Path(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import _io, _schema
 from .budgets import TIE_FRACTION, choose_deliverable, judge, misses
-from .litert import is_tflite
+from .litert import runtime_of
 from .sizing import knob_text
 from .targets import Target
 
@@ -36,7 +36,7 @@ def build_report(target: Target, metrics: dict, bench: dict, models: dict, run_d
             continue
         b = by_path[str(Path(path).resolve())]
         entry = {
-            "name": name, "role": role, "precision": precision, "runtime": "litert" if is_tflite(path) else "onnxruntime",
+            "name": name, "role": role, "precision": precision, "runtime": runtime_of(path),
             "path": str(Path(path).resolve().relative_to(run_dir.resolve())),
             "metric": metrics[name]["metric"], "size_mb": round(b["size_mb"], 6),
             "latency_ms": {k: round(b["latency_ms"][k], 4) for k in ("p50", "p90", "p99", "mean")}

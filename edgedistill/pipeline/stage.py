@@ -36,8 +36,10 @@ class ModelFile:
 
     @property
     def runtime(self) -> str:
-        """The runtime its file is for: "litert" for a ``.tflite`` file, else "onnxruntime"."""
-        return "litert" if self.file.endswith(".tflite") else "onnxruntime"
+        """The runtime its file is for (:func:`edgedistill.litert.runtime_of`)."""
+        from ..litert import runtime_of
+
+        return runtime_of(self.file)
 
 
 @dataclass

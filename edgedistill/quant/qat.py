@@ -106,26 +106,38 @@ def float_twin(model: QATModel) -> nn.Module:
     """The converted QAT model as a plain float network for another quantizer (LiteRT's PT2E): each fake-quant conv
     and linear becomes a plain one holding its fake-quantized weights (already on the symmetric per-channel INT8 grid,
     so a per-channel max|w|/127 scale recovers them exactly), and every activation quantizer an identity."""
-    m = copy.deepcopy(model.model).eval()
+    def plain(child: nn.Module) -> nn.Module | None:
+        if isinstance(child, ActFakeQuant):
+            return nn.Identity()
+        if not isinstance(child, (QuantConv2d, QuantLinear)):
+            return None
+        twin = (nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                          padding=child.padding, dilation=child.dilation, groups=child.groups,
+                          bias=child.bias is not None, padding_mode=child.padding_mode)
+                if isinstance(child, QuantConv2d) else
+                nn.Linear(child.in_features, child.out_features, bias=child.bias is not None))
+        with torch.no_grad():
+            twin.weight.copy_(child.quantized_weight())
+            if child.bias is not None:
+                twin.bias.copy_(child.bias)
+        return twin
 
-    def plain(module: nn.Module) -> None:
+    return _replaced(model.model, plain)
+
+
+def _replaced(model: nn.Module, swap) -> nn.Module:
+    """A copy of ``model`` (eval) with every submodule for which ``swap(child)`` returns a module replaced by it;
+    ``swap`` returning None looks inside that child instead."""
+    m = copy.deepcopy(model).eval()
+
+    def walk(module: nn.Module) -> None:
         for name, child in module._modules.items():
-            if isinstance(child, (QuantConv2d, QuantLinear)):
-                twin = (nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                  padding=child.padding, dilation=child.dilation, groups=child.groups,
-                                  bias=child.bias is not None, padding_mode=child.padding_mode)
-                        if isinstance(child, QuantConv2d) else
-                        nn.Linear(child.in_features, child.out_features, bias=child.bias is not None))
-                with torch.no_grad():
-                    twin.weight.copy_(child.quantized_weight())
-                    if child.bias is not None:
-                        twin.bias.copy_(child.bias)
-                module._modules[name] = twin
-            elif isinstance(child, ActFakeQuant):
-                module._modules[name] = nn.Identity()
+            new = swap(child) if child is not None else None
+            if new is not None:
+                module._modules[name] = new
             elif child is not None:
-                plain(child)
-    plain(m)
+                walk(child)
+    walk(m)
     return m
 
 
@@ -146,16 +158,7 @@ def activation_ranges(model: QATModel, x: torch.Tensor) -> list[tuple[torch.Tens
     """Each activation quantizer's input on ``x`` as :func:`float_twin` computes it (the other quantizers off), with
     the range the QAT learned for it: what another quantizer needs to reuse the QAT's ranges for the same tensors."""
     seen: list = []
-    m = copy.deepcopy(model).eval()
-
-    def tap(module: nn.Module) -> None:
-        for name, child in module._modules.items():
-            if isinstance(child, ActFakeQuant):
-                module._modules[name] = _Tap(child, seen)
-            elif child is not None:
-                tap(child)
-    tap(m)
-    m(x)
+    _replaced(model, lambda child: _Tap(child, seen) if isinstance(child, ActFakeQuant) else None)(x)
     return seen
 
 
