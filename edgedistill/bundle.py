@@ -216,12 +216,10 @@ def _ort_parity(onnx_path: Path, ort_path: Path) -> dict:
     import onnxruntime as ort
 
     from .bench import random_inputs
+    from .verify import model_session
 
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     b = ort.InferenceSession(str(ort_path), providers=["CPUExecutionProvider"])
-    refs = [ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            for opts in (ort.SessionOptions(), plain)]
+    refs = [model_session(onnx_path, graph_arithmetic=exact) for exact in (False, True)]
     feeds = random_inputs(refs[0], batch_size=2, seq_len=16, seed=1)
     got = b.run(None, feeds)
     diffs = []

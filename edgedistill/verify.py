@@ -13,9 +13,12 @@ from .data.core import SampleSet, as_samples
 from .errors import EdgeDistillError
 
 
-def model_session(path: str | os.PathLike, threads: int = 0):
+def model_session(path: str | os.PathLike, threads: int = 0, graph_arithmetic: bool = False):
     """A checked session for ``path``: ONNX Runtime's CPU session, or for a ``.tflite`` file a
-    :class:`~edgedistill.litert.LiteRTSession` with the same surface; a file the runtime cannot load is one sentence."""
+    :class:`~edgedistill.litert.LiteRTSession` with the same surface; a file the runtime cannot load is one sentence.
+    ``graph_arithmetic`` (ONNX Runtime): graph optimizations off, so a QDQ graph computes its own arithmetic
+    (DequantizeLinear, the float op, QuantizeLinear) instead of the host's fused INT8 kernels, which on an x86 CPU
+    without VNNI saturate 16-bit pair sums (VPMADDUBSW; ONNX Runtime's quantization docs)."""
     from .litert import LiteRTSession, is_tflite
 
     if is_tflite(path):
@@ -26,6 +29,8 @@ def model_session(path: str | os.PathLike, threads: int = 0):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if graph_arithmetic:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:

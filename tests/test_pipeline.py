@@ -73,6 +73,8 @@ def test_run_writes_the_report_contract(finished_run):
         assert c["points_lost"] == round(100 * (teacher["metric"]["value"] - m["metric"]["value"]), 2)
         assert c["smaller_x"] == round(teacher["size_mb"] / m["size_mb"], 2)
     assert isinstance(report["warnings"], list) and all(f"warning: {w}" in proc.stdout for w in report["warnings"])
+    assert report["int8_kernels"]["samples"] > 0  # the PTQ file's arithmetic against this host's INT8 kernels
+    assert (report["int8_kernels"]["top1_agreement"] < 0.99) == any("INT8 kernels agree" in w for w in report["warnings"])
     page = (d / "out" / "report" / "report.html").read_text()
     assert report["deliverable"] in page and page.count("<img") == 5  # 2 scatters, teacher, distill, QAT curves
     # stdout: one line per model with metric, size, p90 and verdict

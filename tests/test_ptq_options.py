@@ -9,6 +9,7 @@ import onnx_models
 import pytest
 from onnx import numpy_helper
 
+from edgedistill._machine import int8_dot_exact
 from edgedistill.quant import ptq
 from edgedistill.quant.calibration import calibration_sample
 from edgedistill.quant.ptq import quantize_int8
@@ -47,6 +48,10 @@ def test_activation_type_and_reduce_range(conv_model, tmp_path, kw, act_dtype, w
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     want = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9
+    kernels = meta["kernels_vs_graph"]  # this host's fused kernels against the graph's arithmetic
+    assert kernels["samples"] == 64 and set(kernels["isa"]) >= {"avx2", "arm_dotprod"}
+    if kw.get("reduce_range") or int8_dot_exact(kernels["isa"]):  # 7-bit weights cannot saturate 16-bit pair sums
+        assert kernels["top1_agreement"] == 1.0 and (kernels["output_sqnr_db"] is None or kernels["output_sqnr_db"] > 40)
 
 
 def test_histogram_calibration_sample_count_is_capped(conv_model, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.quant_utils import compute_scale_zp
 
+from edgedistill._machine import int8_dot_exact
 from edgedistill._schema import from_dict
 from edgedistill.errors import ConfigError, StageError
 from edgedistill.models import build_model
@@ -179,21 +180,12 @@ def test_ort_fuses_the_qat_graph_into_quantized_kernels(exported, tmp_path):
     assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "QGemm" in ops
 
 
-def _exact_int8_dot() -> bool:
-    """Whether ORT's INT8 kernels compute exactly here: an x86 CPU without VNNI runs U8S8 with VPMADDUBSW, whose
-    16-bit pair sums saturate (ONNX Runtime's quantization docs), so its fused kernels differ from the QDQ math."""
-    from edgedistill._machine import isa_flags
-
-    isa = isa_flags()
-    return bool(isa["avx512_vnni"] or isa["avx_vnni"] or isa["arm_dotprod"])
-
-
 def _assert_ort_matches_torch(path, converted, x, agreement: float) -> None:
     """The INT8 ONNX file's outputs against the converted fake-quant model's, on ``x``: the QDQ graph's own arithmetic
-    (ORT's optimizations off) always; the fused INT8 kernels too where they are exact (:func:`_exact_int8_dot`)."""
+    (ORT's optimizations off) always; the fused INT8 kernels too where they are exact (``int8_dot_exact``)."""
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    for opts in (plain, ort.SessionOptions()) if _exact_int8_dot() else (plain,):
+    for opts in (plain, ort.SessionOptions()) if int8_dot_exact() else (plain,):
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():

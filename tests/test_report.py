@@ -76,6 +76,20 @@ def test_no_warning_within_the_thresholds(sample):
     assert add_findings(sample)["warnings"] == []
 
 
+@pytest.mark.parametrize("agreement, warned", [(0.78, True), (0.99, False)])
+def test_int8_kernels_that_do_not_compute_the_file_are_named(sample, agreement, warned):
+    """The PTQ stage's record of this host's INT8 kernels against the file's own arithmetic (x86 without VNNI)."""
+    sample["machine"]["cores"] = 4  # no host warning
+    sample["int8_kernels"] = {"samples": 128, "top1_agreement": agreement, "output_sqnr_db": 9.1, "isa": {"avx2": True}}
+    warnings = add_findings(sample)["warnings"]
+    assert warnings == ([
+        "On this host ONNX Runtime's INT8 kernels agree with the PTQ file's own arithmetic on only 78.0 % of 128 "
+        "calibration samples (top-1), so its INT8 metric is lower here than on a CPU with AVX-512 VNNI or Arm "
+        "dot-product instructions, which compute the file exactly: x86 without VNNI sums 8-bit products in saturating "
+        "16-bit pairs (ONNX Runtime's quantization docs). For a target without VNNI, set ptq.reduce_range = true "
+        "(7-bit weights, which cannot saturate)."] if warned else [])
+
+
 def test_host_warning_without_architectures_falls_back_on_the_bench_verdict(sample):
     del sample["machine"]["architecture"]
     assert add_findings(sample)["warnings"][-1].startswith("The benchmark ran on this machine, not on the target")

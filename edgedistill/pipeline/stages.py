@@ -203,6 +203,10 @@ def _report(ctx: RunContext) -> None:
     sizing = _sizing(ctx)
     if sizing:
         extra["sizing"] = sizing
+    ptq_meta = ctx.path("ptq", "meta.json")  # this host's INT8 kernels against the file's own arithmetic
+    kernels = _io.read_json(ptq_meta).get("kernels_vs_graph") if ptq_meta.exists() else None
+    if kernels:
+        extra["int8_kernels"] = kernels
     report = build_report(ctx.target, metrics, bench, _models(ctx), ctx.run_dir, tolerance=cfg.tolerance,
                           favour=cfg.favour, extra=extra or None)
     write_report(ctx.path("report"), report, curves=_curves(ctx))

@@ -46,9 +46,12 @@ def set_array(inits: dict[str, onnx.TensorProto], name: str, value: np.ndarray) 
 
 
 def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleSet | np.ndarray,
-                visit: Callable[[dict[str, np.ndarray]], None], batch: int = _STATS_BATCH) -> None:
+                visit: Callable[[dict[str, np.ndarray]], None], batch: int = _STATS_BATCH,
+                graph_arithmetic: bool = False) -> None:
     """Run ``model`` on ``samples`` with ``tensors`` made graph outputs; ``visit({name: value})`` per batch
-    (the graph's input among them when asked for)."""
+    (the graph's input among them when asked for). ``graph_arithmetic``: ONNX Runtime's graph optimizations
+    off, so a QDQ graph computes its own arithmetic (DequantizeLinear, float op, QuantizeLinear) instead of
+    the host's fused INT8 kernels, which saturate on x86 without VNNI."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
@@ -56,10 +59,11 @@ def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleS
     input_name = next(i.name for i in m.graph.input if i.name not in initializers(m.graph))
     wanted = list(dict.fromkeys(tensors))
     tensors = [t for t in wanted if t != input_name]
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in have)
+    _prune_to(m.graph, tensors)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if graph_arithmetic:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     samples = as_samples(samples)
     for start in range(0, len(samples), batch):
@@ -68,6 +72,27 @@ def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleS
         if input_name in wanted:
             values[input_name] = x
         visit(values)
+
+
+def _prune_to(graph: onnx.GraphProto, tensors: list[str]) -> None:
+    """Make ``tensors`` the graph's outputs and drop the nodes they do not depend on (ONNX Runtime runs every
+    node of a graph whatever is fetched; a pass that reads an early layer need not pay for the rest). A graph
+    with subgraphs (If, Loop) keeps its nodes, since their outer-scope inputs are not listed."""
+    typed = {o.name: o for o in graph.output}
+    outputs = [typed[t] if t in typed else onnx.ValueInfoProto(name=t) for t in tensors]
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        needed, keep = set(tensors), []
+        for n in reversed(graph.node):  # ONNX keeps nodes in topological order
+            if any(o in needed for o in n.output):
+                keep.append(n)
+                needed.update(n.input)
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+    copies = [onnx.ValueInfoProto() for _ in outputs]
+    for c, o in zip(copies, outputs):
+        c.CopyFrom(o)
+    del graph.output[:]
+    graph.output.extend(copies)
 
 
 def channel_max(x: np.ndarray) -> np.ndarray:

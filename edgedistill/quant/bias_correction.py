@@ -44,7 +44,7 @@ def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, cal
     fp32_mean = _channel_means(float_model, [f for *_, f in layers], samples)
     shifts = []
     for out, dq_b, fp32_out in layers:
-        delta = _channel_means(qdq_model, [out], samples)[out] - fp32_mean[fp32_out]
+        delta = _channel_means(qdq_model, [out], samples, graph_arithmetic=True)[out] - fp32_mean[fp32_out]
         scale = array(inits, dq_b.input[1]).astype(np.float64)
         q = array(inits, dq_b.input[0]).astype(np.float64)
         set_array(inits, dq_b.input[0], np.clip(np.rint(q - delta / scale), -2**31, 2**31 - 1))
@@ -53,7 +53,8 @@ def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, cal
             "median_shift": round(float(np.median(shifts)), 6)}
 
 
-def _channel_means(model: onnx.ModelProto, tensors: list[str], samples: SampleSet) -> dict[str, np.ndarray]:
+def _channel_means(model: onnx.ModelProto, tensors: list[str], samples: SampleSet,
+                   graph_arithmetic: bool = False) -> dict[str, np.ndarray]:
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 
@@ -62,5 +63,5 @@ def _channel_means(model: onnx.ModelProto, tensors: list[str], samples: SampleSe
             s, c = channel_mean(v)
             sums[name], counts[name] = sums.get(name, 0) + s, counts.get(name, 0) + c
 
-    run_batches(model, tensors, samples, visit)
+    run_batches(model, tensors, samples, visit, graph_arithmetic=graph_arithmetic)
     return {t: sums[t] / counts[t] for t in tensors}

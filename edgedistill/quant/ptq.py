@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .. import _io
+from .._machine import isa_flags
 from ..data.core import SampleSet, as_samples
 from ..errors import StageError
 from ..recipe import PTQConfig
@@ -101,6 +102,7 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
                                                max_nodes=cfg.max_fallback_nodes,
                                                fp32_accuracy=float(evaluate(str(onnx_in))))
     excluded = nodes_to_exclude + (fallback["nodes_in_fp32"] if fallback else [])
+    passes["kernels_vs_graph"] = kernels_vs_graph(onnx_out, calib_x)
     return {
         "path": str(onnx_out), "format": "QDQ", "activation_type": cfg.activation_type, "weight_type": "int8",
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
@@ -108,6 +110,27 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
         "nodes_excluded": excluded, **passes,
         "size_mb": _io.file_size_mb(onnx_out), "fallback": fallback, "int8_speed": speed,
     }
+
+
+def kernels_vs_graph(path: str | os.PathLike, samples: SampleSet, max_samples: int = 128) -> dict:
+    """This host's fused INT8 kernels against the file's own arithmetic (ONNX Runtime's optimizations off), on up
+    to ``max_samples`` calibration samples: the first output's top-1 agreement and SQNR. An x86 CPU without
+    VNNI saturates 16-bit pair sums (VPMADDUBSW), so there the two can differ; a VNNI or Arm dot-product CPU
+    computes the graph's arithmetic. The passes above are tuned to the graph's arithmetic, which every target shares."""
+    from ..verify import model_session
+
+    kernels, graph = model_session(path), model_session(path, graph_arithmetic=True)
+    name = graph.get_inputs()[0].name
+    n = min(len(samples), max_samples)
+    same = signal = noise = 0.0
+    for start in range(0, n, 32):
+        xb = samples.read(np.arange(start, min(start + 32, n)))
+        got, want = (np.asarray(s.run(None, {name: xb})[0], np.float64) for s in (kernels, graph))
+        same += float((got.reshape(len(xb), -1).argmax(1) == want.reshape(len(xb), -1).argmax(1)).sum())
+        signal, noise = signal + float(np.sum(want ** 2)), noise + float(np.sum((got - want) ** 2))
+    sqnr = round(10 * float(np.log10(signal / noise)), 2) if noise > 0 and signal > 0 else None  # None: identical
+    return {"samples": n, "top1_agreement": round(same / max(n, 1), 4), "output_sqnr_db": sqnr,
+            "isa": {k: v for k, v in isa_flags().items() if v is not None}}
 
 
 def _preprocess(onnx_in: Path, pre: Path) -> None:

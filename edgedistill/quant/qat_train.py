@@ -91,15 +91,10 @@ def check_int8_parity(model: nn.Module, onnx_path: str | os.PathLike, x: SampleS
     graph's own arithmetic: it catches an export that does not simulate the model. The fused INT8 kernels' agreement
     (the session every later stage uses) is recorded beside it, not gated: on an x86 CPU without VNNI, ORT's U8S8
     kernels use VPMADDUBSW, whose 16-bit sums saturate (ONNX Runtime's quantization docs), and may differ from it."""
-    import onnxruntime as ort
-
     from ..verify import model_session
 
     x = as_samples(x)
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    graph = ort.InferenceSession(str(onnx_path), plain, providers=["CPUExecutionProvider"])
-    kernels = model_session(onnx_path)
+    graph, kernels = model_session(onnx_path, graph_arithmetic=True), model_session(onnx_path)
     name = graph.get_inputs()[0].name
     same = same_kernels = max_abs = 0.0
     with torch.no_grad():
