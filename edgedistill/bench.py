@@ -31,6 +31,7 @@ from .litert import LiteRTSession, check_tflite, is_tflite
 from .onnx_inspect import check_onnx
 from ._io import file_size_mb
 from ._machine import cpu_count, machine_info
+from .ort_session import required_config, session_options
 from .errors import DataError, EdgeDistillError
 from .budgets import judge, misses
 from .targets import Target
@@ -63,12 +64,17 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     Remote: ``remote`` (``[USER@]HOST[:PORT]``), else ``target.remote``, runs the benchmark on that machine over
     SSH (:mod:`edgedistill.bench_remote`), with ``ssh_options`` before the target's and ``remote_python`` (else
     the target's, ``python3``); ``machine`` is then the device's and ``remote`` names it.
+
+    Each ONNX file runs in the session config its metadata asks for (``session_config`` per model;
+    :mod:`edgedistill.ort_session`): what the bundle's model card tells the app to set.
     """
     paths = [str(p) for p in paths]
     if not paths:
         raise DataError("benchmark: no model given; pass at least one .onnx or .tflite path.")
+    configs = {}  # each ONNX file in the session config it asks for (an INT8 file's: edgedistill.ort_session)
     for p in paths:  # existence, onnx.checker and the opset range (the TFLite identifier) before a worker loads it
-        check_tflite(p) if is_tflite(p) else check_onnx(p)
+        model = check_tflite(p) if is_tflite(p) else check_onnx(p)
+        configs[p] = required_config(model) if model is not None else {}
     if runs < 1 or warmup < 0 or min_seconds < 0 or batch_size < 1 or seq_len < 1 or max_seconds < 0 \
             or (ci_tolerance or 0) < 0:
         raise DataError("benchmark: runs, batch_size and seq_len must be >= 1 and warmup, min_seconds, max_seconds, "
@@ -87,14 +93,14 @@ def benchmark(paths: list[str], *, target: Target | None = None, threads: int | 
     if host:
         result = _measure_remote(paths, host, settings, providers, target, ssh_options, remote_python)
     else:
-        result = _measure_here(paths, settings, providers, target, keep_samples)
+        result = _measure_here(paths, settings, providers, target, keep_samples, configs)
     if target is not None:
         _judge(result, target, deliverable, gate_indicative)
     return result
 
 
 def _measure_here(paths: list[str], settings: dict, providers: list[str] | None, target: Target | None,
-                  keep_samples: bool) -> dict:
+                  keep_samples: bool, configs: dict[str, dict]) -> dict:
     import onnxruntime as ort
 
     provs, provider_note = _choose_providers(providers, target, ort.get_available_providers())
@@ -105,7 +111,7 @@ def _measure_here(paths: list[str], settings: dict, providers: list[str] | None,
     workers: list[_Worker] = []
     try:
         for p in paths:
-            workers.append(_Worker(p, settings))
+            workers.append(_Worker(p, {**settings, "session_config": configs[p]}))
         models = _measure(workers, settings, keep_samples)
     finally:
         for w in workers:
@@ -258,6 +264,7 @@ def _measure(workers: list[_Worker], s: dict, keep_samples: bool = False) -> lis
             "peak_rss_mb": end["peak_rss_mb"],
             "rss_before_session_mb": w.init["rss_before_session_mb"],
             "execution_provider": w.init["provider"],
+            "session_config": w.init["session_config"],
             "int8_io_ms": w.init.get("int8_io_ms"),
             "inputs": w.init["inputs"],
         })
@@ -399,6 +406,14 @@ def _peak_rss_mb() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
+def _session_config(sess, asked: dict) -> dict:
+    """The session config entries ``asked`` for, as the created ONNX Runtime session holds them."""
+    if not hasattr(sess, "get_session_options"):  # a LiteRT interpreter
+        return {}
+    opts = sess.get_session_options()
+    return {k: opts.get_session_config_entry(k) for k in asked}
+
+
 def _worker_main() -> None:
     import numpy as np
     import onnxruntime as ort
@@ -416,11 +431,9 @@ def _worker_main() -> None:
         cmd = msg["cmd"]
         if cmd == "init":
             rss0 = _rss_mb()
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = msg["threads"]
+            so = session_options(msg["threads"], config=msg.get("session_config"))
             so.inter_op_num_threads = msg["inter_op_threads"]
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.log_severity_level = 3
             try:
                 t0 = time.perf_counter()
                 sess = LiteRTSession(msg["path"], msg["threads"]) if is_tflite(msg["path"]) else \
@@ -438,6 +451,7 @@ def _worker_main() -> None:
             sess.run(None, feeds)
             first_ms = (time.perf_counter() - t0) * 1000
             reply({"session_create_ms": create_ms, "first_inference_ms": first_ms, "rss_before_session_mb": rss0,
+                   "session_config": _session_config(sess, msg.get("session_config") or {}),
                    "provider": sess.get_providers()[0], "int8_io_ms": _int8_io_ms(sess, feeds),
                    "inputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()]})
         elif cmd in ("warmup", "run"):

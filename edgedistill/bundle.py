@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from . import _io
+from .ort_session import METADATA_KEY, config_text, required_config, session_options
 from .errors import ConfigError, DataError, StageError
 from .litert import runtime_of, tflite_facts
 from .onnx_inspect import inspect_model
@@ -87,6 +88,9 @@ def write_bundle(model_path, out_dir, *, metadata: dict, model_card: dict, extra
     try:
         litert = _write_tflite(by_runtime["litert"], work) if "litert" in by_runtime else None
         facts = _key_facts(metadata, info or litert, ort.__version__ if info else None)
+        config = required_config(src) if info else {}  # what the INT8 file asks for (edgedistill.ort_session)
+        if config:
+            facts["ort_session_config"] = config
         usability, warnings, parity = None, [], None
         if info:
             _write_onnx_with_props(src, work / "model.onnx", facts)
@@ -208,18 +212,19 @@ def _convert_to_ort(work: Path, target_platform: str | None) -> None:
 
 
 def _ort_parity(onnx_path: Path, ort_path: Path) -> dict:
-    """Run the .onnx and the .ort on the same random inputs; the outputs must agree. The .onnx runs twice: as this
-    host optimizes it and with ORT's optimizations off (the graph's own arithmetic); the .ort must match either. An
-    INT8 .ort converted for another platform (``target_platform="arm"``) computes the graph's arithmetic, which an x86
-    host without VNNI does not (its U8S8 kernels saturate 16-bit pair sums)."""
+    """Run the .onnx and the .ort on the same random inputs; the outputs must agree. The .onnx runs twice: in ONNX
+    Runtime's default session and with ORT's optimizations off (the graph's own arithmetic); the .ort must match
+    either. An INT8 .ort converted for another platform (``target_platform="arm"``) computes the graph's arithmetic,
+    which the default session of an x86 host without VNNI does not (its U8S8 kernels saturate 16-bit pair sums); an
+    ORT-format model ignores :data:`~edgedistill.ort_session.PRECISE_INT8` (measured: its outputs do not change)."""
     import numpy as np
     import onnxruntime as ort
 
     from .bench import random_inputs
     from .verify import model_session
 
-    b = ort.InferenceSession(str(ort_path), providers=["CPUExecutionProvider"])
-    refs = [model_session(onnx_path, graph_arithmetic=exact) for exact in (False, True)]
+    b = ort.InferenceSession(str(ort_path), session_options(), providers=["CPUExecutionProvider"])
+    refs = [model_session(onnx_path, precise_int8=False), model_session(onnx_path, graph_arithmetic=True)]
     feeds = random_inputs(refs[0], batch_size=2, seq_len=16, seed=1)
     got = b.run(None, feeds)
     diffs = []
@@ -342,6 +347,8 @@ def render_model_card(card: dict, *, info: dict | None, facts: dict, usability: 
         lines.append("")
     if litert:
         lines += _tflite_io_lines(litert)
+    if facts.get("ort_session_config"):
+        lines += _session_lines(facts["ort_session_config"])
     if facts.get("preprocessing"):
         lines += ["## Preprocessing", "", "```json", json.dumps(facts["preprocessing"], indent=2), "```", ""]
     if facts.get("labels"):
@@ -361,6 +368,17 @@ def render_model_card(card: dict, *, info: dict | None, facts: dict, usability: 
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _session_lines(entries: dict) -> list[str]:
+    """The model card's section on the ONNX Runtime session config an INT8 file asks for (edgedistill.ort_session)."""
+    calls = " / ".join(f'`add_session_config_entry("{k}", "{v}")`' for k, v in entries.items())
+    return ["## ONNX Runtime session", "", f"On an x86 CPU without VNNI, open model.onnx with the session config "
+            f"{config_text(entries)} (Python {calls}; C/C++ `AddSessionConfigEntry`, Java and Kotlin "
+            "`addConfigEntry`): there ONNX Runtime's default INT8 kernels sum 8-bit products in saturating 16-bit "
+            "pairs and did not compute this file's arithmetic when it was quantized; with this entry they do, more "
+            "slowly. On Arm and on x86 with VNNI it changes nothing, and model.ort (for Arm phones) ignores it. The "
+            f"ONNX file records it in its metadata ({METADATA_KEY}).", ""]
 
 
 def _tflite_io_lines(litert: dict) -> list[str]:

@@ -13,12 +13,16 @@ from .data.core import SampleSet, as_samples
 from .errors import EdgeDistillError
 
 
-def model_session(path: str | os.PathLike, threads: int = 0, graph_arithmetic: bool = False):
-    """A checked session for ``path``: ONNX Runtime's CPU session, or for a ``.tflite`` file a
+def model_session(path: str | os.PathLike, threads: int = 0, graph_arithmetic: bool = False,
+                  precise_int8: bool = True):
+    """A checked session for ``path``: ONNX Runtime's CPU session configured by
+    :mod:`edgedistill.ort_session`, or for a ``.tflite`` file a
     :class:`~edgedistill.litert.LiteRTSession` with the same surface; a file the runtime cannot load is one sentence.
-    ``graph_arithmetic`` (ONNX Runtime): graph optimizations off, so a QDQ graph computes its own arithmetic
-    (DequantizeLinear, the float op, QuantizeLinear) instead of the host's fused INT8 kernels, which on an x86 CPU
-    without VNNI saturate 16-bit pair sums (VPMADDUBSW; ONNX Runtime's quantization docs)."""
+    ``graph_arithmetic``: no graph optimizations, so a QDQ graph computes its own arithmetic instead of fused INT8
+    kernels. ``precise_int8=False``: ONNX Runtime's default session, whose U8S8 kernels saturate 16-bit pair sums on
+    an x86 CPU without VNNI (VPMADDUBSW; ONNX Runtime's quantization docs): what an app that does not set
+    :data:`~edgedistill.ort_session.PRECISE_INT8` gets."""
+    from .ort_session import PRECISE_INT8, session_options
     from .litert import LiteRTSession, is_tflite
 
     if is_tflite(path):
@@ -26,11 +30,7 @@ def model_session(path: str | os.PathLike, threads: int = 0, graph_arithmetic: b
     import onnxruntime as ort
 
     check_onnx(path)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    if graph_arithmetic:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts = session_options(threads, graph_arithmetic, PRECISE_INT8 if precise_int8 else None)
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -97,7 +97,7 @@ class _FakeWorker:
     def __init__(self, name, log, ms):
         self.path, self.log, self.ms = name, log, ms
         self.init = {"session_create_ms": 1.0, "first_inference_ms": ms, "rss_before_session_mb": 1.0,
-                     "provider": "CPUExecutionProvider", "inputs": []}
+                     "provider": "CPUExecutionProvider", "inputs": [], "session_config": {}}
 
     def ask(self, msg):
         self.log.append((self.path, msg["cmd"], msg.get("n")))

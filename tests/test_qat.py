@@ -10,13 +10,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.quant_utils import compute_scale_zp
 
-from edgedistill._machine import int8_dot_exact
 from edgedistill._schema import from_dict
 from edgedistill.errors import ConfigError, StageError
 from edgedistill.models import build_model
 from edgedistill.quant._fakequant import ActFakeQuant, act_qparams, fake_quant_weight, weight_scales
 from edgedistill.quant._fold import fold_bn_
 from edgedistill.quant.qat import QATConfig, convert_qat, export_qat_onnx, prepare_qat
+from edgedistill.verify import model_session
 
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -182,11 +182,10 @@ def test_ort_fuses_the_qat_graph_into_quantized_kernels(exported, tmp_path):
 
 def _assert_ort_matches_torch(path, converted, x, agreement: float) -> None:
     """The INT8 ONNX file's outputs against the converted fake-quant model's, on ``x``: the QDQ graph's own arithmetic
-    (ORT's optimizations off) always; the fused INT8 kernels too where they are exact (``int8_dot_exact``)."""
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    for opts in (plain, ort.SessionOptions()) if int8_dot_exact() else (plain,):
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    (ORT's optimizations off) and the fused INT8 kernels in edgedistill's session (exact on every CPU:
+    edgedistill.ort_session.PRECISE_INT8)."""
+    for graph_arithmetic in (True, False):
+        sess = model_session(path, graph_arithmetic=graph_arithmetic)
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             ref = converted(x).numpy()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .._io import sha256_file
+from ..ort_session import PRECISE_INT8, session_options
 from ..models.core import model_forward
 from ..errors import ConfigError, StageError
 from .taps import Taps, dry_run_shapes
@@ -136,11 +137,9 @@ class OnnxTeacher(Teacher):
         self.path = Path(path)
         if not self.path.is_file():
             raise ConfigError(f"{key}: {self.path} does not exist; give the path of an .onnx file.")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), session_options(threads, config=PRECISE_INT8),
+                                                providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises several unrelated types for a bad file
             raise ConfigError(f"{key}: {self.path} is not a loadable ONNX model ({str(e)[:160]}).") from None
         inputs = self.session.get_inputs()

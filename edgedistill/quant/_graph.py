@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..ort_session import PRECISE_INT8, session_options
 from ..data.core import SampleSet, as_samples
 
 _STATS_BATCH = 8
@@ -60,11 +61,8 @@ def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleS
     wanted = list(dict.fromkeys(tensors))
     tensors = [t for t in wanted if t != input_name]
     _prune_to(m.graph, tensors)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if graph_arithmetic:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(m.SerializeToString(), session_options(graph_arithmetic=graph_arithmetic, config=PRECISE_INT8),
+                                providers=["CPUExecutionProvider"])
     samples = as_samples(samples)
     for start in range(0, len(samples), batch):
         x = samples.read(np.arange(start, min(start + batch, len(samples))))

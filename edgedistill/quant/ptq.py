@@ -27,9 +27,10 @@ from typing import Callable
 import numpy as np
 
 from .. import _io
-from .._machine import isa_flags
+from .._machine import int8_dot_exact, isa_flags
 from ..data.core import SampleSet, as_samples
 from ..errors import StageError
+from ..ort_session import MIN_AGREEMENT, PRECISE_INT8, set_required_config_
 from ..recipe import PTQConfig
 from . import int8_speed
 from ._qdq_onnx import strip_debug_info_
@@ -103,6 +104,7 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
                                                fp32_accuracy=float(evaluate(str(onnx_in))))
     excluded = nodes_to_exclude + (fallback["nodes_in_fp32"] if fallback else [])
     passes["kernels_vs_graph"] = kernels_vs_graph(onnx_out, calib_x)
+    passes["ort_session_config"] = require_precise_session(onnx_out, passes["kernels_vs_graph"])
     return {
         "path": str(onnx_out), "format": "QDQ", "activation_type": cfg.activation_type, "weight_type": "int8",
         "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "calibration": cfg.calibration,
@@ -113,24 +115,49 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib
 
 
 def kernels_vs_graph(path: str | os.PathLike, samples: SampleSet, max_samples: int = 128) -> dict:
-    """This host's fused INT8 kernels against the file's own arithmetic (ONNX Runtime's optimizations off), on up
-    to ``max_samples`` calibration samples: the first output's top-1 agreement and SQNR. An x86 CPU without
-    VNNI saturates 16-bit pair sums (VPMADDUBSW), so there the two can differ; a VNNI or Arm dot-product CPU
-    computes the graph's arithmetic. The passes above are tuned to the graph's arithmetic, which every target shares."""
+    """This host's INT8 kernels against the file's own arithmetic (ONNX Runtime's optimizations off), on up to
+    ``max_samples`` calibration samples: the first output's top-1 agreement and SQNR in edgedistill's session
+    (:data:`~edgedistill.ort_session.PRECISE_INT8`: exact on every CPU up to requantization rounding) and, on an x86
+    CPU without VNNI, in ONNX Runtime's default session (``default_session``: what an app that does not set the
+    option gets there; its U8S8 kernels saturate 16-bit pair sums). The passes above are tuned to the graph's
+    arithmetic, which every target that computes INT8 exactly shares."""
     from ..verify import model_session
 
-    kernels, graph = model_session(path), model_session(path, graph_arithmetic=True)
+    graph = model_session(path, graph_arithmetic=True)
     name = graph.get_inputs()[0].name
     n = min(len(samples), max_samples)
-    same = signal = noise = 0.0
-    for start in range(0, n, 32):
-        xb = samples.read(np.arange(start, min(start + 32, n)))
-        got, want = (np.asarray(s.run(None, {name: xb})[0], np.float64) for s in (kernels, graph))
-        same += float((got.reshape(len(xb), -1).argmax(1) == want.reshape(len(xb), -1).argmax(1)).sum())
-        signal, noise = signal + float(np.sum(want ** 2)), noise + float(np.sum((got - want) ** 2))
-    sqnr = round(10 * float(np.log10(signal / noise)), 2) if noise > 0 and signal > 0 else None  # None: identical
-    return {"samples": n, "top1_agreement": round(same / max(n, 1), 4), "output_sqnr_db": sqnr,
-            "isa": {k: v for k, v in isa_flags().items() if v is not None}}
+    batches = [samples.read(np.arange(start, min(start + 32, n))) for start in range(0, n, 32)]
+    want = [np.asarray(graph.run(None, {name: xb})[0], np.float64) for xb in batches]
+
+    def against_graph(sess) -> dict:
+        same = signal = noise = 0.0
+        for xb, w in zip(batches, want):
+            got = np.asarray(sess.run(None, {name: xb})[0], np.float64)
+            same += float((got.reshape(len(xb), -1).argmax(1) == w.reshape(len(xb), -1).argmax(1)).sum())
+            signal, noise = signal + float(np.sum(w ** 2)), noise + float(np.sum((got - w) ** 2))
+        sqnr = round(10 * float(np.log10(signal / noise)), 2) if noise > 0 and signal > 0 else None  # None: identical
+        return {"top1_agreement": round(same / max(n, 1), 4), "output_sqnr_db": sqnr}
+
+    out = {"samples": n, **against_graph(model_session(path)),
+           "isa": {k: v for k, v in isa_flags().items() if v is not None}}
+    if not int8_dot_exact():
+        out["default_session"] = against_graph(model_session(path, precise_int8=False))
+    return out
+
+
+def require_precise_session(path: Path, kernels: dict) -> dict:
+    """Where ONNX Runtime's default session on this host disagrees with the file's arithmetic on more than 1 % of
+    the samples, record :data:`~edgedistill.ort_session.PRECISE_INT8` in the file's metadata; return what it asks
+    for. On a host that computes INT8 exactly nothing is measured and nothing is recorded."""
+    import onnx
+
+    default = kernels.get("default_session")
+    config = PRECISE_INT8 if default and default["top1_agreement"] < MIN_AGREEMENT else {}
+    if config:
+        model = onnx.load(str(path))
+        set_required_config_(model, config)
+        _io.write_bytes(path, model.SerializeToString())
+    return config
 
 
 def _preprocess(onnx_in: Path, pre: Path) -> None:

@@ -26,6 +26,7 @@ from ..distill.train import FitConfig, Term, evaluate_accuracy, fit
 from ..errors import StageError
 from ..models import save_checkpoint
 from .qat import QATConfig, convert_qat, export_qat_onnx, freeze_observers_, prepare_qat
+from .ptq import kernels_vs_graph, require_precise_session
 from ._fakequant import ActFakeQuant
 
 def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cfg: QATConfig,
@@ -74,9 +75,11 @@ def run_qat(student: nn.Module, teacher: Optional[nn.Module], splits: Splits, cf
     onnx_path = Path(onnx_path) if onnx_path is not None else out_dir / "student_qat_int8.onnx"
     export = export_qat_onnx(final, onnx_path, example, opset=opset)
     parity = check_int8_parity(final, onnx_path, splits.test, cfg.min_agreement)
+    kernels = kernels_vs_graph(onnx_path, splits.train)  # and the session config the file needs, as after PTQ
     meta = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-        "export": export, "parity": parity, "history": history,
+        "export": export, "parity": parity, "history": history, "kernels_vs_graph": kernels,
+        "ort_session_config": require_precise_session(onnx_path, kernels),
         "test_accuracy_fp32_torch": evaluate_accuracy(student, splits.test),
         "test_accuracy_fakequant_torch": evaluate_accuracy(final, splits.test),
     }
@@ -89,8 +92,8 @@ def check_int8_parity(model: nn.Module, onnx_path: str | os.PathLike, x: SampleS
     """Top-1 agreement of the exported INT8 graph with the PyTorch fake-quant model, a batch at a time; StageError
     below ``min_agreement``. The gate runs the graph with ONNX Runtime's optimizations off, which computes the QDQ
     graph's own arithmetic: it catches an export that does not simulate the model. The fused INT8 kernels' agreement
-    (the session every later stage uses) is recorded beside it, not gated: on an x86 CPU without VNNI, ORT's U8S8
-    kernels use VPMADDUBSW, whose 16-bit sums saturate (ONNX Runtime's quantization docs), and may differ from it."""
+    in edgedistill's session (:data:`~edgedistill.ort_session.PRECISE_INT8`, which every later stage uses) is
+    recorded beside it, not gated."""
     from ..verify import model_session
 
     x = as_samples(x)
