@@ -111,26 +111,18 @@ def report_warnings(report: dict) -> list[str]:
 
 
 def _kernel_warnings(report: dict) -> list[str]:
-    """The PTQ file against this host's INT8 kernels (``int8_kernels``, :func:`edgedistill.quant.ptq.kernels_vs_graph`):
-    edgedistill's own session not computing it, or ONNX Runtime's default session on x86 without VNNI not doing so,
-    which an app must then configure."""
-    k = report.get("int8_kernels") or {}
-    out = []
-    if k.get("top1_agreement", 1.0) < MIN_AGREEMENT:
-        out.append(f"ONNX Runtime's INT8 kernels on this host agree with the PTQ file's own arithmetic on only "
-                   f"{100 * k['top1_agreement']:.1f} % of {k['samples']} calibration samples (top-1) even with "
-                   f"{config_text(PRECISE_INT8)}, so the INT8 metric measured here is not the file's; compare it on "
-                   "the target itself (`edgedistill bench` measures speed, not the metric).")
-    default = k.get("default_session")
-    if default and default["top1_agreement"] < MIN_AGREEMENT:
-        out.append(f"ONNX Runtime's default session on this x86 CPU without VNNI agrees with the PTQ file's own "
-                   f"arithmetic on only {100 * default['top1_agreement']:.1f} % of {k['samples']} calibration samples "
-                   "(top-1): its U8S8 kernels sum 8-bit products in saturating 16-bit pairs (ONNX Runtime's "
-                   f"quantization docs). The file records the session config it needs, {config_text(PRECISE_INT8)} "
-                   "(exact U8U8 kernels on such CPUs, slower; no effect with VNNI or on Arm), which edgedistill's "
-                   "metrics and benchmark use and the bundle's model card names: an app on such a CPU must set it, "
-                   "or quantize with ptq.reduce_range = true (7-bit weights, fast and exact there, less accurate).")
-    return out
+    """ONNX Runtime's default session on an x86 CPU without VNNI changing the PTQ file's results (``int8_kernels``,
+    :func:`edgedistill.quant.ptq.kernels_vs_graph`): the session config an app must then set."""
+    default = (report.get("int8_kernels") or {}).get("default_session")
+    if not default or default["top1_agreement_with_precise"] >= MIN_AGREEMENT:
+        return []
+    return [f"ONNX Runtime's default session on this x86 CPU without VNNI changes the PTQ file's top-1 on "
+            f"{100 * (1 - default['top1_agreement_with_precise']):.1f} % of {report['int8_kernels']['samples']} "
+            "calibration samples: its U8S8 kernels sum 8-bit products in saturating 16-bit pairs (ONNX Runtime's "
+            f"quantization docs). The file records the session config it needs, {config_text(PRECISE_INT8)} "
+            "(exact U8U8 kernels on such CPUs, slower; no effect with VNNI or on Arm), which edgedistill's "
+            "metrics and benchmark use and the bundle's model card names: an app on such a CPU must set it, "
+            "or quantize with ptq.reduce_range = true (7-bit weights, fast and exact there, less accurate)."]
 
 
 def _refit_warnings(report: dict) -> list[str]:
@@ -181,7 +173,7 @@ def _int8_warnings(report: dict) -> list[str]:
     models, out = report["models"], []
     default = (report.get("int8_kernels") or {}).get("default_session")
     for runtime, why in _INT8_WHY.items():
-        if runtime == "onnxruntime" and default and default["top1_agreement"] < MIN_AGREEMENT:
+        if runtime == "onnxruntime" and default and default["top1_agreement_with_precise"] < MIN_AGREEMENT:
             why += _PRECISE_WHY
         mine = [m for m in models if m["role"] == "student" and m.get("runtime", "onnxruntime") == runtime]
         fp32 = next((m for m in mine if m["precision"] == "fp32"), None)

@@ -52,7 +52,7 @@ def test_activation_type_and_reduce_range(conv_model, tmp_path, kw, act_dtype, w
     assert kernels["samples"] == 64 and set(kernels["isa"]) >= {"avx2", "arm_dotprod"}
     assert kernels["top1_agreement"] == 1.0 and (kernels["output_sqnr_db"] is None or kernels["output_sqnr_db"] > 40)
     if kw.get("reduce_range") and not int8_dot_exact(kernels["isa"]):  # 7-bit weights: no 16-bit pair sum saturates
-        assert kernels["default_session"]["top1_agreement"] == 1.0 and meta["ort_session_config"] == {}
+        assert kernels["default_session"]["top1_agreement_with_precise"] == 1.0 and meta["ort_session_config"] == {}
 
 
 def test_histogram_calibration_sample_count_is_capped(conv_model, tmp_path, monkeypatch):
