@@ -55,10 +55,10 @@ def _sysctl(name: str) -> str | None:
 
 
 def int8_dot_exact(isa: dict | None = None) -> bool:
-    """Whether ONNX Runtime's fused INT8 kernels compute a QDQ graph's own arithmetic on this CPU (or on one with
-    ``isa``) in a session without :data:`edgedistill.ort_session.PRECISE_INT8`: with AVX-512 VNNI, AVX-VNNI or Arm dot-product, yes; an
-    x86 CPU without them runs U8S8 with VPMADDUBSW, whose 16-bit pair sums saturate (ONNX Runtime's quantization
-    docs)."""
+    """Whether ONNX Runtime's INT8 kernels compute a QDQ file's integer products exactly on this CPU (or on one with
+    ``isa``) in a session without :data:`edgedistill.ort_session.PRECISE_INT8`: with AVX-512 VNNI, AVX-VNNI or Arm
+    dot-product, yes; an x86 CPU without them runs U8S8 with VPMADDUBSW, whose 16-bit pair sums saturate (ONNX
+    Runtime's quantization docs)."""
     isa = isa_flags() if isa is None else isa
     return bool(isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("arm_dotprod"))
 

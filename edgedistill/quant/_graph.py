@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..ort_session import PRECISE_INT8, session_options
 from ..data.core import SampleSet, as_samples
+from ..ort_session import PRECISE_INT8, session_options
 
 _STATS_BATCH = 8
 
@@ -52,7 +52,7 @@ def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleS
     """Run ``model`` on ``samples`` with ``tensors`` made graph outputs; ``visit({name: value})`` per batch
     (the graph's input among them when asked for). ``graph_arithmetic``: ONNX Runtime's graph optimizations
     off, so a QDQ graph computes its own arithmetic (DequantizeLinear, float op, QuantizeLinear) instead of
-    the host's fused INT8 kernels, which saturate on x86 without VNNI."""
+    fused INT8 operators, which round intermediate results their own way."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
@@ -61,8 +61,8 @@ def run_batches(model: onnx.ModelProto, tensors: Iterable[str], samples: SampleS
     wanted = list(dict.fromkeys(tensors))
     tensors = [t for t in wanted if t != input_name]
     _prune_to(m.graph, tensors)
-    sess = ort.InferenceSession(m.SerializeToString(), session_options(graph_arithmetic=graph_arithmetic, config=PRECISE_INT8),
-                                providers=["CPUExecutionProvider"])
+    opts = session_options(graph_arithmetic=graph_arithmetic, config=PRECISE_INT8)
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     samples = as_samples(samples)
     for start in range(0, len(samples), batch):
         x = samples.read(np.arange(start, min(start + batch, len(samples))))

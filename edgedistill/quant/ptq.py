@@ -14,6 +14,8 @@ speed rules (``speed_rules``, :mod:`edgedistill.quant.int8_speed`), cross-layer 
 :mod:`edgedistill.quant.ranges`); after it, bias correction of the INT8 graph (``bias_correction``,
 :mod:`edgedistill.quant.bias_correction`). With ``max_drop`` set, the accuracy-aware
 fallback (:mod:`edgedistill.quant.fallback`) removes the most harmful activation quantizers until the drop fits.
+Last, :func:`kernels_vs_graph` measures this host's sessions against the file and :func:`require_precise_session`
+records in it the ONNX Runtime session config it needs (:mod:`edgedistill.ort_session`).
 """
 
 from __future__ import annotations
