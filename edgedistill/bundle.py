@@ -88,7 +88,7 @@ def write_bundle(model_path, out_dir, *, metadata: dict, model_card: dict, extra
     try:
         litert = _write_tflite(by_runtime["litert"], work) if "litert" in by_runtime else None
         facts = _key_facts(metadata, info or litert, ort.__version__ if info else None)
-        config = required_config(src) if info else {}  # what the INT8 file asks for (edgedistill.ort_session)
+        config = required_config(info["metadata_props"]) if info else {}  # what an INT8 file asks for (ort_session)
         if config:
             facts["ort_session_config"] = config
         usability, warnings, parity = None, [], None

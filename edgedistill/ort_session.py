@@ -5,10 +5,11 @@ saturate (ONNX Runtime's quantization docs), so a default session there does not
 arithmetic. The session config entry :data:`PRECISE_INT8` makes it run weights outside [-64, 63] as U8U8 instead:
 exact, and slower. Elsewhere (VNNI, Arm dot-product) and for FP32 files it changes nothing.
 
-edgedistill measures metrics with it (the file's arithmetic, what every target that computes INT8 exactly gets).
-The PTQ stage measures whether ONNX Runtime's default session on this host keeps that arithmetic; where it does
-not, it writes the entries the file needs into the file's metadata (:data:`METADATA_KEY`), the benchmark times the
-file in that session, and the bundle's model card tells the app to set them.
+edgedistill measures metrics with it (the file's integer arithmetic, what every target that computes INT8 exactly
+gets). The PTQ stage and the QAT export measure whether ONNX Runtime's default session on this host changes the
+file's results against it (:func:`default_session_differs`); where it does, they write the entries the file needs
+into its metadata (:data:`METADATA_KEY`), the benchmark times the file in that session, the report warns, and the
+bundle's model card tells the app to set them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 
 PRECISE_INT8 = {"session.x64quantprecision": "1"}  # onnxruntime_session_options_config_keys.h
 METADATA_KEY = "edgedistill.ort_session_config"  # a JSON object of session config entries, in metadata_props
-MIN_AGREEMENT = 0.99  # top-1 agreement of a session's INT8 kernels with the file's own arithmetic, below which it warns
+MIN_AGREEMENT = 0.99  # top-1 agreement of the default session with the precise one below which a file needs the latter
 
 
 def session_options(threads: int = 0, graph_arithmetic: bool = False, config: dict | None = None):
@@ -38,13 +39,23 @@ def session_options(threads: int = 0, graph_arithmetic: bool = False, config: di
     return opts
 
 
+def default_session_differs(kernels: dict | None) -> bool:
+    """Whether ONNX Runtime's default session changed an INT8 file's top-1 against the precise one on more than
+    1 - :data:`MIN_AGREEMENT` of the samples (``kernels``: :func:`edgedistill.quant.ptq.kernels_vs_graph`'s record;
+    a host that computes INT8 exactly measures no default session, and nothing differs)."""
+    default = (kernels or {}).get("default_session")
+    return bool(default) and default["top1_agreement_with_precise"] < MIN_AGREEMENT
+
+
 def required_config(model) -> dict:
-    """The session config entries an ONNX ``model`` (a ModelProto, or a path) asks for in its metadata; {} if none."""
+    """The session config entries an ONNX ``model`` asks for in its metadata; {} if none. ``model``: a path, a
+    ModelProto, or its metadata as a mapping (:func:`edgedistill.onnx_inspect.inspect_model`'s ``metadata_props``)."""
     if isinstance(model, (str, os.PathLike)):
         import onnx
 
         model = onnx.load(str(model), load_external_data=False)
-    value = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    props = model if isinstance(model, dict) else {p.key: p.value for p in model.metadata_props}
+    value = props.get(METADATA_KEY)
     return json.loads(value) if value else {}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import _io, _schema
 from .budgets import TIE_FRACTION, choose_deliverable, judge, misses
 from .litert import runtime_of
-from .ort_session import MIN_AGREEMENT, PRECISE_INT8, config_text
+from .ort_session import PRECISE_INT8, config_text, default_session_differs
 from .sizing import knob_text
 from .targets import Target
 
@@ -103,7 +103,8 @@ def compare_with_teacher(models: list[dict]) -> list[dict]:
 
 def report_warnings(report: dict) -> list[str]:
     """What a user must not miss, in plain sentences: a student far below its teacher, an INT8 model
-    slower than its FP32 student, INT8 kernels that do not compute the file's arithmetic, a benchmark that did not
+    slower than its FP32 student, a default ONNX Runtime session that changes the PTQ file's results (and the session
+    config it then needs), a benchmark that did not
     run on the target, a sized student whose deliverable still misses a budget (and what ``--refit`` would train).
     Needs ``comparisons``."""
     return [*_gap_warnings(report["comparisons"]), *_int8_warnings(report), *_kernel_warnings(report),
@@ -113,11 +114,12 @@ def report_warnings(report: dict) -> list[str]:
 def _kernel_warnings(report: dict) -> list[str]:
     """ONNX Runtime's default session on an x86 CPU without VNNI changing the PTQ file's results (``int8_kernels``,
     :func:`edgedistill.quant.ptq.kernels_vs_graph`): the session config an app must then set."""
-    default = (report.get("int8_kernels") or {}).get("default_session")
-    if not default or default["top1_agreement_with_precise"] >= MIN_AGREEMENT:
+    kernels = report.get("int8_kernels")
+    if not default_session_differs(kernels):
         return []
+    default = kernels["default_session"]
     return [f"ONNX Runtime's default session on this x86 CPU without VNNI changes the PTQ file's top-1 on "
-            f"{100 * (1 - default['top1_agreement_with_precise']):.1f} % of {report['int8_kernels']['samples']} "
+            f"{100 * (1 - default['top1_agreement_with_precise']):.1f} % of {kernels['samples']} "
             "calibration samples: its U8S8 kernels sum 8-bit products in saturating 16-bit pairs (ONNX Runtime's "
             f"quantization docs). The file records the session config it needs, {config_text(PRECISE_INT8)} "
             "(exact U8U8 kernels on such CPUs, slower; no effect with VNNI or on Arm), which edgedistill's "
@@ -171,9 +173,8 @@ _PRECISE_WHY = (" and on this x86 CPU without VNNI the PTQ file runs in the exac
 def _int8_warnings(report: dict) -> list[str]:
     """An INT8 student slower at p90 than the FP32 student of its own runtime: one sentence per runtime."""
     models, out = report["models"], []
-    default = (report.get("int8_kernels") or {}).get("default_session")
     for runtime, why in _INT8_WHY.items():
-        if runtime == "onnxruntime" and default and default["top1_agreement_with_precise"] < MIN_AGREEMENT:
+        if runtime == "onnxruntime" and default_session_differs(report.get("int8_kernels")):
             why += _PRECISE_WHY
         mine = [m for m in models if m["role"] == "student" and m.get("runtime", "onnxruntime") == runtime]
         fp32 = next((m for m in mine if m["precision"] == "fp32"), None)

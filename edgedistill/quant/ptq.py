@@ -32,7 +32,7 @@ from .. import _io
 from .._machine import int8_dot_exact, isa_flags
 from ..data.core import SampleSet, as_samples
 from ..errors import StageError
-from ..ort_session import MIN_AGREEMENT, PRECISE_INT8, set_required_config_
+from ..ort_session import PRECISE_INT8, default_session_differs, set_required_config_
 from ..recipe import PTQConfig
 from . import int8_speed
 from ._qdq_onnx import strip_debug_info_
@@ -159,8 +159,7 @@ def require_precise_session(path: Path, kernels: dict) -> dict:
     exactly nothing is measured and nothing is recorded."""
     import onnx
 
-    default = kernels.get("default_session")
-    config = PRECISE_INT8 if default and default["top1_agreement_with_precise"] < MIN_AGREEMENT else {}
+    config = PRECISE_INT8 if default_session_differs(kernels) else {}
     if config:
         model = onnx.load(str(path))
         set_required_config_(model, config)
